@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make quickstart` and `make test`.
+# Both create the virtualenv from pyproject.toml (pinned to the tested set in
+# constraints.txt) and install Fashion-MNIST from Debian when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data test quickstart clean-venv
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $@
+
+data: $(FMNIST)
+$(FMNIST):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "error: Fashion-MNIST is missing; install Debian's dataset-fashion-mnist as root" >&2; exit 2; fi
+
+test: setup
+	$(PY) -m pytest -q
+
+quickstart: setup
+	PYTHON=$(PY) bash scripts/quickstart.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,93 @@
+"""Checkpoints that cannot be half-written: Accelerate's `save_state` into a hidden temporary
+folder, then one rename. A run killed during a save leaves only the temporary folder, which is
+ignored; resume takes the newest complete checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from safetensors.torch import save_file
+
+CHECKPOINTS = "checkpoints"
+_DONE = "COMPLETE"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read. The CLI prints it as one line and exits with status 2."""
+
+
+class Progress:
+    """Where the run stands; saved with every checkpoint through `register_for_checkpointing`."""
+
+    def __init__(self):
+        self.epoch = 0  # the epoch in progress
+        self.step = 0  # micro-batches of that epoch already done
+        self.best_top1 = 0.0
+        self.skipped_steps = 0  # non-finite steps skipped (train.on_nonfinite=skip)
+        self.wall_s = 0.0  # training time before this process started (resumed runs)
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+
+def complete_checkpoints(run_dir: Path) -> list:
+    """Complete checkpoint folders of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith("step_") and (p / _DONE).exists()]
+    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator, run_dir: Path, global_step: int, keep: int) -> Path:
+    """Save model, optimizer, scheduler, scaler, RNG and registered objects; every rank calls this."""
+    root = Path(run_dir) / CHECKPOINTS
+    final, tmp = root / f"step_{global_step:09d}", root / f".tmp_step_{global_step:09d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / _DONE).write_text(str(global_step))
+        if final.exists():  # the same position saved again after a resume: identical content
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> None:
+    """Restore everything `save_checkpoint` wrote; a damaged checkpoint is a CheckpointError."""
+    path = Path(path)
+    if not (path / _DONE).exists():
+        raise CheckpointError(f"checkpoint {path} is incomplete (no {_DONE} marker); "
+                              "delete it to resume from an earlier one")
+    try:
+        accelerator.load_state(str(path))
+    except Exception as e:  # noqa: BLE001  (any failure to parse means the files are damaged)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {first[:160]}); "
+                              "delete it to resume from an earlier one") from None
+
+
+def save_weights_atomic(state_dict: dict, path: Path) -> None:
+    """safetensors file written to a temporary name, then renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
+    os.replace(tmp, path)

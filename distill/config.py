@@ -1,0 +1,199 @@
+"""Typed configuration: dataclass defaults <- recipe YAML (+ `base:` chain) <- CLI `key=value`.
+
+A recipe holds only what differs from the defaults below. The merged result is validated
+and handed out as plain dataclasses; each component receives the sub-config it needs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad recipe or override. The CLI prints it as one line and exits with status 2."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | imagefolder | hf
+    root: str = "data"  # folder of the dataset; for `hf`, a hub id or a save_to_disk folder
+    download: bool = True  # fetch cifar10/100 into `root` when missing (needs network)
+    train_subset: Optional[int] = None  # first N images of a fixed permutation of the train split
+    test_subset: Optional[int] = None
+    img_size: int = 32  # smaller images are zero-padded (centred), larger ones resized
+    batch_size: int = 128  # per process; the global batch is batch_size x world_size
+    eval_batch_size: int = 512
+    crop_padding: int = 4  # random crop of img_size from the image padded by this much
+    hflip: bool = True
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_prob: float = 1.0
+    label_smoothing: float = 0.1
+    device_resident: bool = True  # hold in-memory sets whole on the training device
+    num_workers: int = 4  # DataLoader workers, for imagefolder only
+
+
+@dataclass
+class StudentConfig:
+    """The model being trained: a `distill_vit_*` student, or any timm model (a teacher run)."""
+
+    model: str = "distill_vit_tiny"
+    drop_path_rate: float = 0.0
+    distilled: bool = False  # add a DeiT distillation token and head
+    patch_size: Optional[int] = None  # override the size's patch size
+    pretrained: bool = False
+    small_input_stem: bool = False  # CNNs: 3x3 stride-1 first conv, no max-pool (CIFAR-style)
+
+
+@dataclass
+class TeacherConfig:
+    model: Optional[str] = None  # any timm model name; None for plain training
+    checkpoint: Optional[str] = None  # .safetensors/.pth file, or a run folder of this framework
+    pretrained: bool = False  # hub weights, where the machine can reach the hub
+    small_input_stem: bool = False
+    img_size: Optional[int] = None  # resize the student's batch to this; None keeps it
+    mean: Optional[List[float]] = None  # the teacher's normalisation; None = the data's
+    std: Optional[List[float]] = None
+
+
+@dataclass
+class DistillConfig:
+    type: str = "none"  # none | soft | hard
+    alpha: float = 0.5  # weight of the distillation term; (1 - alpha) on the label term
+    tau: float = 1.0  # soft-distillation temperature
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    lr: float = 3e-4  # at a global batch of lr_base_batch; scaled linearly (DeiT rule)
+    lr_base_batch: int = 512
+    min_lr: float = 1e-6
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    clip_grad: Optional[float] = None  # max global grad norm; None = no clipping
+    grad_accum_steps: int = 1
+    mixed_precision: Optional[str] = None  # no | fp16 | bf16; None = Accelerate's config
+    ema: bool = False
+    ema_decay: float = 0.9998
+    resume: str = ""  # "" = new run, "auto" = latest checkpoint of this run name, or a path
+    checkpoint_every_steps: int = 0  # 0 = at the end of each epoch only
+    keep_checkpoints: int = 2
+    log_every: int = 50  # steps between progress updates (each one syncs with the device)
+    on_nonfinite: str = "stop"  # stop | skip (skipping syncs with the device every step)
+    compile: bool = False
+    deterministic: bool = False
+
+
+@dataclass
+class Config:
+    name: Optional[str] = None  # run folder name; defaults to the recipe file's stem
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "data.name": ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "hf"),
+    "distill.type": ("none", "soft", "hard"),
+    "train.mixed_precision": (None, "no", "fp16", "bf16"),
+    "train.on_nonfinite": ("stop", "skip"),
+}
+POSITIVE = ("data.img_size", "data.batch_size", "data.eval_batch_size", "train.epochs",
+            "train.lr", "train.lr_base_batch", "train.grad_accum_steps", "train.keep_checkpoints",
+            "train.log_every", "distill.tau")
+NON_NEGATIVE = ("data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.num_workers",
+                "train.min_lr", "train.warmup_epochs", "train.weight_decay",
+                "train.checkpoint_every_steps", "student.drop_path_rate")
+UNIT_INTERVAL = ("distill.alpha", "data.label_smoothing", "data.mixup_prob", "train.ema_decay")
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    """Read one recipe and the `base:` chain under it (a path or a list of paths, relative to the
+    recipe), the recipe's own keys winning."""
+    if path in seen:
+        raise ConfigError(f"recipe {path}: `base:` chain loops back to itself")
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} not found; pass a YAML file such as recipes/fashion_mnist/plain_tiny.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"recipe {path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {path}: expected a mapping of keys, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    bases = base if isinstance(base, list) else [base]  # several bases merge in order
+    parents = [_read_yaml((path.parent / str(b)).resolve(), seen + (path,)) for b in bases]
+    return OmegaConf.to_container(OmegaConf.merge(*parents, raw))
+
+
+def _check_values(cfg: Config) -> None:
+    def get(key):
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    for key, allowed in CHOICES.items():
+        if get(key) not in allowed:
+            shown = ", ".join(str(a) for a in allowed if a is not None)
+            raise ConfigError(f"{key}={get(key)!r} is not one of: {shown}")
+    for key in POSITIVE:
+        if get(key) <= 0:
+            raise ConfigError(f"{key}={get(key)} must be > 0")
+    for key in NON_NEGATIVE:
+        if get(key) < 0:
+            raise ConfigError(f"{key}={get(key)} must be >= 0")
+    for key in UNIT_INTERVAL:
+        if not 0.0 <= get(key) <= 1.0:
+            raise ConfigError(f"{key}={get(key)} must be in [0, 1]")
+    for key in ("data.train_subset", "data.test_subset", "teacher.img_size", "student.patch_size"):
+        if get(key) is not None and get(key) <= 0:
+            raise ConfigError(f"{key}={get(key)} must be > 0 (or null for none)")
+    if cfg.distill.type != "none" and not cfg.teacher.model:
+        raise ConfigError(f"distill.type={cfg.distill.type} needs a teacher: set teacher.model (and teacher.checkpoint)")
+    if cfg.student.distilled and cfg.distill.type == "none":
+        raise ConfigError("student.distilled=true needs distill.type=soft or hard")
+    if cfg.train.resume not in ("", "auto") and not os.path.exists(cfg.train.resume):
+        raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint; use 'auto' or a checkpoint folder")
+    if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
+        raise ConfigError(f"name={cfg.name!r} must be a plain folder name (no '/')")
+
+
+def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
+    """Resolve a recipe file (or the defaults, if None) and `key=value` overrides."""
+    raw = _read_yaml(Path(recipe).resolve()) if recipe else {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=2)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw, OmegaConf.from_dotlist(list(overrides)))
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        msg = str(getattr(e, "msg", e)).splitlines()[0]
+        hint = "; see `distill config` for the valid keys" if "not in" in msg else ""
+        raise ConfigError(f"{key}: {msg}{hint}") from None
+    if cfg.name is None:
+        cfg.name = Path(recipe).stem if recipe else "run"
+    _check_values(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,37 @@
+"""`distill eval RUN_DIR`: re-evaluate the student saved in a run folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from distill import runlog
+from distill.augment import Normalize
+from distill.build import build_student
+from distill.config import ConfigError, load_config
+from distill.datasets import load_split
+from distill.engine import evaluate
+from distill.loader import DeviceBatches, LoaderBatches
+
+
+def evaluate_run(run_dir: Path, overrides=(), ema: bool = False) -> dict:
+    """Top-1/top-5 (percent) of a run's saved student on its test split, on one process."""
+    if not (run_dir / runlog.CONFIG).exists():
+        raise ConfigError(f"{run_dir} is not a run folder (no {runlog.CONFIG}); pass runs/<name>")
+    weights = run_dir / ("student_ema.safetensors" if ema else "student.safetensors")
+    if not weights.exists():
+        raise ConfigError(f"{weights} not found: the run has not finished (resume it with train.resume=auto)")
+    cfg = load_config(str(run_dir / runlog.CONFIG), list(overrides) + ["train.resume="])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    test_set = load_split(cfg.data, train=False)
+    model = build_student(cfg.student, test_set.num_classes, test_set.in_chans, cfg.data.img_size)
+    model.load_state_dict(load_file(str(weights)))
+    model.to(device)
+    if hasattr(test_set, "images"):
+        batches = DeviceBatches(test_set, None, device, cfg.data.eval_batch_size)
+    else:
+        batches = LoaderBatches(test_set, None, device, cfg.data.num_workers, cfg.data.eval_batch_size)
+    normalize = Normalize(test_set.mean, test_set.std).to(device)
+    result = evaluate(model, batches.iter_range(range(len(test_set))), normalize)
+    return {"run": str(run_dir), "weights": weights.name, **result}

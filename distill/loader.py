@@ -1,0 +1,122 @@
+"""Batches of (uint8 images, labels, dataset indices), sharded so N processes see what one does.
+
+Each epoch has one global order, a permutation seeded by (seed, epoch). Global batch `s` is
+`order[s*G : (s+1)*G]` with G = world_size x batch_size, and process `r` takes the `r`-th
+contiguous slice of it. One process with batch N*B therefore sees exactly the samples that N
+processes with batch B see together, step by step; with per-sample augmentation
+(`distill.augment`) the crops and flips agree too. Accelerate's own loader sharding would
+re-split a loader per process, so the loaders here are not passed through `prepare`.
+
+Two paths yield the same batches: sets that fit in memory sit whole on the training device and
+are indexed there; image folders go through a DataLoader with workers that decode the files.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 (B,C,H,W), int64 (B,), int64 (B,)
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The global sample order of an epoch (CPU int64), the same in every process."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_samples, generator=g)
+
+
+def eval_shard(num_samples: int, rank: int, world_size: int) -> range:
+    """A contiguous, non-overlapping slice of the test set; together the slices count each sample once."""
+    per = math.ceil(num_samples / world_size)
+    return range(min(rank * per, num_samples), min((rank + 1) * per, num_samples))
+
+
+class ShardedBatches(Sampler):
+    """Index batches of one process for one epoch, from step `start_step` on (for resume)."""
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int):
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch, self.start_step = 0, 0
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the train split has {num_samples} images, fewer than one global batch "
+                             f"({batch_size} x {world_size} processes); lower data.batch_size")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // (self.batch_size * self.world_size)  # the last partial batch is dropped
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_step
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = epoch_order(self.num_samples, self.seed, self.epoch)
+        G, B = self.batch_size * self.world_size, self.batch_size
+        for step in range(self.start_step, self.steps_per_epoch):
+            lo = step * G + self.rank * B
+            yield order[lo:lo + B]
+
+
+class DeviceBatches:
+    """The in-memory path: the whole uint8 split on `device`, batches gathered there."""
+
+    def __init__(self, split, sampler: Optional[ShardedBatches], device, batch_size: int = 0):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.sampler, self.batch_size, self.device = sampler, batch_size, device
+
+    def __iter__(self) -> Iterator[Batch]:
+        for idx in self.sampler:
+            idx = idx.to(self.device, non_blocking=True)
+            yield self.images[idx], self.labels[idx], idx
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def iter_range(self, indices: range) -> Iterator[Batch]:
+        """Unaugmented, ordered batches over `indices` (evaluation)."""
+        for lo in range(indices.start, indices.stop, self.batch_size):
+            idx = torch.arange(lo, min(lo + self.batch_size, indices.stop), device=self.device)
+            yield self.images[idx], self.labels[idx], idx
+
+
+def _collate(items):
+    images, labels, index = zip(*items)
+    return torch.stack(images), torch.tensor(labels), torch.tensor(index)
+
+
+class LoaderBatches:
+    """The large-dataset path: a DataLoader whose workers decode files into uint8 batches."""
+
+    def __init__(self, dataset, sampler: Optional[ShardedBatches], device, num_workers: int,
+                 batch_size: int = 0):
+        self.dataset, self.sampler, self.device = dataset, sampler, device
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin = torch.device(device).type == "cuda"
+        self.loader = None
+        if sampler is not None:
+            self.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                                     collate_fn=_collate, pin_memory=self.pin,
+                                     persistent_workers=num_workers > 0)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return tuple(t.to(self.device, non_blocking=self.pin) for t in batch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            yield self._to_device(batch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def iter_range(self, indices: range) -> Iterator[Batch]:
+        subset = torch.utils.data.Subset(self.dataset, list(indices))
+        loader = DataLoader(subset, batch_size=self.batch_size, num_workers=self.num_workers,
+                            collate_fn=_collate, pin_memory=self.pin)
+        for batch in loader:
+            yield self._to_device(batch)

@@ -1,0 +1,67 @@
+"""The run folder `<output_dir>/<name>/`: created once, never overwritten, resumable."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from distill import checkpoint as ckpt
+from distill import runlog
+from distill.config import Config, ConfigError, to_yaml
+
+# Keys a resumed run may change: the run's identity is everything else.
+_MAY_DIFFER = {"train.resume", "train.epochs", "train.log_every", "train.checkpoint_every_steps",
+               "train.keep_checkpoints", "data.num_workers", "data.root"}
+
+
+class RunComplete(Exception):
+    """`train.resume=auto` on a finished run: nothing to do."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _check_same_run(cfg: Config, run_dir: Path) -> None:
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / runlog.CONFIG))
+    now = OmegaConf.to_container(OmegaConf.structured(cfg))
+    diff = [k for k, v in _flat(now).items() if k not in _MAY_DIFFER and _flat(saved).get(k) != v]
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"{k}={_flat(now)[k]!r} differs from the run being resumed ({_flat(saved).get(k)!r} in "
+                          f"{run_dir / runlog.CONFIG}); resume with the same settings or start a new run with name=...")
+
+
+def resolve_run_dir(accelerator, cfg: Config, run_dir: Path) -> Optional[Path]:
+    """Check the run folder before anything is built: refuse to overwrite, find the checkpoint to resume."""
+    resume = cfg.train.resume
+    exists = (run_dir / runlog.CONFIG).exists()
+    if exists and resume == "":
+        raise ConfigError(f"run folder {run_dir} already exists; continue it with train.resume=auto, "
+                          "or start a new run with name=<new name>")
+    if exists and resume == "auto" and (run_dir / runlog.SUMMARY).exists():
+        raise RunComplete(f"run {run_dir} is already complete (see {run_dir / runlog.SUMMARY})")
+    parent = run_dir.parent
+    probe = parent if parent.exists() else next((p for p in parent.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"output_dir={cfg.output_dir}: {probe} is not writable; set output_dir to a writable folder")
+    if exists:
+        _check_same_run(cfg, run_dir)
+    if resume == "auto":
+        return ckpt.latest_checkpoint(run_dir)
+    return Path(resume) if resume else None
+
+
+def create_run_dir(accelerator, cfg: Config, run_dir: Path) -> None:
+    """Write the resolved config of a new run, once everything it needs has been built."""
+    accelerator.wait_for_everyone()  # every rank has looked before the main rank creates anything
+    if accelerator.is_main_process and not (run_dir / runlog.CONFIG).exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / runlog.CONFIG).write_text(to_yaml(cfg))
+    accelerator.wait_for_everyone()

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+from distill.config import Config, ConfigError, load_config
+
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+def test_recipes_exist():
+    names = {p.relative_to(ROOT / "recipes").as_posix() for p in RECIPES}
+    for ds in ("fashion_mnist", "cifar10"):
+        for kind in ("plain_tiny", "hard_tiny", "soft_tiny", "teacher_resnet18"):
+            assert f"{ds}/{kind}.yaml" in names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+def test_every_recipe_loads(recipe):
+    cfg = load_config(str(recipe))
+    assert isinstance(cfg, Config) and cfg.name
+
+
+def test_seed_recipe_values():
+    cfg = load_config(str(ROOT / "recipes/cifar10/plain_tiny.yaml"))
+    assert (cfg.train.lr, cfg.data.batch_size, cfg.train.epochs) == (3e-4, 128, 200)
+    assert (cfg.data.cutmix_alpha, cfg.data.mixup_alpha, cfg.data.label_smoothing) == (0.2, 0.0, 0.1)
+    assert cfg.data.crop_padding > 0 and cfg.data.hflip and cfg.student.model == "distill_vit_tiny"
+    hard = load_config(str(ROOT / "recipes/cifar10/hard_tiny.yaml"))
+    assert (hard.distill.type, hard.student.distilled, hard.teacher.model) == ("hard", True, "resnet18")
+    assert hard.train.lr == 3e-4  # inherited through the base chain
+
+
+def test_base_chain_and_overrides(tmp_path):
+    (tmp_path / "a.yaml").write_text("train:\n  epochs: 7\n  lr: 0.1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain:\n  lr: 0.2\n")
+    cfg = load_config(str(tmp_path / "b.yaml"), ["train.lr=0.3", "data.train_subset=100"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.data.train_subset, cfg.name) == (7, 0.3, 100, "b")
+
+
+def test_base_loop_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize("override,key", [
+    ("data.bogus=1", "data.bogus"),
+    ("data.batch_size=abc", "data.batch_size"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("train.epochs=-1", "train.epochs"),
+    ("distill.alpha=1.5", "distill.alpha"),
+    ("distill.type=medium", "distill.type"),
+    ("train.mixed_precision=fp8", "train.mixed_precision"),
+])
+def test_bad_override_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml"), [override])
+
+
+def test_cli_config_prints_resolved_and_rejects_bad_override():
+    ok = run_cli("config", "recipes/fashion_mnist/soft_tiny.yaml", "distill.tau=2.0")
+    assert ok.returncode == 0, ok.stderr
+    assert "tau: 2.0" in ok.stdout and "type: soft" in ok.stdout
+    bad = run_cli("config", "recipes/fashion_mnist/soft_tiny.yaml", "train.epochz=3")
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: train.epochz") and "Traceback" not in bad.stderr
