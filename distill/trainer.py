@@ -53,7 +53,8 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------
     def _build(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        train_set, test_set = build_data(cfg.data)
+        with acc.main_process_first():  # one rank downloads a missing dataset while the others wait
+            train_set, test_set = build_data(cfg.data)
         self.num_classes, in_chans = train_set.num_classes, train_set.in_chans
         self.normalize = Normalize(train_set.mean, train_set.std).to(self.device)
         self.augment = BatchAugment(self.normalize, cfg.data.crop_padding, cfg.data.hflip, self.num_classes,

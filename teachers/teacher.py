@@ -1,0 +1,294 @@
+"""Teachers: any timm model, built, loaded and frozen, that takes the student's batch.
+
+`load_teacher(cfg.teacher, ...)` returns a `Teacher`: frozen, always in eval mode, adapting the
+student's batch (normalisation, gray -> RGB, resolution) to what the teacher was trained on, and
+returning logits. The trainer runs it under `no_grad` and hands the logits to the loss.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import itertools
+from pathlib import Path
+from typing import Optional, Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RUN_WEIGHTS = "student.safetensors"  # what a run of this framework leaves in its folder
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")  # EMA first, like timm
+_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+
+
+class TeacherError(RuntimeError):
+    """A teacher that cannot be built or loaded. The CLI prints it as one line."""
+
+
+# ----------------------------------------------------------------------------- building
+
+def _first_conv(model: nn.Module) -> Optional[tuple]:
+    """(name, module) of the input conv: `pretrained_cfg['first_conv']`, else the first Conv2d."""
+    name = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else None
+    modules = dict(model.named_modules())
+    if isinstance(modules.get(name), nn.Conv2d):
+        return name, modules[name]
+    return next(((n, m) for n, m in modules.items() if isinstance(m, nn.Conv2d)), None)
+
+
+def _model_name(model: nn.Module) -> str:
+    return getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+
+
+def adapt_small_input_stem(model: nn.Module) -> nn.Module:
+    """CIFAR-style stem: the first conv becomes 3x3 stride 1, the stem max-pool an identity.
+
+    At 32px an ImageNet stem (7x7 stride 2 + max-pool) leaves an 8x8 map for the first stage;
+    this keeps the full resolution. Raises TeacherError for models without a conv stem (ViTs).
+    """
+    found = _first_conv(model)
+    if found is None or hasattr(model, "patch_embed"):
+        raise TeacherError(f"small_input_stem=true needs a CNN with a conv stem; {_model_name(model)} has "
+                           "none (a ViT patch embedding?): set small_input_stem=false")
+    name, old = found
+    new = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=3, stride=1, padding=1,
+                    bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
+    if new.weight.shape == old.weight.shape:  # already 3x3 (deep stems): keep its weights
+        new.load_state_dict(old.state_dict())
+    model.set_submodule(name, new)
+
+    if isinstance(getattr(model, "maxpool", None), nn.Module):  # timm ResNets (pool or conv-pool)
+        model.maxpool = nn.Identity()
+        return model
+    parent = name.rpartition(".")[0]
+    for pool_name, m in model.named_modules():  # first max-pool beside the first conv, or in a stem
+        if isinstance(m, nn.MaxPool2d) and (pool_name.rpartition(".")[0] == parent or pool_name.startswith("stem")):
+            model.set_submodule(pool_name, nn.Identity())
+            break
+    return model
+
+
+def _unknown_model(name: str) -> TeacherError:
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    stem = "".join(itertools.takewhile(str.isalpha, name.lower())) or name  # "resnet50d" -> "resnet"
+    return TeacherError(f"unknown model {name!r}: {hint}list names with timm.list_models('*{stem}*')")
+
+
+def create_model(name: str, num_classes: int, in_chans: int, pretrained: bool = False,
+                 small_input_stem: bool = False, **kwargs) -> nn.Module:
+    """`timm.create_model` with one-line errors; `small_input_stem` applies `adapt_small_input_stem`."""
+    if not timm.is_model(name) and name.startswith("distill_vit_"):
+        import students  # noqa: F401  (registers distill_vit_*; imported late to avoid a cycle)
+    if ":" not in name and not timm.is_model(name):  # "hf-hub:..." names are resolved by timm
+        raise _unknown_model(name)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                  in_chans=in_chans, **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:
+        if not pretrained:
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TeacherError(f"cannot fetch pretrained weights for {name} ({first[:160]}); without network, "
+                           "set pretrained=false and give a checkpoint instead") from None
+    return adapt_small_input_stem(model) if small_input_stem else model
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _resolve(path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        if not (p / RUN_WEIGHTS).is_file():
+            raise TeacherError(f"run folder {p} has no {RUN_WEIGHTS}: let that run finish, or point "
+                               "teacher.checkpoint at a .safetensors/.pth file")
+        return p / RUN_WEIGHTS
+    if not p.is_file():
+        raise TeacherError(f"teacher checkpoint {p} not found: train a teacher first with a teacher "
+                           "recipe from recipes/ and set teacher.checkpoint to its run folder")
+    if p.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise TeacherError(f"teacher checkpoint {p}: expected a .safetensors, .pth or .pt file, or a run folder")
+    return p
+
+
+def _read_state_dict(path: Path) -> dict:
+    """The tensors of a checkpoint, unwrapped from timm/DeiT containers, wrapper prefixes removed."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj = load_file(str(path), device="cpu")
+        else:  # tensors only; DeiT checkpoints also carry an argparse.Namespace of their args
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (any failure here means the same to the user)
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise TeacherError(f"cannot read teacher checkpoint {path} ({type(e).__name__}: {first}); "
+                           "the file is damaged or not a checkpoint") from None
+    if isinstance(obj, dict):
+        obj = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), obj)
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TeacherError(f"teacher checkpoint {path} holds no state dict (looked for a dict of tensors, "
+                           f"or one under {'/'.join(_WRAPPER_KEYS)})")
+    state = {}
+    for key, value in obj.items():
+        for prefix in _PREFIXES:
+            key = key[len(prefix):] if key.startswith(prefix) else key
+        state[key] = value
+    return state
+
+
+def _classifier_names(model: nn.Module) -> list:
+    names = getattr(model, "pretrained_cfg", {}).get("classifier")
+    names = [names] if isinstance(names, str) else list(names or [])
+    if not names and hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        names = [n for n, m in model.named_modules() if m is head]
+    return names
+
+
+def _check_compatible(model: nn.Module, state: dict, path: Path) -> None:
+    """Raise one TeacherError naming the first mismatch a user can fix, before load_state_dict."""
+    own = model.state_dict()
+    for name in _classifier_names(model):
+        key = f"{name}.weight"
+        if key in state and key in own and state[key].shape[0] != own[key].shape[0]:
+            raise TeacherError(f"checkpoint {path} has {state[key].shape[0]} classes but the teacher is built "
+                               f"with {own[key].shape[0]} (set data/teacher to match)")
+    conv = _first_conv(model)
+    key = f"{conv[0]}.weight" if conv else None
+    if key in state and key in own and state[key].shape != own[key].shape:
+        (_, ck_in, *ck_k), (_, own_in, *own_k) = state[key].shape, own[key].shape  # (out, in, kh, kw)
+        if ck_in != own_in:
+            raise TeacherError(f"checkpoint {path} expects in_chans={ck_in} but the teacher is built with "
+                               f"in_chans={own_in} (from the data): use a teacher trained on this data")
+        raise TeacherError(f"checkpoint {path} has a {tuple(ck_k)} first conv, the teacher {tuple(own_k)}: "
+                           "set teacher.small_input_stem to how the teacher was trained")
+    bad_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if bad_shape or missing or unexpected:
+        parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)} in all)"
+                 for label, keys in (("shape mismatch at", bad_shape), ("missing", missing),
+                                     ("unexpected", unexpected)) if keys]
+        raise TeacherError(f"checkpoint {path} does not fit teacher.model={_model_name(model)}: "
+                           f"{'; '.join(parts)}; check teacher.model and teacher.small_input_stem")
+
+
+def load_weights(model: nn.Module, path) -> nn.Module:
+    """Load a .safetensors/.pth/.pt file, or `<run folder>/student.safetensors`, into `model`."""
+    path = _resolve(path)
+    state = _read_state_dict(path)
+    _check_compatible(model, state, path)
+    model.load_state_dict(state, strict=False)  # strict in all but num_batches_tracked (checked above)
+    return model
+
+
+# ----------------------------------------------------------------------------- the module
+
+def _channels(values: Sequence[float]) -> torch.Tensor:
+    return torch.as_tensor(list(values), dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
+
+
+class Teacher(nn.Module):
+    """A frozen model in eval mode that takes the student's batch and returns logits.
+
+    Args:
+        data_mean, data_std: the normalisation of the student's batch (one value per data channel).
+        mean, std: the teacher's normalisation; None = the data's (no re-normalisation).
+        in_chans: the teacher's input channels; None = its first conv's. Gray data (1 channel)
+            into a 3-channel teacher is repeated across channels.
+        img_size: resize the batch to img_size x img_size (bilinear) first; None keeps it.
+        channels_last: run a CNN teacher in channels-last memory format (faster on GPUs).
+    """
+
+    def __init__(self, model: nn.Module, data_mean: Sequence[float], data_std: Sequence[float],
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 in_chans: Optional[int] = None, img_size: Optional[int] = None, channels_last: bool = False):
+        super().__init__()
+        conv = _first_conv(model)
+        self.in_chans = in_chans or (conv[1].in_channels if conv else len(data_mean))
+        data_chans = len(data_mean)
+        if data_chans != self.in_chans and data_chans != 1:
+            raise TeacherError(f"the data has {data_chans} channels but the teacher takes in_chans={self.in_chans}; "
+                               "only gray (1) -> RGB is adapted")
+        if (mean is None) != (std is None):
+            raise TeacherError("set both teacher.mean and teacher.std, or neither")
+        self.model = model
+        self.img_size = img_size
+        self.channels_last = channels_last
+        self.expand = data_chans != self.in_chans  # (B, 1, H, W) -> (B, C, H, W)
+
+        mean_s, std_s = _channels(data_mean), _channels(data_std)
+        mean_t, std_t = (mean_s, std_s) if mean is None else (_channels(mean), _channels(std))
+        for t, what in ((mean_t, "mean"), (std_t, "std")):
+            if t.shape[1] not in (1, self.in_chans):
+                raise TeacherError(f"teacher.{what} has {t.shape[1]} values; give 1 or in_chans={self.in_chans}")
+        ones = torch.ones(1, self.in_chans, 1, 1)
+        self.renorm = not (torch.equal(mean_s * ones, mean_t * ones) and torch.equal(std_s * ones, std_t * ones))
+        # (x * std_s + mean_s - mean_t) / std_t as one affine map per channel, (1, C, 1, 1) each
+        self.register_buffer("scale", std_s / std_t * ones, persistent=False)
+        self.register_buffer("shift", (mean_s - mean_t) / std_t * ones, persistent=False)
+
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Teacher":
+        """Always eval: BatchNorm statistics and dropout of a teacher must not change."""
+        return super().train(False)
+
+    def _adapt_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        if self.renorm:  # broadcasting (B, 1, H, W) against (1, C, 1, 1) also repeats gray
+            return x * self.scale + self.shift
+        return x.expand(-1, self.in_chans, -1, -1) if self.expand else x
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
+                             align_corners=False, antialias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_data, H, W) normalised as the data -> (B, num_classes) teacher logits."""
+        resize = self.img_size is not None and tuple(x.shape[-2:]) != (self.img_size, self.img_size)
+        # Per-channel affine maps commute with bilinear resizing: adapt at the smaller size.
+        if resize and x.shape[-1] > self.img_size:
+            x, resize = self._resize(x), False
+        x = self._adapt_pixels(x)
+        if resize:
+            x = self._resize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():  # a teacher never needs a graph, whoever calls it
+            return self.model(x)
+
+
+def load_teacher(cfg, num_classes: int, in_chans: int, data_mean: Sequence[float], data_std: Sequence[float],
+                 channels_last: bool = False) -> Teacher:
+    """Build `cfg.model` (a TeacherConfig), load its weights, freeze it, wrap it as a `Teacher`.
+
+    Weights: `cfg.checkpoint` if set, else hub weights if `cfg.pretrained`, else none (tests).
+    Normalisation: `cfg.mean/std`, else the hub weights' (pretrained), else the data's (a teacher
+    trained by this framework shares the student's normalisation).
+    """
+    if not cfg.model:
+        raise TeacherError("teacher.model is not set: name a timm model (e.g. teacher.model=resnet18)")
+    hub = cfg.pretrained and not cfg.checkpoint
+    # Hub weights are RGB: build 3 channels and let the Teacher repeat a gray batch.
+    chans = 3 if hub and in_chans == 1 else in_chans
+    build = dict(num_classes=num_classes, in_chans=chans, pretrained=hub, small_input_stem=cfg.small_input_stem)
+    try:  # ViTs are built for the resolution they will see
+        model = create_model(cfg.model, **build, **({"img_size": cfg.img_size} if cfg.img_size else {}))
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        model = create_model(cfg.model, **build)  # CNNs take no img_size: they run at any resolution
+    if cfg.checkpoint:
+        load_weights(model, cfg.checkpoint)
+    mean, std = cfg.mean, cfg.std
+    if mean is None and std is None and hub:
+        mean, std = model.pretrained_cfg.get("mean"), model.pretrained_cfg.get("std")
+    return Teacher(model, data_mean, data_std, mean=mean, std=std, in_chans=chans,
+                   img_size=cfg.img_size, channels_last=channels_last)

@@ -1,0 +1,141 @@
+"""Every loss term against values computed by hand with `math` on 2 x 3 logits."""
+import math
+
+import pytest
+import torch
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from distill.config import ConfigError
+from distill.losses import DistillationLoss, build_criterion, hard_distillation, soft_distillation
+
+S = [[1.0, 2.0, 0.0], [0.5, -1.0, 1.5]]  # student logits, 2 samples x 3 classes
+D = [[0.0, 1.0, 1.0], [2.0, 0.0, -1.0]]  # a distillation head's logits
+T = [[2.0, 0.0, 1.0], [0.0, 0.0, 3.0]]  # teacher logits; argmax 0 and 2
+Y = [1, 2]
+
+
+def log_softmax(row, tau=1.0):
+    z = [v / tau for v in row]
+    log_sum = math.log(sum(math.exp(v) for v in z))
+    return [v - log_sum for v in z]
+
+
+def ce(rows, labels):
+    return sum(-log_softmax(r)[y] for r, y in zip(rows, labels)) / len(rows)
+
+
+def smoothed_ce(rows, labels, eps):
+    per = [(1 - eps) * -log_softmax(r)[y] + eps * sum(-v for v in log_softmax(r)) / len(r)
+           for r, y in zip(rows, labels)]
+    return sum(per) / len(per)
+
+
+def kl_per_sample(s_rows, t_rows, tau):
+    """Mean over samples of KL(p_t || p_s) at temperature tau, without the tau^2 factor."""
+    total = 0.0
+    for s, t in zip(s_rows, t_rows):
+        ls, lt = log_softmax(s, tau), log_softmax(t, tau)
+        total += sum(math.exp(a) * (a - b) for a, b in zip(lt, ls))
+    return total / len(s_rows)
+
+
+def kl(s_rows, t_rows, tau):
+    return kl_per_sample(s_rows, t_rows, tau) * tau ** 2
+
+
+def tensor(rows, grad=False):
+    return torch.tensor(rows, dtype=torch.float32, requires_grad=grad)
+
+
+LABELS = torch.tensor(Y)
+
+
+def test_plain_cross_entropy():
+    out = DistillationLoss(build_criterion(False, 0.0))(tensor(S), LABELS)
+    assert set(out) == {"loss", "base"}
+    assert out["loss"].item() == pytest.approx(ce(S, Y), rel=1e-6)
+    assert out["base"].item() == pytest.approx(ce(S, Y), rel=1e-6)
+
+
+def test_label_smoothing():
+    out = DistillationLoss(build_criterion(False, 0.1))(tensor(S), LABELS)
+    assert out["loss"].item() == pytest.approx(smoothed_ce(S, Y, 0.1), rel=1e-6)
+    assert out["loss"].item() != pytest.approx(ce(S, Y), rel=1e-3)
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_soft_distillation_kl_with_tau_squared(tau):
+    got = soft_distillation(tensor(S), tensor(T), tau).item()
+    expected = {1.0: 1.0, 2.0: 4.0}[tau] * kl_per_sample(S, T, tau)  # tau^2 written out
+    assert got == pytest.approx(expected, rel=1e-6)
+    # batchmean, not DeiT's numel: the per-sample KL, C=3 times what dividing by B*C would give
+    assert got != pytest.approx(expected / 3, rel=1e-3)
+    assert soft_distillation(tensor(T), tensor(T), tau).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hard_distillation_uses_teacher_argmax():
+    assert hard_distillation(tensor(S), tensor(T)).item() == pytest.approx(ce(S, [0, 2]), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_alpha_mix(kind):
+    alpha, tau = 0.3, 2.0
+    out = DistillationLoss(build_criterion(False, 0.0), kind, alpha=alpha, tau=tau)(tensor(S), LABELS, tensor(T))
+    distill = kl(S, T, tau) if kind == "soft" else ce(S, [0, 2])
+    assert out["base"].item() == pytest.approx(ce(S, Y), rel=1e-6)
+    assert out["distill"].item() == pytest.approx(distill, rel=1e-6)
+    assert out["loss"].item() == pytest.approx((1 - alpha) * ce(S, Y) + alpha * distill, rel=1e-6)
+
+
+def test_tuple_path_class_head_on_labels_dist_head_on_teacher():
+    alpha, tau = 0.5, 1.0
+    out = DistillationLoss(build_criterion(False, 0.0), "soft", alpha, tau)((tensor(S), tensor(D)), LABELS, tensor(T))
+    assert out["base"].item() == pytest.approx(ce(S, Y), rel=1e-6)
+    assert out["distill"].item() == pytest.approx(kl(D, T, tau), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(0.5 * ce(S, Y) + 0.5 * kl(D, T, tau), rel=1e-6)
+
+
+def test_gradients_reach_both_heads_with_hand_values():
+    alpha, tau = 0.25, 2.0
+    cls, dist = tensor(S, grad=True), tensor(D, grad=True)
+    loss = DistillationLoss(build_criterion(False, 0.0), "soft", alpha, tau)((cls, dist), LABELS, tensor(T))["loss"]
+    loss.backward()
+    for i in range(2):
+        p = [math.exp(v) for v in log_softmax(S[i])]
+        ps, pt = [math.exp(v) for v in log_softmax(D[i], tau)], [math.exp(v) for v in log_softmax(T[i], tau)]
+        for c in range(3):  # d CE / d z = (p - onehot) / B; d tau^2 KL / d z = tau (p_s - p_t) / B
+            assert cls.grad[i, c].item() == pytest.approx((1 - alpha) * (p[c] - (c == Y[i])) / 2, abs=1e-6)
+            assert dist.grad[i, c].item() == pytest.approx(alpha * tau * (ps[c] - pt[c]) / 2, abs=1e-6)
+    assert cls.grad.abs().sum() > 0 and dist.grad.abs().sum() > 0
+
+
+def test_soft_target_cross_entropy_with_mixed_targets():
+    targets = [[0.7, 0.3, 0.0], [0.0, 0.4, 0.6]]
+    expected = sum(-sum(q * l for q, l in zip(t, log_softmax(r))) for r, t in zip(S, targets)) / 2
+    criterion = build_criterion(True, 0.1)  # smoothing is folded into Mixup's targets, not applied again
+    assert isinstance(criterion, SoftTargetCrossEntropy)
+    out = DistillationLoss(criterion)(tensor(S), tensor(targets))
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_build_criterion_choices():
+    assert isinstance(build_criterion(False, 0.1), LabelSmoothingCrossEntropy)
+    assert isinstance(build_criterion(False, 0.0), torch.nn.CrossEntropyLoss)
+
+
+def test_tuple_without_teacher_is_a_config_error():
+    with pytest.raises(ConfigError, match="distill.type=none"):
+        DistillationLoss(build_criterion(False, 0.0))((tensor(S), tensor(D)), LABELS)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_missing_teacher_logits(kind):
+    with pytest.raises(ValueError, match="needs teacher logits"):
+        DistillationLoss(build_criterion(False, 0.0), kind)(tensor(S), LABELS)
+
+
+def test_teacher_class_count_mismatch_and_bad_type():
+    with pytest.raises(ValueError, match="same classes"):
+        DistillationLoss(build_criterion(False, 0.0), "soft")(tensor(S), LABELS, torch.zeros(2, 5))
+    with pytest.raises(ConfigError, match="not one of"):
+        DistillationLoss(build_criterion(False, 0.0), "kd")
