@@ -28,6 +28,8 @@ class Progress:
         self.best_top1 = 0.0
         self.skipped_steps = 0  # non-finite steps skipped (train.on_nonfinite=skip)
         self.wall_s = 0.0  # training time before this process started (resumed runs)
+        self.partial_sums = {}  # loss sums of the epoch in progress, so its metrics line is whole
+        self.partial_steps = 0
 
     def state_dict(self) -> dict:
         return dict(vars(self))

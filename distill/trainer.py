@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -47,7 +48,8 @@ class Trainer:
         self.device, self.world_size, self.rank = acc.device, acc.num_processes, acc.process_index
         self._build()
         create_run_dir(acc, cfg, self.run_dir)
-        self.stop_requested = False
+        self.stop_requested = False  # set by the SIGTERM handler, in this process
+        self.stop_now = False  # agreed by all processes: stop at this step
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     # ---- setup -------------------------------------------------------------------------------
@@ -130,9 +132,11 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         self.student.train()
         self.train_batches.sampler.set_epoch(epoch, start_step)
-        sums, bad_step, n_steps = {}, torch.full((), -1, device=self.device), 0
+        # loss sums of the epoch so far (restored from the checkpoint after a mid-epoch resume)
+        sums = {k: torch.tensor(v, device=self.device) for k, v in self.progress.partial_sums.items()}
+        n_steps, bad_step = self.progress.partial_steps, torch.full((), -1, device=self.device)
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch}", leave=False,
-                   disable=not acc.is_local_main_process, dynamic_ncols=True)
+                   disable=not (acc.is_local_main_process and sys.stderr.isatty()), dynamic_ncols=True)
         t_last, step = time.perf_counter(), start_step
         for step, (images, labels, index) in enumerate(self.train_batches, start=start_step):
             terms = self._train_step(images, labels, index, epoch, step)
@@ -153,9 +157,18 @@ class Trainer:
                 acc.log({"train/loss_running": loss, "train/lr": self.scheduler.get_last_lr()[0],
                          "train/img_per_s": rate}, step=gstep)
             bar.update(1)
-            self._maybe_checkpoint_or_stop(epoch, done)
+            if self._checkpoint_due(done):
+                self._check_finite(bad_step)  # no non-finite weights reach a checkpoint
+                p = self.progress
+                p.step, p.partial_steps = done, n_steps
+                p.partial_sums = {k: v.item() for k, v in sums.items()}
+                ckpt.save_checkpoint(acc, self.run_dir, epoch * self.steps_per_epoch + done, cfg.train.keep_checkpoints)
+                if self.stop_now:
+                    raise Preempted(f"stopped by SIGTERM at epoch {epoch} step {done}; checkpoint saved in "
+                                    f"{self.run_dir / ckpt.CHECKPOINTS}. Resume: the same command with train.resume=auto")
         bar.close()
         self._check_finite(bad_step)
+        self.progress.partial_sums, self.progress.partial_steps = {}, 0
         return {k: (v / max(n_steps, 1)).item() for k, v in sums.items()}, step + 1 - start_step
 
     def _train_step(self, images, labels, index, epoch: int, step: int):
@@ -199,22 +212,19 @@ class Trainer:
                 f"loss became non-finite at step {bad} (epoch {bad // self.steps_per_epoch}); no checkpoint was "
                 "written after it. Lower train.lr, set train.clip_grad, or set train.on_nonfinite=skip")
 
-    def _maybe_checkpoint_or_stop(self, epoch: int, done: int) -> None:
+    def _checkpoint_due(self, done: int) -> bool:
+        """A mid-epoch checkpoint every `checkpoint_every_steps`, or now because SIGTERM arrived."""
         cfg, acc = self.cfg, self.accelerator
         if done == self.steps_per_epoch or done % cfg.train.grad_accum_steps:
-            return  # the epoch-end checkpoint follows evaluation; never save mid-accumulation
-        stop = self.stop_requested
-        if self.world_size > 1:  # ranks must agree on where to stop; only checked at sync points
-            if done % cfg.train.log_every:
-                return
-            stop = acc.reduce(torch.tensor(float(stop), device=self.device), "max").item() > 0
+            return False  # the epoch-end checkpoint follows evaluation; never save mid-accumulation
+        if self.world_size == 1:
+            self.stop_now = self.stop_requested
+        elif done % cfg.train.log_every == 0:
+            # ranks must agree on where to stop: a collective, so only at the logging sync points
+            flag = torch.tensor(float(self.stop_requested), device=self.device)
+            self.stop_now = acc.reduce(flag, "max").item() > 0
         every = cfg.train.checkpoint_every_steps
-        if stop or (every and done % every == 0):
-            self.progress.step = done
-            ckpt.save_checkpoint(acc, self.run_dir, epoch * self.steps_per_epoch + done, cfg.train.keep_checkpoints)
-        if stop:
-            raise Preempted(f"stopped by SIGTERM at epoch {epoch} step {done}; checkpoint saved in "
-                            f"{self.run_dir / ckpt.CHECKPOINTS}. Resume with the same command and train.resume=auto")
+        return self.stop_now or bool(every and done % every == 0)
 
     def _end_epoch(self, terms: dict, n_steps: int, train_s: float, epoch_t0: float) -> dict:
         acc, p = self.accelerator, self.progress
