@@ -71,7 +71,9 @@ if (( gpus > 0 )); then
     --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
     -m distill train "$@"
 fi
-# No GPU: torchrun starts the CPU processes; Accelerate picks up its environment and uses gloo.
+# No GPU: torchrun starts the CPU processes; Accelerate reads its environment and, told to stay
+# on the CPU, runs them as MULTI_CPU over gloo.
+export ACCELERATE_USE_CPU=1
 exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --nnodes "$NNODES" \
   --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
   -m distill train "$@"

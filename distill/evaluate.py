@@ -22,7 +22,7 @@ def evaluate_run(run_dir: Path, overrides=(), ema: bool = False) -> dict:
     weights = run_dir / ("student_ema.safetensors" if ema else "student.safetensors")
     if not weights.exists():
         raise ConfigError(f"{weights} not found: the run has not finished (resume it with train.resume=auto)")
-    cfg = load_config(str(run_dir / runlog.CONFIG), list(overrides) + ["train.resume="])
+    cfg = load_config(str(run_dir / runlog.CONFIG), list(overrides) + ["train.resume=''"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     test_set = load_split(cfg.data, train=False)
     model = build_student(cfg.student, test_set.num_classes, test_set.in_chans, cfg.data.img_size)

@@ -1,0 +1,102 @@
+"""Real training runs on Fashion-MNIST subsets, through the CLI as a user runs them."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import ROOT, needs_fmnist, run_cli
+
+pytestmark = needs_fmnist
+
+# Small and fast, but real: 4096 training images, 2 epochs, the full pipeline.
+QUICK = ["data.train_subset=4096", "data.test_subset=2000", "data.batch_size=32", "data.cutmix_alpha=0",
+         "train.epochs=2", "train.lr=1e-3", "train.lr_base_batch=32", "train.warmup_epochs=0.2",
+         "train.log_every=16"]
+WELL_ABOVE_CHANCE = 35.0  # 10 classes; 256 steps of a ViT from scratch reach about 48%
+
+
+def train(out: Path, recipe: str, *overrides, env=None):
+    res = run_cli("train", f"recipes/fashion_mnist/{recipe}.yaml", f"output_dir={out}", *QUICK, *overrides, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    train(out, "plain_tiny")
+    return out / "fashion_mnist_plain_tiny"
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    train(out, "teacher_resnet18", "data.train_subset=2048", "train.epochs=1", "student.model=resnet10t")
+    return out / "fashion_mnist_teacher_resnet18"
+
+
+def test_plain_run_learns_and_writes_its_folder(plain_run):
+    summary = json.loads((plain_run / "summary.json").read_text())
+    for key in ("name", "best_top1", "final_top1", "epochs", "params", "world_size", "wall_s",
+                "train_img_per_s", "teacher", "distill_type", "git_commit", "torch"):
+        assert key in summary, key
+    assert summary["final_top1"] > WELL_ABOVE_CHANCE, summary
+    assert summary["teacher"] is None and summary["distill_type"] == "none" and summary["world_size"] == 1
+    assert 3.1e6 < summary["params"] < 3.3e6
+    lines = [json.loads(x) for x in (plain_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    for key in ("loss", "loss_base", "lr", "top1", "top5", "train_img_per_s", "epoch_s"):
+        assert key in lines[-1], key
+    assert lines[-1]["top1"] == summary["final_top1"]
+    assert (plain_run / "config.yaml").exists() and (plain_run / "student.safetensors").exists()
+    assert list((plain_run / "checkpoints").glob("step_*"))
+
+
+def test_eval_reproduces_final_top1(plain_run):
+    res = run_cli("eval", plain_run)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    summary = json.loads((plain_run / "summary.json").read_text())
+    assert abs(out["top1"] - summary["final_top1"]) < 1e-9 and out["eval_samples"] == 2000
+
+
+def test_tensorboard_holds_every_loss_term(plain_run, teacher_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def tags(run_dir):
+        acc = EventAccumulator(str(next((run_dir / "tensorboard").rglob("events.out.tfevents.*")).parent))
+        acc.Reload()
+        return set(acc.Tags()["scalars"])
+
+    plain = tags(plain_run)
+    assert {"train/loss", "train/loss_base", "train/lr_epoch", "eval/top1", "eval/top5",
+            "train/img_per_s_epoch"} <= plain
+    train(tmp_path, "hard_tiny", f"teacher.checkpoint={teacher_run}", "teacher.model=resnet10t", "train.epochs=1")
+    distilled = tags(tmp_path / "fashion_mnist_hard_tiny")
+    assert {"train/loss", "train/loss_base", "train/loss_distill", "eval/top1_cls", "eval/top1_dist"} <= distilled
+    summary = json.loads((tmp_path / "fashion_mnist_hard_tiny" / "summary.json").read_text())
+    assert summary["teacher"] == "resnet10t" and summary["distill_type"] == "hard"
+    assert 0 <= summary["teacher_agreement"] <= 100
+
+
+def test_existing_run_is_never_overwritten(plain_run):
+    before = {p: p.stat().st_mtime_ns for p in plain_run.rglob("*") if p.is_file()}
+    res = run_cli("train", "recipes/fashion_mnist/plain_tiny.yaml", f"output_dir={plain_run.parent}", *QUICK)
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("error: run folder") and len(res.stderr.strip().splitlines()) == 1
+    assert before == {p: p.stat().st_mtime_ns for p in plain_run.rglob("*") if p.is_file()}
+
+
+def test_two_processes_over_gloo(tmp_path, plain_run):
+    env = {**os.environ, "NPROC": "2", "MASTER_PORT": "29531", "PYTHONUNBUFFERED": "1"}
+    # per-process batch 16 x 2 processes = the 1-process run's batch of 32
+    res = subprocess.run([str(ROOT / "launch.sh"), "recipes/fashion_mnist/plain_tiny.yaml", f"output_dir={tmp_path}",
+                          *QUICK, "data.batch_size=16"],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "fashion_mnist_plain_tiny" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 32
+    assert summary["final_top1"] > WELL_ABOVE_CHANCE
