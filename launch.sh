@@ -74,6 +74,9 @@ fi
 # No GPU: torchrun starts the CPU processes; Accelerate reads its environment and, told to stay
 # on the CPU, runs them as MULTI_CPU over gloo.
 export ACCELERATE_USE_CPU=1
+# One process per core share, unless told otherwise: more threads than cores thrash.
+cores="$(nproc 2>/dev/null || echo 1)"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cores / NPROC > 0 ? cores / NPROC : 1 ))}"
 exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --nnodes "$NNODES" \
   --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
   -m distill train "$@"

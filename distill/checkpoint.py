@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+import torch
 from safetensors.torch import save_file
 
 CHECKPOINTS = "checkpoints"
@@ -52,8 +53,14 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator, run_dir: Path, global_step: int, keep: int) -> Path:
-    """Save model, optimizer, scheduler, scaler, RNG and registered objects; every rank calls this."""
+def save_checkpoint(accelerator, run_dir: Path, global_step: int, keep: int, model: torch.nn.Module) -> Path:
+    """Save model, optimizer, scheduler, scaler, RNG and registered objects; every rank calls this.
+
+    `model` is checked first: non-finite weights never reach a checkpoint.
+    """
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise CheckpointError(f"refusing to checkpoint non-finite weights at step {global_step}: the run "
+                              "diverged; lower train.lr or set train.clip_grad")
     root = Path(run_dir) / CHECKPOINTS
     final, tmp = root / f"step_{global_step:09d}", root / f".tmp_step_{global_step:09d}"
     if accelerator.is_main_process:

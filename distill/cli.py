@@ -1,4 +1,7 @@
-"""`distill` command line: train, eval, config. Errors a user can fix print one line and exit 2."""
+"""`distill` command line: train, eval, bench, compare, study, config.
+
+Errors a user can fix print one line, `error: ...`, and exit with status 2.
+"""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +35,7 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.recipe, args.overrides)
     try:
-        trainer = Trainer(cfg, recipe=args.recipe)
+        trainer = Trainer(cfg)
         summary = trainer.fit()
     except RunComplete as e:
         print(str(e), file=sys.stderr)
@@ -54,14 +57,47 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from distill.compare import load_summaries, markdown_table
+    from distill.compare import load_runs, markdown_table, write_report
 
-    table = markdown_table(load_summaries(args.run_dirs))
-    print(table)
+    runs = load_runs(args.run_dirs)
+    print(markdown_table([r["summary"] for r in runs]))
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "report.md").write_text(table + "\n")
+        print(f"report: {write_report(runs, Path(args.out))}")
     return 0
+
+
+def cmd_bench(args) -> int:
+    from distill.bench import format_table, run_bench
+
+    cfg = load_config(args.recipe, args.overrides)
+    result = run_bench(cfg, steps=args.steps, warmup=args.warmup)
+    if args.reference:
+        import torch
+
+        from distill.bench_reference import compute_ceiling, reference_loop
+
+        if cfg.student.distilled or cfg.distill.type != "none":
+            raise ConfigError("--reference compares plain training: pass a plain recipe")
+        device = torch.device(result["device"] != "cpu" and "cuda" or "cpu")
+        result["reference_img_per_s"] = reference_loop(cfg, args.steps, args.warmup, device)
+        result["ceiling_img_per_s"] = compute_ceiling(cfg, args.steps, args.warmup, device)
+        result["vs_reference"] = result["train_img_per_s"] / result["reference_img_per_s"]
+        result["vs_ceiling"] = result["train_img_per_s"] / result["ceiling_img_per_s"]
+    print(format_table(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from distill.study import plan, run_study
+
+    if args.dry_run:
+        for job in plan(Path(args.study), args.overrides):
+            print(" ".join(job.cmd))
+        return 0
+    return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,10 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("compare", help="finished runs side by side")
+    p = sub.add_parser("bench", help="steady-state training/inference speed of a recipe (see distill/bench.py)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--steps", type=int, default=50, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    p.add_argument("--reference", action="store_true",
+                   help="also time a common torchvision/DataLoader loop and the model's compute ceiling")
+    p.add_argument("--out", help="write the JSON here")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="finished runs side by side; --out writes report.md and plots")
     p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", help="also write report.md into this folder")
+    p.add_argument("--out", help="write report.md and PNG plots into this folder")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("study", help="run a study file (skipping complete runs), then report")
+    p.add_argument("study", help="study YAML, e.g. recipes/studies/fashion_mnist_cpu.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. to shrink it)")
+    p.add_argument("--out", help="report folder (default: <study folder>/report)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("config", help="print the fully resolved config")
     p.add_argument("recipe", nargs="?", help="YAML recipe (none: the defaults)")

@@ -1,39 +1,123 @@
-"""`distill compare RUN_DIR...`: finished runs side by side."""
+"""`distill compare RUN_DIR... [--out DIR]`: finished runs side by side, grouped into variants.
+
+A variant is a run name without its `_s<seed>` suffix; its seeds give the mean, the standard
+deviation and, against the plain baseline of the same student, a 95% Welch interval on the
+difference. With `--out`, writes report.md and PNG plots there.
+"""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from distill import runlog
 from distill.config import ConfigError
+from distill.stats import diff_ci, mean, std
 
 
 def load_summaries(run_dirs) -> list:
     """summary.json of each finished run; an unfinished or unknown folder is an error."""
+    return [r["summary"] for r in load_runs(run_dirs)]
+
+
+def load_runs(run_dirs) -> list:
     runs = []
     for d in map(Path, run_dirs):
         path = d / runlog.SUMMARY
         if not path.exists():
             raise ConfigError(f"{d} has no {runlog.SUMMARY}: not a finished run (resume it with train.resume=auto)")
-        runs.append(json.loads(path.read_text()))
+        runs.append({"dir": d, "summary": json.loads(path.read_text()), "metrics": runlog.read_metrics(d)})
     return runs
 
 
-def _fmt(v, spec: str) -> str:
+def variant_of(name: str) -> str:
+    return re.sub(r"_s\d+$", "", name)
+
+
+def group(runs: list) -> dict:
+    variants = {}
+    for run in runs:
+        variants.setdefault(variant_of(run["summary"]["name"]), []).append(run)
+    return variants
+
+
+def variant_rows(variants: dict) -> list:
+    """One row per variant: statistics over its seeds, and the difference from its plain baseline."""
+    rows = []
+    for name, runs in variants.items():
+        s = [r["summary"] for r in runs]
+        best, final = [x["best_top1"] for x in s], [x["final_top1"] for x in s]
+        agree = [x["teacher_agreement"] for x in s if x.get("teacher_agreement") is not None]
+        rows.append({"variant": name, "student": s[0].get("student", "?"), "teacher": s[0].get("teacher"),
+                     "distill_type": s[0].get("distill_type", "none"), "n": len(s), "final": final,
+                     "best_mean": mean(best), "best_std": std(best), "final_mean": mean(final), "final_std": std(final),
+                     "params": s[0].get("params"), "gflops": s[0].get("gflops"),
+                     "img_per_s": mean([x["train_img_per_s"] for x in s]), "wall_s": mean([x["wall_s"] for x in s]),
+                     "agreement": mean(agree) if agree else None})
+    for row in rows:
+        base = next((b for b in rows if b["distill_type"] == "none" and b["student"] == row["student"]
+                     and b is not row), None)
+        if row["distill_type"] != "none" and base is not None:
+            row["baseline"] = base["variant"]
+            row["delta"], row["delta_ci"] = diff_ci(row["final"], base["final"])
+    return rows
+
+
+def _f(v, spec=".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def markdown_table(runs: list) -> str:
+def _md(head: list, rows: list) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def variant_table(rows: list) -> str:
+    head = ["variant", "seeds", "best top-1 %", "final top-1 %", "vs plain (95% CI)", "params (M)", "GFLOPs",
+            "train img/s", "wall (s)", "agrees with teacher %"]
+    body = []
+    for r in rows:
+        delta = (f"{r['delta']:+.2f} ± {r['delta_ci']:.2f}" if "delta" in r else "-")
+        body.append([r["variant"], r["n"], f"{r['best_mean']:.2f} ± {r['best_std']:.2f}",
+                     f"{r['final_mean']:.2f} ± {r['final_std']:.2f}", delta, _f(r["params"] and r["params"] / 1e6),
+                     _f(r["gflops"], ".3f"), _f(r["img_per_s"], ".0f"), _f(r["wall_s"], ".0f"), _f(r["agreement"])])
+    return _md(head, body)
+
+
+def markdown_table(summaries: list) -> str:
     """One row per run: accuracy, size, speed, time."""
-    head = ["run", "student", "distillation", "best top-1 %", "final top-1 %", "params (M)",
-            "train img/s", "wall (s)"]
-    rows = []
-    for r in runs:
-        how = "-" if r.get("distill_type") in (None, "none") else f"{r['distill_type']} from {r.get('teacher')}"
-        rows.append([r["name"], r.get("student", "-"), how, _fmt(r.get("best_top1"), ".2f"),
-                     _fmt(r.get("final_top1"), ".2f"), _fmt(r.get("params", 0) / 1e6, ".2f"),
-                     _fmt(r.get("train_img_per_s"), ".0f"), _fmt(r.get("wall_s"), ".0f")])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), sep, *map(line, rows)])
+    head = ["run", "student", "distillation", "best top-1 %", "final top-1 %", "params (M)", "train img/s", "wall (s)"]
+    body = [[s["name"], s.get("student", "-"),
+             "-" if s.get("distill_type") in (None, "none") else f"{s['distill_type']} from {s.get('teacher')}",
+             _f(s.get("best_top1")), _f(s.get("final_top1")), _f(s.get("params", 0) / 1e6),
+             _f(s.get("train_img_per_s"), ".0f"), _f(s.get("wall_s"), ".0f")] for s in summaries]
+    return _md(head, body)
+
+
+def provenance_table(summaries: list) -> str:
+    keys = ["git_commit", "torch", "timm", "accelerate", "hardware", "world_size"]
+    body = [[s["name"], s.get("seed", "-"), *[s.get(k, "-") for k in keys]] for s in summaries]
+    return _md(["run", "seed", *keys], body)
+
+
+def write_report(runs: list, out: Path) -> Path:
+    """report.md with the tables and the PNG plots beside it."""
+    from distill import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    variants = group(runs)
+    rows = variant_rows(variants)
+    figures = [plots.curves(variants, out), plots.bars(rows, out)]
+    students = {r["student"] for r in rows if r["student"].startswith("distill_vit")}
+    if len(students) > 1:
+        figures += plots.scaling(rows, out)
+    summaries = [r["summary"] for r in runs]
+    text = ["# Comparison", "",
+            "Mean ± standard deviation over seeds; 'vs plain' is the difference in final top-1 from the plain "
+            "run of the same student, with a 95% Welch t-interval (± half-width).", "",
+            variant_table(rows), "", "## Runs", "", markdown_table(summaries), "",
+            "## Plots", "", *[f"![{f.stem}]({f.name})" for f in figures], "",
+            "## Provenance", "", provenance_table(summaries), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(text))
+    return path

@@ -84,7 +84,9 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.9998
     resume: str = ""  # "" = new run, "auto" = latest checkpoint of this run name, or a path
-    checkpoint_every_steps: int = 0  # 0 = at the end of each epoch only
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    checkpoint_every: int = 1  # epochs between checkpoints (and after the last)
+    checkpoint_every_steps: int = 0  # also mid-epoch, every N steps; 0 = off
     keep_checkpoints: int = 2
     log_every: int = 50  # steps between progress updates (each one syncs with the device)
     on_nonfinite: str = "stop"  # stop | skip (skipping syncs with the device every step)
@@ -112,6 +114,7 @@ CHOICES = {
 }
 POSITIVE = ("data.img_size", "data.batch_size", "data.eval_batch_size", "train.epochs",
             "train.lr", "train.lr_base_batch", "train.grad_accum_steps", "train.keep_checkpoints",
+            "train.eval_every", "train.checkpoint_every",
             "train.log_every", "distill.tau")
 NON_NEGATIVE = ("data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.num_workers",
                 "train.min_lr", "train.warmup_epochs", "train.weight_decay",
@@ -169,6 +172,10 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"distill.type={cfg.distill.type} needs a teacher: set teacher.model (and teacher.checkpoint)")
     if cfg.student.distilled and cfg.distill.type == "none":
         raise ConfigError("student.distilled=true needs distill.type=soft or hard")
+    mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0
+    if mixing and cfg.data.batch_size % 2:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be even under Mixup/CutMix "
+                          "(timm pairs each sample with the batch reversed)")
     if cfg.train.resume not in ("", "auto") and not os.path.exists(cfg.train.resume):
         raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint; use 'auto' or a checkpoint folder")
     if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):

@@ -1,7 +1,7 @@
 """The run folder `<output_dir>/<name>/`: created once, never overwritten, resumable."""
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +13,8 @@ from distill.config import Config, ConfigError, to_yaml
 
 # Keys a resumed run may change: the run's identity is everything else.
 _MAY_DIFFER = {"train.resume", "train.epochs", "train.log_every", "train.checkpoint_every_steps",
-               "train.keep_checkpoints", "data.num_workers", "data.root"}
+               "train.keep_checkpoints", "train.eval_every", "train.checkpoint_every",
+               "data.num_workers", "data.root", "data.device_resident"}
 
 
 class RunComplete(Exception):
@@ -47,10 +48,13 @@ def resolve_run_dir(accelerator, cfg: Config, run_dir: Path) -> Optional[Path]:
                           "or start a new run with name=<new name>")
     if exists and resume == "auto" and (run_dir / runlog.SUMMARY).exists():
         raise RunComplete(f"run {run_dir} is already complete (see {run_dir / runlog.SUMMARY})")
-    parent = run_dir.parent
-    probe = parent if parent.exists() else next((p for p in parent.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
-        raise ConfigError(f"output_dir={cfg.output_dir}: {probe} is not writable; set output_dir to a writable folder")
+    try:  # the honest test of writability is to write (permission bits say little to root)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir.parent):
+            pass
+    except OSError as e:
+        raise ConfigError(f"output_dir={cfg.output_dir} is not writable ({e.strerror}); "
+                          "set output_dir to a writable folder") from None
     if exists:
         _check_same_run(cfg, run_dir)
     if resume == "auto":

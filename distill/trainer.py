@@ -19,7 +19,7 @@ from distill.build import build_data, build_optimizer, build_scheduler, build_st
 from distill.config import Config
 from distill.engine import evaluate
 from distill.losses import DistillationLoss, build_criterion
-from distill.profile import count_params
+from distill.profile import count_params, forward_gflops
 from distill.rundir import create_run_dir, resolve_run_dir
 from teachers import load_teacher
 
@@ -33,8 +33,9 @@ class Preempted(Exception):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, recipe: str | None = None):
-        self.cfg, self.recipe = cfg, recipe
+    def __init__(self, cfg: Config, dry_run: bool = False):
+        """`dry_run`: build everything but write no run folder (`distill bench`)."""
+        self.cfg = cfg
         self.run_dir = Path(cfg.output_dir) / cfg.name
         self.accelerator = acc = Accelerator(
             mixed_precision=cfg.train.mixed_precision,
@@ -42,12 +43,13 @@ class Trainer:
             log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir)),
         )
-        self.resume_from = resolve_run_dir(acc, cfg, self.run_dir)
+        self.resume_from = None if dry_run else resolve_run_dir(acc, cfg, self.run_dir)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.device, self.world_size, self.rank = acc.device, acc.num_processes, acc.process_index
         self._build()
-        create_run_dir(acc, cfg, self.run_dir)
+        if not dry_run:
+            create_run_dir(acc, cfg, self.run_dir)
         self.stop_requested = False  # set by the SIGTERM handler, in this process
         self.stop_now = False  # agreed by all processes: stop at this step
         signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -63,12 +65,14 @@ class Trainer:
                                     cfg.data.mixup_alpha, cfg.data.cutmix_alpha, cfg.data.mixup_prob,
                                     cfg.data.label_smoothing)
         self.train_batches, self.test_batches = self._batches(train_set, test_set)
+        self.test_size = len(test_set)
         self.steps_per_epoch = self.train_batches.sampler.steps_per_epoch
         self.updates_per_epoch = self.steps_per_epoch // cfg.train.grad_accum_steps
 
         torch.manual_seed(cfg.seed)  # identical initial weights in every process
         student = build_student(cfg.student, self.num_classes, in_chans, cfg.data.img_size)
         self.params = count_params(student)
+        self.gflops = forward_gflops(student, (in_chans, cfg.data.img_size, cfg.data.img_size))
         self.teacher = None
         if cfg.distill.type != "none":
             with acc.main_process_first():  # one rank reads or downloads the weights first
@@ -122,10 +126,14 @@ class Trainer:
             t0 = time.perf_counter()
             terms, n_steps = self._train_epoch(p.epoch, p.step)
             train_s = time.perf_counter() - t0
-            result = self._end_epoch(terms, n_steps, train_s, t0)
+            last = p.epoch + 1 == cfg.train.epochs
+            evaluated = self._end_epoch(terms, n_steps, train_s, t0, last or (p.epoch + 1) % cfg.train.eval_every == 0)
+            result = evaluated if "top1" in evaluated else result
             p.wall_s = time.perf_counter() - start
             p.epoch, p.step = p.epoch + 1, 0
-            ckpt.save_checkpoint(acc, self.run_dir, p.epoch * self.steps_per_epoch, cfg.train.keep_checkpoints)
+            if last or p.epoch % cfg.train.checkpoint_every == 0:
+                ckpt.save_checkpoint(acc, self.run_dir, p.epoch * self.steps_per_epoch, cfg.train.keep_checkpoints,
+                                     self.student)
         return self._finish(time.perf_counter() - start, result)
 
     def _train_epoch(self, epoch: int, start_step: int):
@@ -162,7 +170,8 @@ class Trainer:
                 p = self.progress
                 p.step, p.partial_steps = done, n_steps
                 p.partial_sums = {k: v.item() for k, v in sums.items()}
-                ckpt.save_checkpoint(acc, self.run_dir, epoch * self.steps_per_epoch + done, cfg.train.keep_checkpoints)
+                ckpt.save_checkpoint(acc, self.run_dir, epoch * self.steps_per_epoch + done, cfg.train.keep_checkpoints,
+                                     self.student)
                 if self.stop_now:
                     raise Preempted(f"stopped by SIGTERM at epoch {epoch} step {done}; checkpoint saved in "
                                     f"{self.run_dir / ckpt.CHECKPOINTS}. Resume: the same command with train.resume=auto")
@@ -226,15 +235,21 @@ class Trainer:
         every = cfg.train.checkpoint_every_steps
         return self.stop_now or bool(every and done % every == 0)
 
-    def _end_epoch(self, terms: dict, n_steps: int, train_s: float, epoch_t0: float) -> dict:
+    def _evaluate(self, model: torch.nn.Module, teacher=None) -> dict:
+        """Test-set accuracy of `model`, this process's shard, summed over all processes."""
+        from distill.loader import eval_shard
+
+        acc = self.accelerator
+        shard = eval_shard(self.test_size, self.rank, self.world_size)
+        return evaluate(model, self.test_batches.iter_range(shard), self.normalize,
+                        reduce=lambda t: acc.reduce(t, "sum"), teacher=teacher, autocast=acc.autocast)
+
+    def _end_epoch(self, terms: dict, n_steps: int, train_s: float, epoch_t0: float, run_eval: bool) -> dict:
         acc, p = self.accelerator, self.progress
-        metrics = evaluate(acc.unwrap_model(self.student), self.test_batches.iter_range(self._eval_range()),
-                           self.normalize, reduce=lambda t: acc.reduce(t, "sum"), autocast=acc.autocast)
-        if self.ema is not None:
-            ema_metrics = evaluate(self.ema.module, self.test_batches.iter_range(self._eval_range()),
-                                   self.normalize, reduce=lambda t: acc.reduce(t, "sum"), autocast=acc.autocast)
-            metrics["ema_top1"] = ema_metrics["top1"]
-        p.best_top1 = max(p.best_top1, metrics["top1"])
+        metrics = self._evaluate(acc.unwrap_model(self.student)) if run_eval else {}
+        if self.ema is not None and run_eval:
+            metrics["ema_top1"] = self._evaluate(self.ema.module)["top1"]
+        p.best_top1 = max(p.best_top1, metrics.get("top1", 0.0))
         img_s = n_steps * self.global_batch / self.cfg.train.grad_accum_steps / max(train_s, 1e-9)
         record = {"epoch": p.epoch, **{f"loss_{k}" if k != "loss" else "loss": v for k, v in terms.items()},
                   "lr": self.scheduler.get_last_lr()[0], **metrics, "train_img_per_s": img_s,
@@ -244,32 +259,26 @@ class Trainer:
         acc.log({f"train/{k}": v for k, v in record.items() if k.startswith("loss")} |
                 {f"eval/{k}": v for k, v in metrics.items() if k != "eval_samples"} |
                 {"train/lr_epoch": record["lr"], "train/img_per_s_epoch": img_s}, step=(p.epoch + 1) * self.steps_per_epoch)
+        accuracy = f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  " if metrics else ""
         acc.print(f"epoch {p.epoch + 1}/{self.cfg.train.epochs}  loss {terms.get('loss', float('nan')):.4f}  "
-                  f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  {img_s:.0f} img/s  {record['epoch_s']:.1f}s")
+                  f"{accuracy}{img_s:.0f} img/s  {record['epoch_s']:.1f}s")
         return record
-
-    def _eval_range(self) -> range:
-        from distill.loader import eval_shard
-
-        return eval_shard(len(self.test_batches.labels if hasattr(self.test_batches, "labels")
-                              else self.test_batches.dataset), self.rank, self.world_size)
 
     def _finish(self, wall_s: float, last: dict) -> dict:
         acc, cfg = self.accelerator, self.cfg
         student = acc.unwrap_model(self.student)
         summary = {}
         if self.teacher is not None:  # how often the final student agrees with its teacher
-            agree = evaluate(student, self.test_batches.iter_range(self._eval_range()), self.normalize,
-                             reduce=lambda t: acc.reduce(t, "sum"), teacher=self.teacher, autocast=acc.autocast)
-            summary["teacher_agreement"] = agree["teacher_agreement"]
+            summary["teacher_agreement"] = self._evaluate(student, teacher=self.teacher)["teacher_agreement"]
         if acc.is_main_process:
             ckpt.save_weights_atomic(student.state_dict(), self.run_dir / "student.safetensors")
             if self.ema is not None:
                 ckpt.save_weights_atomic(self.ema.module.state_dict(), self.run_dir / "student_ema.safetensors")
             history = runlog.read_metrics(self.run_dir)
             summary = {
-                "name": cfg.name, "best_top1": max(r["top1"] for r in history), "final_top1": last.get("top1"),
+                "name": cfg.name, "best_top1": max(r["top1"] for r in history if "top1" in r), "final_top1": last.get("top1"),
                 "final_top5": last.get("top5"), "epochs": cfg.train.epochs, "params": self.params,
+                "gflops": self.gflops,
                 "world_size": self.world_size, "global_batch": self.global_batch, "lr": self.lr,
                 "wall_s": wall_s, "train_img_per_s": sum(r["train_img_per_s"] for r in history) / len(history),
                 "student": cfg.student.model, "teacher": cfg.teacher.model if self.teacher is not None else None,

@@ -18,9 +18,9 @@ start=$(date +%s)
 "$PY" -m distill train recipes/fashion_mnist/teacher_resnet18.yaml $short \
   student.small_input_stem=false data.train_subset=${QS_TEACHER_SUBSET:-15360} train.epochs=${QS_TEACHER_EPOCHS:-2}
 "$PY" -m distill train recipes/fashion_mnist/plain_tiny.yaml $short \
-  data.train_subset=${QS_STUDENT_SUBSET:-20480} train.epochs=${QS_STUDENT_EPOCHS:-3} train.lr=1e-3
+  data.train_subset=${QS_STUDENT_SUBSET:-16384} train.epochs=${QS_STUDENT_EPOCHS:-3} train.lr=1e-3
 "$PY" -m distill train recipes/fashion_mnist/hard_tiny.yaml $short \
-  data.train_subset=${QS_STUDENT_SUBSET:-20480} train.epochs=${QS_STUDENT_EPOCHS:-3} train.lr=1e-3 \
+  data.train_subset=${QS_STUDENT_SUBSET:-16384} train.epochs=${QS_STUDENT_EPOCHS:-3} train.lr=1e-3 \
   teacher.checkpoint="$teacher_run" teacher.small_input_stem=false
 echo
 "$PY" -m distill compare "$out"/fashion_mnist_teacher_resnet18 "$out"/fashion_mnist_plain_tiny \

@@ -1,0 +1,118 @@
+"""`distill bench RECIPE`: steady-state speed of the real training step, on CPU or GPU.
+
+Method: the recipe's trainer is built as for a run (same data path, augmentation, model,
+teacher, precision), but no run folder is written. The trainer's own epoch loop runs `warmup`
+steps untimed (allocator, autotuning, torch.compile), then `steps` steps timed between two
+device synchronisations: batch gathering, augmentation, the step and its logging all count.
+Training images/s = steps x global batch / seconds. For a distilled recipe the teacher's
+forward on the same batches is timed alone, and the student's share is the rest. Inference is
+the student's eval forward at `data.eval_batch_size`. Peak memory is the CUDA allocator's peak,
+or the process's peak resident set on a CPU.
+"""
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+
+from distill.config import Config, ConfigError
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, n: int, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for model-FLOPs utilisation.
+_PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+
+
+def peak_bf16_tflops(device_name: str):
+    return next((v for k, v in _PEAK_BF16_TFLOPS.items() if k in device_name), None)
+
+
+def run_bench(cfg: Config, steps: int = 50, warmup: int = 10) -> dict:
+    """Training, teacher and inference throughput of `cfg`'s trainer; returns a JSON-able dict."""
+    from distill.trainer import Trainer
+
+    trainer = Trainer(cfg, dry_run=True)
+    dev, acc = trainer.device, trainer.accelerator
+    spe = trainer.steps_per_epoch
+    if warmup + steps > spe:
+        raise ConfigError(f"bench needs warmup + steps = {warmup + steps} <= {spe} steps per epoch; "
+                          "pass smaller --steps/--warmup or a larger data.train_subset")
+
+    def epoch_tail(epoch: int, n: int) -> float:
+        """The last n steps of an epoch through the trainer's own loop: gather, augment, step, log."""
+        _sync(dev)
+        t0 = time.perf_counter()
+        trainer._train_epoch(epoch, spe - n)
+        _sync(dev)
+        return time.perf_counter() - t0
+
+    epoch_tail(0, warmup)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    train_s = epoch_tail(1, steps)
+    result = {"recipe": cfg.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+              "world_size": trainer.world_size, "batch_size": cfg.data.batch_size, "global_batch": trainer.global_batch,
+              "mixed_precision": acc.mixed_precision, "compile": cfg.train.compile, "steps": steps, "warmup": warmup,
+              "params": trainer.params,
+              "train_img_per_s": steps * trainer.global_batch / train_s, "train_step_ms": 1e3 * train_s / steps,
+              "peak_memory_mb": _peak_memory_mb(dev)}
+    trainer.train_batches.sampler.set_epoch(2)
+    pool = [b for _, b in zip(range(8), trainer.train_batches)]
+
+    if trainer.teacher is not None:
+        views = [trainer.augment(im, lb, ix, cfg.seed, 0, j)[0] for j, (im, lb, ix) in enumerate(pool[:8])]
+
+        def teacher_fwd(i):
+            with torch.no_grad(), acc.autocast():
+                trainer.teacher(views[i % len(views)])
+
+        _timed(teacher_fwd, warmup, dev)
+        teacher_s = _timed(teacher_fwd, steps, dev)
+        result.update(teacher_ms=1e3 * teacher_s / steps,
+                      student_ms=1e3 * (train_s - teacher_s) / steps,
+                      teacher_share=teacher_s / train_s)
+
+    model = acc.unwrap_model(trainer.student)
+    # model FLOPs per trained image: forward + backward (about twice the forward), i.e. 3 x forward
+    result["gflops_forward"] = trainer.gflops
+    result["train_tflops"] = 3 * trainer.gflops * result["train_img_per_s"] / 1e3
+    peak = peak_bf16_tflops(result["device"])
+    if peak and dev.type == "cuda":
+        result["peak_bf16_tflops"] = peak
+        result["mfu"] = result["train_tflops"] / peak
+    model.eval()
+    x = trainer.normalize(pool[0][0][:1].expand(cfg.data.eval_batch_size, -1, -1, -1).contiguous())
+
+    def infer(i):
+        with torch.no_grad(), acc.autocast():
+            model(x)
+
+    _timed(infer, warmup, dev)
+    result["infer_img_per_s"] = steps * x.shape[0] / _timed(infer, steps, dev)
+    return result
+
+
+def format_table(result: dict) -> str:
+    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in result.items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -1,0 +1,150 @@
+"""Fault tolerance, for real: kill a run mid-epoch, resume it, compare weights bit for bit."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import PLAIN as RECIPE
+from conftest import QUICK, ROOT, needs_fmnist, run_cli
+from distill.checkpoint import complete_checkpoints, latest_checkpoint
+
+pytestmark = needs_fmnist
+
+NAME = "fashion_mnist_plain_tiny"
+
+
+def weights(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "student.safetensors"))
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(plain_run):
+    """An uninterrupted single-process run."""
+    return plain_run
+
+
+def start_and_interrupt(out: Path, sig: int, after_step: int) -> subprocess.CompletedProcess:
+    """Start a run that checkpoints every 20 steps; send `sig` once a mid-epoch checkpoint exists."""
+    cmd = [sys.executable, "-m", "distill", "train", RECIPE, f"output_dir={out}", *QUICK,
+           "train.checkpoint_every_steps=20"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        found = latest_checkpoint(out / NAME)
+        if found is not None and int(found.name.split("_")[1]) >= after_step:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_identical_weights(tmp_path, reference, sig):
+    killed = start_and_interrupt(tmp_path, sig, after_step=40)
+    run_dir = tmp_path / NAME
+    assert not (run_dir / "summary.json").exists(), "the run finished before it could be interrupted"
+    checkpoints = [p.name for p in complete_checkpoints(run_dir)]
+    if sig == signal.SIGTERM:  # preemption: a checkpoint at the current step, a clean exit, a hint
+        assert killed.returncode == 0, (checkpoints, killed.stderr[-2000:])
+        assert "train.resume=auto" in killed.stderr and "Traceback" not in killed.stderr
+    else:
+        assert killed.returncode == -signal.SIGKILL
+    stopped_at = int(latest_checkpoint(run_dir).name.split("_")[1])
+    assert 0 < stopped_at < 128, f"expected a mid-epoch checkpoint in the first epoch (128 steps): {checkpoints}"
+    resumed = run_cli("train", RECIPE, f"output_dir={tmp_path}", *QUICK, "train.checkpoint_every_steps=20",
+                      "train.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from" in resumed.stdout + resumed.stderr
+    diff = max_abs_diff(weights(run_dir), weights(reference))
+    print(f"{signal.Signals(sig).name}: stopped after step {stopped_at}; max |w_resumed - w_uninterrupted| = {diff}")
+    assert diff == 0.0, (checkpoints, resumed.stderr[-1500:])
+    ref_lines = (reference / "metrics.jsonl").read_text().splitlines()
+    got = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in got] == [json.loads(x)["loss"] for x in ref_lines]  # whole-epoch means, too
+    assert len(complete_checkpoints(run_dir)) <= 2  # train.keep_checkpoints
+
+
+def test_half_written_and_corrupt_checkpoints(tmp_path, reference):
+    run_dir = tmp_path / NAME
+    killed = start_and_interrupt(tmp_path, signal.SIGKILL, after_step=20)
+    assert killed.returncode == -signal.SIGKILL
+    good = latest_checkpoint(run_dir)
+    # a save killed half-way leaves a temporary folder, or a folder without its completion marker
+    (run_dir / "checkpoints" / ".tmp_step_000000999").mkdir()
+    (run_dir / "checkpoints" / "step_000000998").mkdir()
+    assert latest_checkpoint(run_dir) == good
+    (good / "model.safetensors").write_bytes(b"\x00garbage")
+    res = run_cli("train", RECIPE, f"output_dir={tmp_path}", *QUICK, "train.resume=auto")
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith(f"error: checkpoint {good} is corrupt")
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_divergence_stops_with_the_step_and_writes_no_checkpoint(tmp_path):
+    res = run_cli("train", RECIPE, f"output_dir={tmp_path}", *QUICK, "train.lr=1e30", "train.warmup_epochs=0")
+    assert res.returncode == 2
+    assert "error: loss became non-finite at step" in res.stderr and "Traceback" not in res.stderr
+    assert latest_checkpoint(tmp_path / NAME) is None
+
+
+def test_divergence_can_skip_steps(tmp_path):
+    res = run_cli("train", RECIPE, f"output_dir={tmp_path}", *QUICK, "train.lr=1e30", "train.warmup_epochs=0",
+                  "train.on_nonfinite=skip", "train.epochs=1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((tmp_path / NAME / "summary.json").read_text())
+    assert summary["skipped_steps"] > 0
+    w = weights(tmp_path / NAME)
+    assert all(torch.isfinite(t).all() for t in w.values())
+
+
+def launch(out: Path, port: int, nproc: int, nnodes: int = 1, node_rank: int = 0, extra=()):
+    # one thread per process: two "nodes" on this one machine must not oversubscribe its cores
+    env = {**os.environ, "NPROC": str(nproc), "NNODES": str(nnodes), "NODE_RANK": str(node_rank),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([str(ROOT / "launch.sh"), RECIPE, f"output_dir={out}", *QUICK, *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def two_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    proc = launch(out, 29561, nproc=2, extra=["data.batch_size=16"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return out / NAME
+
+
+def test_two_processes_match_one(two_process, reference):
+    """Same global batch (2 x 16 = 32), same samples, same crops: the same weights up to summation order."""
+    summary = json.loads((two_process / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 32
+    diff = max_abs_diff(weights(two_process), weights(reference))
+    print(f"1 process vs 2 processes: max |dw| = {diff:.3e}")
+    assert diff < 1e-3
+    # 1999 test images over 2 processes: each counted once
+    assert all(json.loads(x)["eval_samples"] == 1999 for x in (two_process / "metrics.jsonl").read_text().splitlines())
+
+
+def test_two_nodes_on_loopback_match_one_node(tmp_path, two_process):
+    procs = [launch(tmp_path, 29571, nproc=1, nnodes=2, node_rank=r, extra=["data.batch_size=16"]) for r in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    summary = json.loads((tmp_path / NAME / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    diff = max_abs_diff(weights(tmp_path / NAME), weights(two_process))
+    print(f"2 nodes x 1 process vs 1 node x 2 processes: max |dw| = {diff:.3e}")
+    assert diff < 1e-5
