@@ -28,8 +28,12 @@ def build_student(cfg: StudentConfig, num_classes: int, in_chans: int, img_size:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW; timm's factory leaves norms, biases and `no_weight_decay()` tokens undecayed."""
-    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    """AdamW; timm's factory leaves norms, biases and `no_weight_decay()` tokens undecayed.
+
+    The fused kernel (CPU and CUDA) updates all parameters in one pass: fewer launches per step.
+    """
+    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
+                               fused=True)
 
 
 def scaled_lr(cfg: TrainConfig, global_batch: int) -> float:

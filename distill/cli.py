@@ -80,7 +80,8 @@ def cmd_bench(args) -> int:
             raise ConfigError("--reference compares plain training: pass a plain recipe")
         device = torch.device(result["device"] != "cpu" and "cuda" or "cpu")
         result["reference_img_per_s"] = reference_loop(cfg, args.steps, args.warmup, device)
-        result["ceiling_img_per_s"] = compute_ceiling(cfg, args.steps, args.warmup, device)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(result["mixed_precision"])
+        result["ceiling_img_per_s"] = compute_ceiling(cfg, args.steps, args.warmup, device, amp)
         result["vs_reference"] = result["train_img_per_s"] / result["reference_img_per_s"]
         result["vs_ceiling"] = result["train_img_per_s"] / result["ceiling_img_per_s"]
     print(format_table(result))
