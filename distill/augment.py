@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
+from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
 
 _MASK = 0xFFFFFFFF
 
@@ -31,12 +32,15 @@ def hash32(x):
     return x ^ (x >> 16)
 
 
-def sample_draws(seed: int, epoch: int, index: torch.Tensor, n: int) -> torch.Tensor:
-    """`n` independent uniform 32-bit draws per sample, (B, n) int64, a pure function of the inputs."""
-    salt = hash32((seed * 0x9E3779B1) ^ hash32(epoch * 0x85EBCA77 + 0x5BD1E995))
-    key = hash32(index.long() ^ salt)  # (B,)
-    draw_ids = torch.arange(1, n + 1, device=index.device) * 0x27D4EB2F  # (n,)
-    return hash32(key[:, None] + draw_ids[None, :])  # (B, n)
+def _draw_ids(n: int, device) -> torch.Tensor:
+    """One stream per random choice (dy, dx, flip), made on the device (no copy: CUDA-graph safe)."""
+    return torch.arange(1, n + 1, device=device) * 0x27D4EB2F
+
+
+def sample_draws(seed: int, epoch: int, index: torch.Tensor, n: int = 3) -> torch.Tensor:
+    """`n` (<= 3) independent uniform 32-bit draws per sample, (B, n) int64, a pure function of the inputs."""
+    key = hash32(index.long() ^ BatchAugment.salt(seed, epoch))  # (B,)
+    return hash32(key[:, None] + _draw_ids(n, index.device)[None, :])  # (B, n)
 
 
 def crop_flip(images: torch.Tensor, draws: torch.Tensor, padding: int, hflip: bool) -> torch.Tensor:
@@ -61,6 +65,11 @@ def crop_flip(images: torch.Tensor, draws: torch.Tensor, padding: int, hflip: bo
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    """numpy's seed for the Mixup/CutMix draws of one step (timm draws from numpy's global RNG)."""
+    return hash32(seed * 0x9E3779B1 ^ hash32(epoch * 0x85EBCA77 ^ hash32(step)))
+
+
 class Normalize(torch.nn.Module):
     """uint8 (B, C, H, W) -> float32, standardised with the dataset's mean/std (in [0, 1] units)."""
 
@@ -75,31 +84,60 @@ class Normalize(torch.nn.Module):
 
 
 class BatchAugment:
-    """Crop, flip, normalise, then timm Mixup/CutMix, on whole batches on the device.
+    """Crop, flip, normalise, then Mixup/CutMix, on whole batches on the device.
 
-    Mixup/CutMix pairs samples within the local batch, as timm's `Mixup` does, with its
-    parameters drawn from numpy's RNG, which the trainer seeds from (seed, epoch, step).
+    Mixup/CutMix parameters come from timm's own `Mixup` logic (`_params_per_batch`,
+    `cutmix_bbox_and_lam`), drawn on the host from numpy's RNG seeded by (seed, epoch, step); they
+    are applied with tensor ops (a per-pixel weight of each sample against the batch reversed)
+    instead of timm's in-place slicing with Python ints, so that the same code runs eagerly and
+    inside a CUDA graph (`distill.graphed`). Samples pair with the local batch reversed, as in timm.
     """
 
     def __init__(self, normalize: Normalize, padding: int, hflip: bool, num_classes: int,
                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mixup_prob: float = 1.0,
                  label_smoothing: float = 0.0):
         self.normalize, self.padding, self.hflip = normalize, padding, hflip
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
         self.mixup: Optional[Mixup] = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mixup_prob,
                                label_smoothing=label_smoothing, num_classes=num_classes)
 
-    def views(self, images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
-        """The normalised crop/flip views of a uint8 batch (before Mixup)."""
-        draws = sample_draws(seed, epoch, index.to(images.device), 3)
+    @staticmethod
+    def salt(seed: int, epoch: int) -> int:
+        """What `sample_draws` mixes into each sample index for this (seed, epoch)."""
+        return hash32((seed * 0x9E3779B1) ^ hash32(epoch * 0x85EBCA77 + 0x5BD1E995))
+
+    def views(self, images: torch.Tensor, index: torch.Tensor, salt) -> torch.Tensor:
+        """The normalised crop/flip views of a uint8 batch (before Mixup); `salt` int or 0-d tensor."""
+        draws = hash32(hash32(index.long() ^ salt)[:, None] + _draw_ids(3, images.device)[None, :])  # (B, 3)
         return self.normalize(crop_flip(images, draws, self.padding, self.hflip))
+
+    def mix_params(self, seed: int, epoch: int, step: int, shape) -> torch.Tensor:
+        """(lam, is_cutmix, y_lo, y_hi, x_lo, x_hi) for this step, float32 on the host."""
+        if self.mixup is None:
+            return torch.tensor([1.0, 0, 0, 0, 0, 0])
+        np.random.seed(step_seed(seed, epoch, step))
+        lam, use_cutmix = self.mixup._params_per_batch()
+        box = (0, 0, 0, 0)
+        if lam != 1.0 and use_cutmix:
+            box, lam = cutmix_bbox_and_lam(shape, lam, ratio_minmax=self.mixup.cutmix_minmax,
+                                           correct_lam=self.mixup.correct_lam)
+        return torch.tensor([lam, float(use_cutmix), *box], dtype=torch.float32)
+
+    def apply(self, images, labels, index, salt, mix: torch.Tensor):
+        """Views, then the mix given by `mix_params` (on the device); returns (x, targets)."""
+        x = self.views(images, index, salt)
+        if self.mixup is None:
+            return x, labels
+        H, W = x.shape[-2:]
+        rows, cols = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+        in_box = (((rows >= mix[2]) & (rows < mix[3]))[:, None] & ((cols >= mix[4]) & (cols < mix[5]))[None, :])
+        own = torch.where(mix[1] > 0, (~in_box).float(), mix[0].expand(H, W))  # (H, W) weight of x itself
+        x = x * own + x.flip(0) * (1.0 - own)
+        return x, mixup_target(labels, self.num_classes, mix[0], self.label_smoothing)
 
     def __call__(self, images, labels, index, seed: int, epoch: int, step: int):
         """Returns (float images, targets): targets are class ids, or soft targets under Mixup."""
-        x = self.views(images, index, seed, epoch)
-        if self.mixup is None:
-            return x, labels
-        # timm's Mixup draws lam and the mode from numpy's global RNG: pin it to the position.
-        np.random.seed(hash32(seed * 0x9E3779B1 ^ hash32(epoch * 0x85EBCA77 ^ hash32(step))))
-        return self.mixup(x, labels)
+        mix = self.mix_params(seed, epoch, step, images.shape).to(images.device, non_blocking=True)
+        return self.apply(images, labels, index, self.salt(seed, epoch), mix)

@@ -91,6 +91,7 @@ class TrainConfig:
     log_every: int = 50  # steps between progress updates (each one syncs with the device)
     on_nonfinite: str = "stop"  # stop | skip (skipping syncs with the device every step)
     compile: bool = False
+    cuda_graphs: bool = False  # capture the whole step in a CUDA graph (1 GPU, in-memory data)
     deterministic: bool = False
 
 

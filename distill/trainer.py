@@ -16,8 +16,9 @@ from distill import checkpoint as ckpt
 from distill import runlog
 from distill.augment import BatchAugment, Normalize, hash32
 from distill.build import build_data, build_optimizer, build_scheduler, build_student, scaled_lr
-from distill.config import Config
+from distill.config import Config, ConfigError
 from distill.engine import evaluate
+from distill.loader import DeviceBatches, LoaderBatches, ShardedBatches
 from distill.losses import DistillationLoss, build_criterion
 from distill.profile import count_params, forward_gflops
 from distill.rundir import create_run_dir, resolve_run_dir
@@ -93,10 +94,26 @@ class Trainer:
         acc.register_for_checkpointing(self.progress)
         self.criterion = DistillationLoss(build_criterion(self.augment.mixup is not None, cfg.data.label_smoothing),
                                           cfg.distill.type, cfg.distill.alpha, cfg.distill.tau)
+        self.graphed = self._graphed_step() if cfg.train.cuda_graphs else None
+
+    def _graphed_step(self):
+        from distill.graphed import GraphedStep, make_capturable
+
+        cfg, acc = self.cfg, self.accelerator
+        why = [w for w, bad in [
+            ("a CUDA device", self.device.type != "cuda"), ("one process", self.world_size > 1),
+            ("train.grad_accum_steps=1", cfg.train.grad_accum_steps > 1), ("not fp16", acc.mixed_precision == "fp16"),
+            ("train.on_nonfinite=stop", cfg.train.on_nonfinite == "skip"), ("train.compile=false", cfg.train.compile),
+            ("an in-memory dataset on the device", not isinstance(self.train_batches, DeviceBatches)
+             or self.train_batches.images.device.type != "cuda")] if bad]
+        if why:
+            raise ConfigError(f"train.cuda_graphs=true needs {', '.join(why)}; set train.cuda_graphs=false")
+        make_capturable(self.optimizer.optimizer, self.device)
+        amp = {"bf16": torch.bfloat16}.get(acc.mixed_precision)
+        return GraphedStep(acc.unwrap_model(self.student), self.teacher, self.criterion, self.augment,
+                           self.optimizer.optimizer, amp, cfg.train.clip_grad)
 
     def _batches(self, train_set, test_set):
-        from distill.loader import DeviceBatches, LoaderBatches, ShardedBatches
-
         d = self.cfg.data
         sampler = ShardedBatches(len(train_set), d.batch_size, self.rank, self.world_size, self.cfg.seed)
         if hasattr(train_set, "images"):  # in memory: on the training device, or kept on the host
@@ -114,6 +131,10 @@ class Trainer:
         acc.init_trackers("tensorboard")
         if self.resume_from is not None:
             ckpt.load_checkpoint(acc, self.resume_from)
+            if self.graphed is not None:  # loaded learning rates are plain numbers again
+                from distill.graphed import make_capturable
+
+                make_capturable(self.optimizer.optimizer, self.device)
             if acc.is_main_process:
                 runlog.truncate_metrics(self.run_dir, p.epoch)
             acc.print(f"resumed from {self.resume_from} at epoch {p.epoch} step {p.step}")
@@ -185,6 +206,13 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         # drop-path and other torch draws: a function of the position, so a resume replays them
         torch.manual_seed(hash32(cfg.seed * 0x9E3779B1 ^ hash32(epoch * 1_000_003 + step) ^ self.rank))
+        if self.graphed is not None:
+            mix = self.augment.mix_params(cfg.seed, epoch, step, images.shape)
+            terms = self.graphed(images, labels, index, self.augment.salt(cfg.seed, epoch), mix)
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(acc.unwrap_model(self.student))
+            return terms
         x, targets = self.augment(images, labels, index, cfg.seed, epoch, step)
         with acc.accumulate(self.student):
             outputs = self.student(x)
