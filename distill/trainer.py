@@ -183,7 +183,7 @@ class Trainer:
                 loss = (sums["loss"] / max(n_steps, 1)).item() if sums else float("nan")
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
                 gstep = epoch * self.steps_per_epoch + done
-                acc.log({"train/loss_running": loss, "train/lr": self.scheduler.get_last_lr()[0],
+                acc.log({"train/loss_running": loss, "train/lr": self._lr(),
                          "train/img_per_s": rate}, step=gstep)
             bar.update(1)
             if self._checkpoint_due(done):
@@ -233,6 +233,9 @@ class Trainer:
             self.ema.update(acc.unwrap_model(self.student))
         return terms
 
+    def _lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])  # a tensor when the step is a CUDA graph
+
     def _skip_nonfinite(self, loss: torch.Tensor) -> bool:
         """All ranks skip together; costs a host sync per step, hence opt-in."""
         bad = self.accelerator.reduce((~torch.isfinite(loss.detach())).float(), "max")
@@ -280,7 +283,7 @@ class Trainer:
         p.best_top1 = max(p.best_top1, metrics.get("top1", 0.0))
         img_s = n_steps * self.global_batch / self.cfg.train.grad_accum_steps / max(train_s, 1e-9)
         record = {"epoch": p.epoch, **{f"loss_{k}" if k != "loss" else "loss": v for k, v in terms.items()},
-                  "lr": self.scheduler.get_last_lr()[0], **metrics, "train_img_per_s": img_s,
+                  "lr": self._lr(), **metrics, "train_img_per_s": img_s,
                   "epoch_s": time.perf_counter() - epoch_t0}
         if acc.is_main_process:
             runlog.append_metrics(self.run_dir, record)

@@ -80,6 +80,8 @@ def cases(d):
                                    f"teacher.checkpoint={d}/t_rgb.safetensors"], "in_chans=3"),
         "teacher corrupt": (["train", HARD, f"output_dir={d}/o9", *TINY, *teacher,
                              f"teacher.checkpoint={d}/t_corrupt.safetensors"], "t_corrupt"),
+        "cuda graphs without a GPU": (["train", PLAIN, f"output_dir={d}/o10", *TINY, "train.cuda_graphs=true"],
+                                      "train.cuda_graphs"),
         "unwritable output": (["train", PLAIN, "output_dir=/proc/distill-test", *TINY], "writable"),
         "eval of a non-run": (["eval", str(d)], "not a run folder"),
         "compare of a non-run": (["compare", str(d)], "not a finished run"),
