@@ -5,7 +5,9 @@ teacher, precision), but no run folder is written. The trainer's own epoch loop 
 steps untimed (allocator, autotuning, torch.compile), then `steps` steps timed between two
 device synchronisations: batch gathering, augmentation, the step and its logging all count.
 Training images/s = steps x global batch / seconds. For a distilled recipe the teacher's
-forward on the same batches is timed alone, and the student's share is the rest. Inference is
+forward on the same batches is timed alone, and the student's share is the rest; with
+`distill.cache=true` one whole epoch first records the teacher's logits (untimed; skipped when the
+cache already holds it) and the timed steps replay them. Inference is
 the student's eval forward at `data.eval_batch_size`. Peak memory is the CUDA allocator's peak,
 or the process's peak resident set on a CPU.
 """
@@ -67,20 +69,23 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10) -> dict:
         return time.perf_counter() - t0
 
     epoch_tail(0, warmup)
+    if trainer.cache is not None and not trainer.cache.has(1):  # record epoch 1, so the timed tail replays it
+        trainer._train_epoch(1, 0)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     train_s = epoch_tail(1, steps)
     result = {"recipe": cfg.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "world_size": trainer.world_size, "batch_size": cfg.data.batch_size, "global_batch": trainer.global_batch,
               "mixed_precision": acc.mixed_precision, "compile": cfg.train.compile, "steps": steps, "warmup": warmup,
+              "distill_type": cfg.distill.type, "teacher_cached": trainer.cache is not None,
               "params": trainer.params,
               "train_img_per_s": steps * trainer.global_batch / train_s, "train_step_ms": 1e3 * train_s / steps,
               "peak_memory_mb": _peak_memory_mb(dev)}
     trainer.train_batches.sampler.set_epoch(2)
     pool = [b for _, b in zip(range(8), trainer.train_batches)]
 
-    if trainer.teacher is not None:
-        views = [trainer.augment(im, lb, ix, cfg.seed, 0, j)[0] for j, (im, lb, ix) in enumerate(pool[:8])]
+    if trainer.teacher is not None and trainer.cache is None:
+        views = [trainer.augment(im, lb, ix, trainer.aug_seed, 0, j)[0] for j, (im, lb, ix) in enumerate(pool[:8])]
 
         def teacher_fwd(i):
             with torch.no_grad(), acc.autocast():

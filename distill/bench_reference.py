@@ -71,7 +71,7 @@ def reference_loop(cfg: Config, steps: int, warmup: int, device, num_workers: in
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0)
     student = build_student(cfg.student, split.num_classes, split.in_chans, d.img_size)
-    model = VisionTransformer(img_size=d.img_size, patch_size=student.patch_embed.kernel_size[0],
+    model = VisionTransformer(img_size=d.img_size, patch_size=student.patch_embed.patch_size,
                               in_chans=split.in_chans, num_classes=split.num_classes, embed_dim=student.embed_dim,
                               depth=len(student.blocks), num_heads=student.blocks[0].attn.num_heads).to(device)
     return _train_steps(model, loader, steps, warmup, d.label_smoothing, device)

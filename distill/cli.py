@@ -16,12 +16,13 @@ USAGE_ERRORS = 2
 
 def _known_errors() -> tuple:
     """Exception types whose message is the whole story for the user (no traceback)."""
+    from distill.cache import CacheError
     from distill.checkpoint import CheckpointError
     from distill.datasets import DataError
     from distill.trainer import DivergenceError
     from teachers import TeacherError
 
-    return ConfigError, DataError, TeacherError, CheckpointError, DivergenceError
+    return ConfigError, DataError, TeacherError, CheckpointError, DivergenceError, CacheError
 
 
 def cmd_config(args) -> int:

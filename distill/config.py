@@ -35,6 +35,7 @@ class DataConfig:
     cutmix_alpha: float = 0.0
     mixup_prob: float = 1.0
     label_smoothing: float = 0.1
+    aug_seed: Optional[int] = None  # sample order and augmentation; None = `seed` (set it to share a logit cache)
     device_resident: bool = True  # hold in-memory sets whole on the training device
     num_workers: int = 4  # DataLoader workers, for imagefolder only
 
@@ -67,6 +68,7 @@ class DistillConfig:
     type: str = "none"  # none | soft | hard
     alpha: float = 0.5  # weight of the distillation term; (1 - alpha) on the label term
     tau: float = 1.0  # soft-distillation temperature
+    cache: bool = False  # record the teacher's logits once per view, replay them in later runs (distill.cache)
 
 
 @dataclass
@@ -171,6 +173,8 @@ def _check_values(cfg: Config) -> None:
             raise ConfigError(f"{key}={get(key)} must be > 0 (or null for none)")
     if cfg.distill.type != "none" and not cfg.teacher.model:
         raise ConfigError(f"distill.type={cfg.distill.type} needs a teacher: set teacher.model (and teacher.checkpoint)")
+    if cfg.distill.cache and cfg.distill.type == "none":
+        raise ConfigError("distill.cache=true needs distill.type=soft or hard (a plain run has no teacher)")
     if cfg.student.distilled and cfg.distill.type == "none":
         raise ConfigError("student.distilled=true needs distill.type=soft or hard")
     mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0

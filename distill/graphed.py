@@ -17,11 +17,13 @@ import torch
 
 
 class GraphedStep:
-    def __init__(self, model, teacher, criterion, augment, optimizer, amp_dtype, clip_grad):
+    def __init__(self, model, teacher, criterion, augment, optimizer, amp_dtype, clip_grad,
+                 cached_teacher: bool = False):
+        """`cached_teacher`: the teacher's logits are an input (a logit cache), not computed in the graph."""
         self.model, self.teacher, self.criterion = model, teacher, criterion
         self.augment, self.optimizer = augment, optimizer
-        self.amp_dtype, self.clip_grad = amp_dtype, clip_grad
-        self.graph, self.static, self.out = None, None, None
+        self.amp_dtype, self.clip_grad, self.cached_teacher = amp_dtype, clip_grad, cached_teacher
+        self.graph, self.static, self.out, self.teacher_out = None, None, None, None
 
     def _body(self) -> dict:
         s = self.static
@@ -31,10 +33,10 @@ class GraphedStep:
         with torch.autocast("cuda", self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None,
                             cache_enabled=False):
             outputs = self.model(x)
-            t_logits = None
-            if self.teacher is not None:
+            t_logits = s.get("t_logits")
+            if self.teacher is not None and not self.cached_teacher:
                 with torch.no_grad():
-                    t_logits = self.teacher(x)
+                    t_logits = self.teacher_out = self.teacher(x)
         terms = self.criterion(outputs, targets, t_logits)
         terms["loss"].backward()
         if self.clip_grad:
@@ -42,19 +44,23 @@ class GraphedStep:
         self.optimizer.step()
         return {k: v.detach() for k, v in terms.items()}
 
-    def _fill(self, images, labels, index, salt: int, mix: torch.Tensor) -> None:
+    def _fill(self, images, labels, index, salt: int, mix: torch.Tensor, t_logits=None) -> None:
         s = self.static
+        if t_logits is not None:
+            s["t_logits"].copy_(t_logits, non_blocking=True)
         s["images"].copy_(images, non_blocking=True)
         s["labels"].copy_(labels, non_blocking=True)
         s["index"].copy_(index, non_blocking=True)
         s["salt"].fill_(salt)
         s["mix"].copy_(mix, non_blocking=True)
 
-    def _capture(self, images, labels, index, salt, mix) -> None:
+    def _capture(self, images, labels, index, salt, mix, t_logits) -> None:
         dev = images.device
         self.static = {"images": images.clone(), "labels": labels.clone(), "index": index.clone(),
                        "salt": torch.zeros((), dtype=torch.long, device=dev), "mix": mix.to(dev).clone()}
-        self._fill(images, labels, index, salt, mix)
+        if t_logits is not None:
+            self.static["t_logits"] = t_logits.clone()
+        self._fill(images, labels, index, salt, mix, t_logits)
         saved_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         saved_opt = {id(p): {k: v.clone() for k, v in st.items()} for p, st in self.optimizer.state.items()}
         side = torch.cuda.Stream()
@@ -73,11 +79,13 @@ class GraphedStep:
                 for k, v in st.items():
                     v.copy_(saved_opt[id(p)][k]) if id(p) in saved_opt else v.zero_()
 
-    def __call__(self, images, labels, index, salt: int, mix: torch.Tensor) -> dict:
-        """One training step on this batch; returns the loss terms (tensors reused by the next step)."""
+    def __call__(self, images, labels, index, salt: int, mix: torch.Tensor, t_logits=None) -> dict:
+        """One training step on this batch; returns the loss terms (tensors reused by the next step).
+
+        After the call, `teacher_out` holds the teacher's logits computed in the graph (if any)."""
         if self.graph is None:
-            self._capture(images, labels, index, salt, mix)
-        self._fill(images, labels, index, salt, mix)
+            self._capture(images, labels, index, salt, mix, t_logits)
+        self._fill(images, labels, index, salt, mix, t_logits)
         self.graph.replay()
         return self.out
 

@@ -14,7 +14,7 @@ from distill.config import Config, ConfigError, to_yaml
 # Keys a resumed run may change: the run's identity is everything else.
 _MAY_DIFFER = {"train.resume", "train.epochs", "train.log_every", "train.checkpoint_every_steps",
                "train.keep_checkpoints", "train.eval_every", "train.checkpoint_every",
-               "data.num_workers", "data.root", "data.device_resident"}
+               "data.num_workers", "data.root", "data.device_resident", "distill.cache"}
 
 
 class RunComplete(Exception):

@@ -16,6 +16,7 @@ from distill import checkpoint as ckpt
 from distill import runlog
 from distill.augment import BatchAugment, Normalize, hash32
 from distill.build import build_data, build_optimizer, build_scheduler, build_student, scaled_lr
+from distill.cache import CHECK_SAMPLES, LogitCache, cache_key, cache_root
 from distill.config import Config, ConfigError
 from distill.engine import evaluate
 from distill.loader import DeviceBatches, LoaderBatches, ShardedBatches
@@ -58,6 +59,7 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------
     def _build(self) -> None:
         cfg, acc = self.cfg, self.accelerator
+        self.aug_seed = cfg.data.aug_seed if cfg.data.aug_seed is not None else cfg.seed
         with acc.main_process_first():  # one rank downloads a missing dataset while the others wait
             train_set, test_set = build_data(cfg.data)
         self.num_classes, in_chans = train_set.num_classes, train_set.in_chans
@@ -94,9 +96,14 @@ class Trainer:
         acc.register_for_checkpointing(self.progress)
         self.criterion = DistillationLoss(build_criterion(self.augment.mixup is not None, cfg.data.label_smoothing),
                                           cfg.distill.type, cfg.distill.alpha, cfg.distill.tau)
+        self.cache = None
+        if cfg.distill.cache:
+            self.cache = LogitCache(cache_root(cfg), cache_key(cfg, self.world_size, acc.mixed_precision),
+                                    self.rank, self.world_size, self.steps_per_epoch)
         self.graphed = self._graphed_step() if cfg.train.cuda_graphs else None
+        self.graphed_cached = self._graphed_step(cached_teacher=True) if self.graphed and self.cache else None
 
-    def _graphed_step(self):
+    def _graphed_step(self, cached_teacher: bool = False):
         from distill.graphed import GraphedStep, make_capturable
 
         cfg, acc = self.cfg, self.accelerator
@@ -111,11 +118,11 @@ class Trainer:
         make_capturable(self.optimizer.optimizer, self.device)
         amp = {"bf16": torch.bfloat16}.get(acc.mixed_precision)
         return GraphedStep(acc.unwrap_model(self.student), self.teacher, self.criterion, self.augment,
-                           self.optimizer.optimizer, amp, cfg.train.clip_grad)
+                           self.optimizer.optimizer, amp, cfg.train.clip_grad, cached_teacher)
 
     def _batches(self, train_set, test_set):
         d = self.cfg.data
-        sampler = ShardedBatches(len(train_set), d.batch_size, self.rank, self.world_size, self.cfg.seed)
+        sampler = ShardedBatches(len(train_set), d.batch_size, self.rank, self.world_size, self.aug_seed)
         if hasattr(train_set, "images"):  # in memory: on the training device, or kept on the host
             where = self.device if d.device_resident else torch.device("cpu")
             return (DeviceBatches(train_set, sampler, where), DeviceBatches(test_set, None, where, d.eval_batch_size))
@@ -161,6 +168,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         self.student.train()
         self.train_batches.sampler.set_epoch(epoch, start_step)
+        self._verify_cache = self.cache is not None and self.cache.start_epoch(epoch, start_step, self.device)
         # loss sums of the epoch so far (restored from the checkpoint after a mid-epoch resume)
         sums = {k: torch.tensor(v, device=self.device) for k, v in self.progress.partial_sums.items()}
         n_steps, bad_step = self.progress.partial_steps, torch.full((), -1, device=self.device)
@@ -198,6 +206,8 @@ class Trainer:
                                     f"{self.run_dir / ckpt.CHECKPOINTS}. Resume: the same command with train.resume=auto")
         bar.close()
         self._check_finite(bad_step)
+        if self.cache is not None:
+            self.cache.end_epoch(epoch)
         self.progress.partial_sums, self.progress.partial_steps = {}, 0
         return {k: (v / max(n_steps, 1)).item() for k, v in sums.items()}, step + 1 - start_step
 
@@ -207,19 +217,30 @@ class Trainer:
         # drop-path and other torch draws: a function of the position, so a resume replays them
         torch.manual_seed(hash32(cfg.seed * 0x9E3779B1 ^ hash32(epoch * 1_000_003 + step) ^ self.rank))
         if self.graphed is not None:
-            mix = self.augment.mix_params(cfg.seed, epoch, step, images.shape)
-            terms = self.graphed(images, labels, index, self.augment.salt(cfg.seed, epoch), mix)
+            mix = self.augment.mix_params(self.aug_seed, epoch, step, images.shape)
+            salt = self.augment.salt(self.aug_seed, epoch)
+            if self.cache is not None and self.cache.replay is not None:
+                cached = self._cached_logits(images, labels, index, epoch, step)
+                terms = self.graphed_cached(images, labels, index, salt, mix, cached)
+            else:
+                terms = self.graphed(images, labels, index, salt, mix)
+                if self.cache is not None:
+                    self.cache.put(step, self.graphed.teacher_out)
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(acc.unwrap_model(self.student))
             return terms
-        x, targets = self.augment(images, labels, index, cfg.seed, epoch, step)
+        x, targets = self.augment(images, labels, index, self.aug_seed, epoch, step)
         with acc.accumulate(self.student):
             outputs = self.student(x)
             t_logits = None
-            if self.teacher is not None:
+            if self.cache is not None and self.cache.replay is not None:
+                t_logits = self._cached_logits(images, labels, index, epoch, step, x)
+            elif self.teacher is not None:
                 with torch.no_grad(), acc.autocast():
                     t_logits = self.teacher(x)
+                if self.cache is not None:
+                    self.cache.put(step, t_logits)
             terms = self.criterion(outputs, targets, t_logits)
             if cfg.train.on_nonfinite == "skip" and self._skip_nonfinite(terms["loss"]):
                 return None
@@ -232,6 +253,20 @@ class Trainer:
         if self.ema is not None and acc.sync_gradients:
             self.ema.update(acc.unwrap_model(self.student))
         return terms
+
+    def _cached_logits(self, images, labels, index, epoch: int, step: int, x=None) -> torch.Tensor:
+        """The teacher's logits for this step from the cache; the first step of an epoch is checked
+        against the live teacher on a sample of its views (the teacher is in eval mode, so a sample's
+        logits do not depend on the rest of the batch)."""
+        cached = self.cache.get(step)
+        if self._verify_cache:
+            if x is None:
+                x, _ = self.augment(images, labels, index, self.aug_seed, epoch, step)
+            with torch.no_grad(), self.accelerator.autocast():
+                live = self.teacher(x[:CHECK_SAMPLES])
+            LogitCache.check(live, cached[:CHECK_SAMPLES], f"epoch {epoch} step {step}")
+            self._verify_cache = False
+        return cached
 
     def _lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])  # a tensor when the step is a CUDA graph

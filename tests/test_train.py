@@ -3,6 +3,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from conftest import QUICK, needs_fmnist, run_cli
 
@@ -20,7 +22,8 @@ def train(out: Path, recipe: str, *overrides, env=None):
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    train(out, "teacher_resnet18", "data.train_subset=2048", "train.epochs=1", "student.model=resnet10t")
+    train(out, "teacher_resnet18", "data.train_subset=2048", "train.epochs=1", "student.model=resnet10t",
+          "train.ema=true", "train.ema_decay=0.9", "train.grad_accum_steps=2")
     return out / "fashion_mnist_teacher_resnet18"
 
 
@@ -74,3 +77,13 @@ def test_existing_run_is_never_overwritten(plain_run):
     assert res.returncode == 2
     assert res.stderr.strip().startswith("error: run folder") and len(res.stderr.strip().splitlines()) == 1
     assert before == {p: p.stat().st_mtime_ns for p in plain_run.rglob("*") if p.is_file()}
+
+
+def test_ema_and_gradient_accumulation(teacher_run):
+    summary = json.loads((teacher_run / "summary.json").read_text())
+    assert summary["global_batch"] == 64 and summary["lr"] == pytest.approx(1e-3 * 64 / 32)  # 32 x 2 steps
+    assert "ema_top1" in summary and (teacher_run / "student_ema.safetensors").exists()
+    last = [json.loads(x) for x in (teacher_run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert 0 <= last["ema_top1"] <= 100
+    ema, raw = (load_file(str(teacher_run / f)) for f in ("student_ema.safetensors", "student.safetensors"))
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in raw)  # a real average

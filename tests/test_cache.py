@@ -1,0 +1,66 @@
+"""Teacher-logit cache: a cached run replays exactly what a live run computed."""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import needs_fmnist, run_cli
+from teachers import create_model
+
+pytestmark = needs_fmnist
+
+RUN = ["data.train_subset=2048", "data.test_subset=500", "data.batch_size=32", "train.epochs=2",
+       "train.warmup_epochs=0.2", "train.log_every=16", "teacher.model=resnet10t", "teacher.small_input_stem=false",
+       "distill.cache=true", "data.aug_seed=0"]  # CutMix stays on: its mixed views are cached too
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A run-folder-shaped teacher (weights need not be good to test the cache)."""
+    d = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    save_file(create_model("resnet10t", num_classes=10, in_chans=1).state_dict(), str(d / "student.safetensors"))
+    return d
+
+
+def distilled(out, teacher_dir, name, *extra):
+    res = run_cli("train", "recipes/fashion_mnist/hard_tiny.yaml", f"output_dir={out}", f"name={name}",
+                  f"teacher.checkpoint={teacher_dir}", *RUN, *extra)
+    return res
+
+
+def test_cached_run_replays_the_live_run(tmp_path, teacher_dir):
+    first = distilled(tmp_path, teacher_dir, "live")
+    assert first.returncode == 0, first.stderr[-2000:]
+    caches = list((teacher_dir / "logit_cache").iterdir())
+    assert len(caches) == 1 and len(list(caches[0].glob("epoch_*.safetensors"))) == 2  # both epochs recorded
+    second = distilled(tmp_path, teacher_dir, "cached")
+    assert second.returncode == 0, second.stderr[-2000:]
+    live, cached = (load_file(str(tmp_path / n / "student.safetensors")) for n in ("live", "cached"))
+    assert all(torch.equal(live[k], cached[k]) for k in live)  # bit for bit
+    # another init seed with the same views shares the cache; another student too
+    third = distilled(tmp_path, teacher_dir, "seed1", "seed=1", "distill.type=soft")
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert len(list((teacher_dir / "logit_cache").iterdir())) == 1
+    other = load_file(str(tmp_path / "seed1" / "student.safetensors"))
+    assert any(not torch.equal(other[k], live[k]) for k in live)
+
+
+def test_alpha_zero_distillation_is_plain_training(tmp_path, teacher_dir):
+    """Plain, live-teacher and cached-teacher runs see the same views: at alpha=0 they must agree exactly."""
+    plain = distilled(tmp_path, teacher_dir, "plain", "train.epochs=1", "distill.type=none", "distill.cache=false",
+                      "student.distilled=false")
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    zero = distilled(tmp_path, teacher_dir, "alpha0", "train.epochs=1", "distill.alpha=0", "student.distilled=false")
+    assert zero.returncode == 0, zero.stderr[-2000:]
+    a, b = (load_file(str(tmp_path / n / "student.safetensors")) for n in ("plain", "alpha0"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stale_cache_is_an_error(tmp_path, teacher_dir):
+    assert distilled(tmp_path, teacher_dir, "fill", "train.epochs=1").returncode == 0
+    for path in (teacher_dir / "logit_cache").rglob("epoch_0000_*.safetensors"):
+        logits = load_file(str(path))["logits"]
+        save_file({"logits": logits + 5.0}, str(path))  # no longer what the teacher says
+    res = distilled(tmp_path, teacher_dir, "stale", "train.epochs=1")
+    assert res.returncode == 2 and "cache is stale" in res.stderr and "Traceback" not in res.stderr
