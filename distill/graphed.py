@@ -91,7 +91,11 @@ class GraphedStep:
 
 
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """AdamW in its capturable form: tensor learning rates on the device, foreach kernels."""
+    """AdamW in its capturable form: tensor learning rates on the device, foreach kernels.
+
+    Idempotent: a second graph over the same optimizer must read the same lr tensor that the
+    scheduler updates in place, so an lr that is already a tensor is kept."""
     for group in optimizer.param_groups:
-        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        if not torch.is_tensor(group["lr"]):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
         group.update(capturable=True, foreach=True, fused=None)

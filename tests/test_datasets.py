@@ -11,7 +11,9 @@ from PIL import Image
 from conftest import needs_fmnist
 from distill import datasets as D
 from distill.config import DataConfig
+from distill.augment import BatchAugment, Normalize
 from distill.datasets import DataError, FolderSplit, ImageSplit, load_split
+from distill.loader import DeviceBatches, LoaderBatches, ShardedBatches
 
 
 def write_idx(path, array):
@@ -258,3 +260,37 @@ def test_real_fashion_mnist():
     assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
     assert torch.bincount(train.labels).tolist() == [6000] * 10
     assert 0.27 < test.images.float().mean().item() / 255 < 0.30  # near the published 0.2860
+
+
+def test_device_and_dataloader_paths_augment_alike(tmp_path):
+    """The in-memory path (a uint8 tensor indexed on the device) and the DataLoader path (workers
+    decoding files) yield the same batches, so the same crops, flips and CutMix, step by step."""
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        path = tmp_path / "train" / f"class{i % 3}" / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+    files = load_split(DataConfig(name="imagefolder", root=str(tmp_path), img_size=16), train=True)
+    in_memory = ImageSplit(torch.stack([files[i][0] for i in range(len(files))]), files.labels,
+                           files.classes, files.mean, files.std)
+    aug = BatchAugment(Normalize(files.mean, files.std), 2, True, num_classes=3, cutmix_alpha=1.0,
+                       label_smoothing=0.1)
+    # two processes' worth of sharding, seen from rank 1, over two epochs, the second resumed mid-way
+    sampler = lambda: ShardedBatches(len(files), 4, rank=1, world_size=2, seed=7)  # noqa: E731
+    device_path = DeviceBatches(in_memory, sampler(), "cpu")
+    loader_path = LoaderBatches(files, sampler(), "cpu", num_workers=2)
+    n = 0
+    for epoch, start in ((0, 0), (1, 2)):
+        for batches in (device_path, loader_path):
+            batches.sampler.set_epoch(epoch, start)
+        for step, (a, b) in enumerate(zip(device_path, loader_path), start):
+            assert all(torch.equal(u, v) for u, v in zip(a, b))
+            xa, ya = aug(*a, seed=7, epoch=epoch, step=step)
+            xb, yb = aug(*b, seed=7, epoch=epoch, step=step)
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+            n += 1
+    assert n == 2 * len(files) // 8 - 2
+    evaluated = [torch.cat(t) for t in zip(*DeviceBatches(in_memory, None, "cpu", 6).iter_range(range(3, 40)))]
+    loaded = [torch.cat(t) for t in zip(*LoaderBatches(files, None, "cpu", 2, 6).iter_range(range(3, 40)))]
+    assert all(torch.equal(u, v) for u, v in zip(evaluated[:2], loaded[:2]))  # images, labels (eval is unaugmented)
