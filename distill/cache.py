@@ -62,7 +62,7 @@ class LogitCache:
             (self.dir / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
         self.replay: Optional[torch.Tensor] = None  # (steps, B, C) of the epoch being replayed
         self.record: Optional[torch.Tensor] = None  # the same, being filled live
-        self.recorded = 0
+        self.recorded, self.start_step = 0, 0
 
     def _path(self, epoch: int) -> Path:
         return self.dir / f"epoch_{epoch:04d}_rank{self.rank}of{self.world_size}.safetensors"
