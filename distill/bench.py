@@ -2,14 +2,18 @@
 
 Method: the recipe's trainer is built as for a run (same data path, augmentation, model,
 teacher, precision), but no run folder is written. The trainer's own epoch loop runs `warmup`
-steps untimed (allocator, autotuning, torch.compile), then `steps` steps timed between two
-device synchronisations: batch gathering, augmentation, the step and its logging all count.
-Training images/s = steps x global batch / seconds. For a distilled recipe the teacher's
-forward on the same batches is timed alone, and the student's share is the rest; with
-`distill.cache=true` one whole epoch first records the teacher's logits (untimed; skipped when the
-cache already holds it) and the timed steps replay them. Inference is
-the student's eval forward at `data.eval_batch_size`. Peak memory is the CUDA allocator's peak,
-or the process's peak resident set on a CPU.
+steps untimed (allocator, autotuning, torch.compile), then `rounds` blocks of `steps` steps, each
+the tail of an epoch, timed between two device synchronisations: batch gathering, augmentation,
+the step and its logging all count. Training images/s = all timed steps x global batch / their
+seconds. With `reference=True` every round also times `steps` steps of the common loop and of the
+compute ceiling (`distill.bench_reference`), the framework and the ceiling in alternating order,
+so that a machine whose speed drifts (shared CPUs, clocks) slows all three alike.
+
+For a distilled recipe the teacher's forward on the same batches is timed alone, and the
+student's share is the rest; with `distill.cache=true` one whole epoch first records the
+teacher's logits (untimed; skipped when the cache already holds it) and the timed steps replay
+them. Inference is the student's eval forward at `data.eval_batch_size`. Peak memory is the CUDA
+allocator's peak, or the process's peak resident set on a CPU.
 """
 from __future__ import annotations
 
@@ -49,10 +53,14 @@ def peak_bf16_tflops(device_name: str):
     return next((v for k, v in _PEAK_BF16_TFLOPS.items() if k in device_name), None)
 
 
-def run_bench(cfg: Config, steps: int = 50, warmup: int = 10) -> dict:
+def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, reference: bool = False) -> dict:
     """Training, teacher and inference throughput of `cfg`'s trainer; returns a JSON-able dict."""
     from distill.trainer import Trainer
 
+    if rounds < 1:
+        raise ConfigError(f"--rounds {rounds} must be >= 1")
+    if reference and (cfg.student.distilled or cfg.distill.type != "none"):
+        raise ConfigError("--reference compares plain training: pass a plain recipe")
     trainer = Trainer(cfg, dry_run=True)
     dev, acc = trainer.device, trainer.accelerator
     spe = trainer.steps_per_epoch
@@ -69,18 +77,40 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10) -> dict:
         return time.perf_counter() - t0
 
     epoch_tail(0, warmup)
-    if trainer.cache is not None and not trainer.cache.has(1):  # record epoch 1, so the timed tail replays it
+    if trainer.cache is not None and not trainer.cache.has(1):  # record epoch 1, so the timed tails replay it
         trainer._train_epoch(1, 0)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    train_s = epoch_tail(1, steps)
+    timers = {"train": lambda: epoch_tail(1, steps)}
+    if reference:
+        from distill.bench_reference import CeilingLoop, ReferenceLoop
+
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision)
+        ref, ceiling = ReferenceLoop(cfg, dev), CeilingLoop(cfg, dev, amp)
+        ceiling.timed(0, warmup)
+        timers.update(ceiling=lambda: ceiling.timed(steps, 0), reference=lambda: ref.timed(steps, warmup))
+    per_round = []
+    for r in range(rounds):
+        order = list(timers)
+        if r % 2 and reference:  # alternate which of the framework and the ceiling goes first
+            order[:2] = order[1::-1]
+        per_round.append({f"{k}_s": timers[k]() for k in order})
+    images = rounds * steps * trainer.global_batch
+    seconds = {k: sum(t[f"{k}_s"] for t in per_round) for k in timers}
     result = {"recipe": cfg.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "world_size": trainer.world_size, "batch_size": cfg.data.batch_size, "global_batch": trainer.global_batch,
               "mixed_precision": acc.mixed_precision, "compile": cfg.train.compile, "steps": steps, "warmup": warmup,
-              "distill_type": cfg.distill.type, "teacher_cached": trainer.cache is not None,
+              "rounds": rounds, "distill_type": cfg.distill.type, "teacher_cached": trainer.cache is not None,
               "params": trainer.params,
-              "train_img_per_s": steps * trainer.global_batch / train_s, "train_step_ms": 1e3 * train_s / steps,
+              "train_img_per_s": images / seconds["train"], "train_step_ms": 1e3 * seconds["train"] / (rounds * steps),
               "peak_memory_mb": _peak_memory_mb(dev)}
+    if reference:
+        result.update(reference_img_per_s=images / seconds["reference"], ceiling_img_per_s=images / seconds["ceiling"],
+                      vs_reference=seconds["reference"] / seconds["train"], vs_ceiling=seconds["ceiling"] / seconds["train"])
+    if rounds > 1:
+        result["per_round"] = [{f"{k}_img_per_s": steps * trainer.global_batch / t[f"{k}_s"] for k in timers}
+                               for t in per_round]
+    train_s = seconds["train"] / rounds  # one block, for the teacher's share below
     trainer.train_batches.sampler.set_epoch(2)
     pool = [b for _, b in zip(range(8), trainer.train_batches)]
 

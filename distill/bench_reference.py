@@ -1,14 +1,17 @@
 """Yardsticks for `distill bench --reference`: the same training steps done two other ways.
 
-- `reference_loop`: a loop written the common way: PIL images through torchvision transforms
+- `ReferenceLoop`: a loop written the common way: PIL images through torchvision transforms
   (RandomCrop with padding, RandomHorizontalFlip, ToTensor, Normalize) in a DataLoader with
-  workers, timm's `VisionTransformer` of the student's dimensions, AdamW, label-smoothed CE.
-- `compute_ceiling`: the student's training steps on one batch already in memory, normalised:
-  no data path at all. No loop that feeds real data can beat it by much.
-Both use the recipe's batch size and the same timing method as `distill.bench`.
+  workers, timm's `VisionTransformer` of the student's dimensions, AdamW, label-smoothed CE, fp32.
+- `CeilingLoop`: the student's training steps (its precision, fused AdamW, `torch.compile` when the
+  recipe asks for it) on one batch already in memory: no data path at all. No loop that feeds real data can beat it by much.
+Both keep their model and optimizer between calls, so that `distill.bench` can interleave short
+timed blocks of them with the framework's; `timed(steps, warmup)` returns seconds, measured
+between two device synchronisations like the framework's own.
 """
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
@@ -36,52 +39,76 @@ class _PILDataset(Dataset):
         return self.transform(Image.fromarray(img, self.mode)), int(self.labels[i])
 
 
-def _train_steps(model, batches, steps: int, warmup: int, smoothing: float, device, amp=None,
-                 fused: bool = False) -> float:
-    """Images per second over `steps` timed steps after `warmup` untimed ones."""
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.05, fused=fused)
-    loss_fn = LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else torch.nn.CrossEntropyLoss()
-    model.train()
-    n_img, t0 = 0, None
-    for i, (x, y) in enumerate(batches):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0, n_img = time.perf_counter(), 0
-        if i == warmup + steps:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, amp, enabled=amp is not None):
-            loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        n_img += len(y)
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return n_img / (time.perf_counter() - t0)
 
 
-def reference_loop(cfg: Config, steps: int, warmup: int, device, num_workers: int = 2) -> float:
-    d = cfg.data
-    split = load_split(d, train=True)
-    transform = T.Compose([T.RandomCrop(d.img_size, padding=d.crop_padding), T.RandomHorizontalFlip(),
-                           T.ToTensor(), T.Normalize(split.mean, split.std)])
-    loader = DataLoader(_PILDataset(split, transform), batch_size=d.batch_size, shuffle=True, drop_last=True,
-                        num_workers=num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=num_workers > 0)
-    student = build_student(cfg.student, split.num_classes, split.in_chans, d.img_size)
-    model = VisionTransformer(img_size=d.img_size, patch_size=student.patch_embed.patch_size,
-                              in_chans=split.in_chans, num_classes=split.num_classes, embed_dim=student.embed_dim,
-                              depth=len(student.blocks), num_heads=student.blocks[0].attn.num_heads).to(device)
-    return _train_steps(model, loader, steps, warmup, d.label_smoothing, device)
+class _StepLoop:
+    """`model` trained with AdamW on label-smoothed CE; `_timed` steps it on an iterator of batches."""
+
+    def __init__(self, model, smoothing: float, device, amp=None, fused: bool = False):
+        self.model, self.device, self.amp = model.to(device).train(), device, amp
+        self.opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.05, fused=fused)
+        self.loss_fn = LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else torch.nn.CrossEntropyLoss()
+
+    def _step(self, x, y):
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
+            loss = self.loss_fn(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def _timed(self, batches, steps: int, warmup: int) -> float:
+        for x, y in itertools.islice(batches, warmup):
+            self._step(x, y)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        for x, y in itertools.islice(batches, steps):
+            self._step(x, y)
+        _sync(self.device)
+        return time.perf_counter() - t0
 
 
-def compute_ceiling(cfg: Config, steps: int, warmup: int, device, amp=None) -> float:
-    """The framework's own model, precision (`amp` dtype) and fused AdamW, minus the data path."""
-    d = cfg.data
-    split = load_split(d, train=True)
-    model = build_student(cfg.student, split.num_classes, split.in_chans, d.img_size).to(device)
-    x = torch.randn(d.batch_size, split.in_chans, d.img_size, d.img_size, device=device)
-    y = torch.randint(0, split.num_classes, (d.batch_size,), device=device)
-    return _train_steps(model, iter(lambda: (x, y), None), steps, warmup, d.label_smoothing, device, amp, fused=True)
+class ReferenceLoop(_StepLoop):
+    def __init__(self, cfg: Config, device, num_workers: int = 2):
+        d = cfg.data
+        split = load_split(d, train=True)
+        transform = T.Compose([T.RandomCrop(d.img_size, padding=d.crop_padding), T.RandomHorizontalFlip(),
+                               T.ToTensor(), T.Normalize(split.mean, split.std)])
+        self.dataset, self.batch_size, self.num_workers = _PILDataset(split, transform), d.batch_size, num_workers
+        student = build_student(cfg.student, split.num_classes, split.in_chans, d.img_size)
+        model = VisionTransformer(img_size=d.img_size, patch_size=student.patch_embed.patch_size,
+                                  in_chans=split.in_chans, num_classes=split.num_classes, embed_dim=student.embed_dim,
+                                  depth=len(student.blocks), num_heads=student.blocks[0].attn.num_heads)
+        super().__init__(model, d.label_smoothing, device)
+
+    def timed(self, steps: int, warmup: int) -> float:
+        # A fresh loader per block: its workers start during the untimed warm-up and are joined
+        # when the block ends, so they never prefetch on CPU time that another loop is timing.
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        batches = iter(loader)
+        try:
+            return self._timed(batches, steps, warmup)
+        finally:
+            if hasattr(batches, "_shutdown_workers"):
+                batches._shutdown_workers()
+
+
+class CeilingLoop(_StepLoop):
+    """The framework's own model, compiled or not, precision (`amp` dtype) and fused AdamW, minus the data path."""
+
+    def __init__(self, cfg: Config, device, amp=None):
+        d = cfg.data
+        split = load_split(d, train=True)
+        model = build_student(cfg.student, split.num_classes, split.in_chans, d.img_size)
+        if cfg.train.compile:
+            model = torch.compile(model)
+        self.batch = (torch.randn(d.batch_size, split.in_chans, d.img_size, d.img_size, device=device),
+                      torch.randint(0, split.num_classes, (d.batch_size,), device=device))
+        super().__init__(model, d.label_smoothing, device, amp, fused=True)
+
+    def timed(self, steps: int, warmup: int) -> float:
+        return self._timed(itertools.repeat(self.batch), steps, warmup)

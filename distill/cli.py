@@ -71,44 +71,12 @@ def cmd_bench(args) -> int:
     from distill.bench import format_table, run_bench
 
     cfg = load_config(args.recipe, args.overrides)
-    if args.rounds < 1:
-        raise ConfigError(f"--rounds {args.rounds} must be >= 1")
-    if args.reference and (cfg.student.distilled or cfg.distill.type != "none"):
-        raise ConfigError("--reference compares plain training: pass a plain recipe")
-    rounds = []
-    # Rounds interleave the framework and its yardsticks, so that a machine whose speed drifts
-    # (shared CPUs, clocks) slows all three alike; the medians are reported.
-    for _ in range(args.rounds):
-        result = run_bench(cfg, steps=args.steps, warmup=args.warmup)
-        if args.reference:
-            import torch
-
-            from distill.bench_reference import compute_ceiling, reference_loop
-
-            device = torch.device("cpu" if result["device"] == "cpu" else "cuda")
-            result["reference_img_per_s"] = reference_loop(cfg, args.steps, args.warmup, device)
-            amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(result["mixed_precision"])
-            result["ceiling_img_per_s"] = compute_ceiling(cfg, args.steps, args.warmup, device, amp)
-        rounds.append(result)
-    result = _median_result(rounds)
-    if args.reference:
-        result["vs_reference"] = result["train_img_per_s"] / result["reference_img_per_s"]
-        result["vs_ceiling"] = result["train_img_per_s"] / result["ceiling_img_per_s"]
-    print(format_table(result))
-    if args.rounds > 1:
-        result["rounds"] = rounds
+    result = run_bench(cfg, steps=args.steps, warmup=args.warmup, rounds=args.rounds, reference=args.reference)
+    print(format_table({k: v for k, v in result.items() if k != "per_round"}))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
-
-
-def _median_result(rounds: list) -> dict:
-    """The first round's fields, with every float replaced by its median over the rounds."""
-    import statistics
-
-    return {k: statistics.median(r[k] for r in rounds) if isinstance(v, float) else v
-            for k, v in rounds[0].items()} | {"rounds_run": len(rounds)}
 
 
 def cmd_study(args) -> int:
@@ -144,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true",
                    help="also time a common torchvision/DataLoader loop and the model's compute ceiling")
     p.add_argument("--rounds", type=int, default=1,
-                   help="repeat the measurement (interleaved with --reference) and report medians")
+                   help="time N blocks of --steps steps, interleaved with --reference's, and report the totals")
     p.add_argument("--out", help="write the JSON here")
     p.set_defaults(func=cmd_bench)
 

@@ -1,6 +1,8 @@
 """`distill bench`: runs on this CPU, writes its JSON, interleaves rounds, and times cached distillation."""
 import json
 
+import pytest
+
 from conftest import PLAIN, needs_fmnist, run_cli
 
 pytestmark = needs_fmnist
@@ -14,13 +16,15 @@ def test_bench_with_reference_rounds(tmp_path):
     res = run_cli("bench", PLAIN, *SMALL, *STEPS, "--reference", "--rounds", "2", "--out", out)
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["device"] == "cpu" and result["global_batch"] == 32 and result["rounds_run"] == 2
-    rounds = result["rounds"]
+    assert result["device"] == "cpu" and result["global_batch"] == 32 and result["rounds"] == 2
+    rounds = result["per_round"]
     assert len(rounds) == 2 and all(r["reference_img_per_s"] > 0 and r["ceiling_img_per_s"] > 0 for r in rounds)
-    a, b = sorted(r["train_img_per_s"] for r in rounds)
-    assert result["train_img_per_s"] == (a + b) / 2  # the median of two
-    assert result["vs_ceiling"] == result["train_img_per_s"] / result["ceiling_img_per_s"]
-    assert "train_img_per_s" in res.stdout  # the table
+    # totals over the interleaved blocks: all images over all seconds, the harmonic mean of the rounds
+    for k in ("train", "reference", "ceiling"):
+        assert result[f"{k}_img_per_s"] == pytest.approx(2 / sum(1 / r[f"{k}_img_per_s"] for r in rounds))
+    assert result["vs_ceiling"] == pytest.approx(result["train_img_per_s"] / result["ceiling_img_per_s"])
+    assert result["vs_reference"] == pytest.approx(result["train_img_per_s"] / result["reference_img_per_s"])
+    assert "train_img_per_s" in res.stdout and "per_round" not in res.stdout  # the table
 
 
 def test_bench_cached_distillation_records_then_replays(tmp_path):
@@ -36,3 +40,8 @@ def test_bench_cached_distillation_records_then_replays(tmp_path):
 def test_bench_rejects_bad_rounds():
     res = run_cli("bench", PLAIN, *SMALL, *STEPS, "--rounds", "0")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--rounds" in res.stderr
+
+
+def test_bench_reference_needs_a_plain_recipe():
+    res = run_cli("bench", "recipes/fashion_mnist/hard_tiny.yaml", *SMALL, *STEPS, "--reference")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "plain recipe" in res.stderr
