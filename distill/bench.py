@@ -25,17 +25,18 @@ import torch
 from distill.config import Config, ConfigError
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a host clock times it (a no-op on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _timed(fn, n: int, device) -> float:
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for i in range(n):
         fn(i)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0
 
 
@@ -70,10 +71,10 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
 
     def epoch_tail(epoch: int, n: int) -> float:
         """The last n steps of an epoch through the trainer's own loop: gather, augment, step, log."""
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         trainer._train_epoch(epoch, spe - n)
-        _sync(dev)
+        sync(dev)
         return time.perf_counter() - t0
 
     epoch_tail(0, warmup)

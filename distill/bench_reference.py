@@ -21,6 +21,7 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.models import VisionTransformer
 from torch.utils.data import DataLoader, Dataset
 
+from distill.bench import sync
 from distill.build import build_student
 from distill.config import Config
 from distill.datasets import load_split
@@ -37,11 +38,6 @@ class _PILDataset(Dataset):
     def __getitem__(self, i):
         img = self.images[i].permute(1, 2, 0).squeeze(-1).numpy()  # (H, W[, C]) uint8
         return self.transform(Image.fromarray(img, self.mode)), int(self.labels[i])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _StepLoop:
@@ -63,11 +59,11 @@ class _StepLoop:
     def _timed(self, batches, steps: int, warmup: int) -> float:
         for x, y in itertools.islice(batches, warmup):
             self._step(x, y)
-        _sync(self.device)
+        sync(self.device)
         t0 = time.perf_counter()
         for x, y in itertools.islice(batches, steps):
             self._step(x, y)
-        _sync(self.device)
+        sync(self.device)
         return time.perf_counter() - t0
 
 
