@@ -203,6 +203,8 @@ def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
         raise ConfigError(f"{key}: {msg}{hint}") from None
     if cfg.name is None:
         cfg.name = Path(recipe).stem if recipe else "run"
+    if cfg.train.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false: Accelerate's "no"
+        cfg.train.mixed_precision = "no"
     _check_values(cfg)
     return cfg
 

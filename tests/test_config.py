@@ -38,6 +38,15 @@ def test_base_chain_and_overrides(tmp_path):
     assert (cfg.train.epochs, cfg.train.lr, cfg.data.train_subset, cfg.name) == (7, 0.3, 100, "b")
 
 
+def test_mixed_precision_no_survives_yaml_booleans(tmp_path):
+    # YAML 1.1 (PyYAML and OmegaConf's dotlist) parses a bare `no` as false
+    (tmp_path / "r.yaml").write_text("train:\n  mixed_precision: no\n")
+    assert load_config(str(tmp_path / "r.yaml")).train.mixed_precision == "no"
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_config(None, ["train.mixed_precision=yes"])
+
+
 def test_base_loop_is_an_error(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
