@@ -57,10 +57,18 @@ def test_alpha_zero_distillation_is_plain_training(tmp_path, teacher_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_stale_cache_is_an_error(tmp_path, teacher_dir):
+def test_replay_reads_the_cache_and_a_stale_cache_is_an_error(tmp_path, teacher_dir):
     assert distilled(tmp_path, teacher_dir, "fill", "train.epochs=1").returncode == 0
-    for path in (teacher_dir / "logit_cache").rglob("epoch_0000_*.safetensors"):
-        logits = load_file(str(path))["logits"]
-        save_file({"logits": logits + 5.0}, str(path))  # no longer what the teacher says
+    paths = list((teacher_dir / "logit_cache").rglob("epoch_0000_*.safetensors"))
+    recorded = {p: load_file(str(p))["logits"] for p in paths}
+    # changed after the checked first step: the check passes, and the student must learn from the file
+    for p, logits in recorded.items():
+        save_file({"logits": torch.cat([logits[:1], logits[1:].flip(-1)])}, str(p))
+    res = distilled(tmp_path, teacher_dir, "replayed", "train.epochs=1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    fill, replayed = (load_file(str(tmp_path / n / "student.safetensors")) for n in ("fill", "replayed"))
+    assert any(not torch.equal(fill[k], replayed[k]) for k in fill)  # the replay used the file, not the teacher
+    for p, logits in recorded.items():
+        save_file({"logits": logits + 5.0}, str(p))  # the first step no longer what the teacher says
     res = distilled(tmp_path, teacher_dir, "stale", "train.epochs=1")
     assert res.returncode == 2 and "cache is stale" in res.stderr and "Traceback" not in res.stderr
