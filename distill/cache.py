@@ -22,12 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill.config import Config
+from distill.errors import CacheError  # noqa: F401  (raised here; re-exported)
 
 CHECK_SAMPLES = 8  # views of each cached epoch's first batch that are compared with the live teacher
-
-
-class CacheError(RuntimeError):
-    """Cached logits that do not match the live teacher. The CLI prints it as one line."""
 
 
 def cache_key(cfg: Config, world_size: int, mixed_precision: str) -> dict:

@@ -11,13 +11,10 @@ from typing import Optional
 
 import torch
 from safetensors.torch import save_file
+from distill.errors import CheckpointError  # noqa: F401  (raised here; re-exported)
 
 CHECKPOINTS = "checkpoints"
 _DONE = "COMPLETE"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read. The CLI prints it as one line and exits with status 2."""
 
 
 class Progress:

@@ -9,20 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-from distill.config import ConfigError, load_config, to_yaml
+from distill.config import load_config, to_yaml
+from distill.errors import ConfigError, UserError
 
 USAGE_ERRORS = 2
-
-
-def _known_errors() -> tuple:
-    """Exception types whose message is the whole story for the user (no traceback)."""
-    from distill.cache import CacheError
-    from distill.checkpoint import CheckpointError
-    from distill.datasets import DataError
-    from distill.trainer import DivergenceError
-    from teachers import TeacherError
-
-    return ConfigError, DataError, TeacherError, CheckpointError, DivergenceError, CacheError
 
 
 def cmd_config(args) -> int:
@@ -139,14 +129,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:  # before heavy imports, so a bad recipe fails fast
+    except UserError as e:  # the one place a user's mistake becomes a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return USAGE_ERRORS
-    except Exception as e:
-        if isinstance(e, _known_errors()):
-            print(f"error: {e}", file=sys.stderr)
-            return USAGE_ERRORS
-        raise
 
 
 if __name__ == "__main__":

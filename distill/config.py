@@ -13,10 +13,7 @@ from typing import List, Optional
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
-
-class ConfigError(ValueError):
-    """A bad recipe or override. The CLI prints it as one line and exits with status 2."""
+from distill.errors import ConfigError  # noqa: F401  (raised here; re-exported)
 
 
 @dataclass

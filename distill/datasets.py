@@ -28,10 +28,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from distill.config import DataConfig
-
-
-class DataError(RuntimeError):
-    """A missing or malformed dataset. The CLI prints it as one line and exits with status 2."""
+from distill.errors import DataError  # noqa: F401  (raised here; re-exported)
 
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

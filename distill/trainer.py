@@ -24,10 +24,7 @@ from distill.losses import DistillationLoss, build_criterion
 from distill.profile import count_params, forward_gflops
 from distill.rundir import create_run_dir, resolve_run_dir
 from teachers import load_teacher
-
-
-class DivergenceError(RuntimeError):
-    """The loss became non-finite. The CLI prints it as one line and exits with status 2."""
+from distill.errors import DivergenceError  # noqa: F401  (raised here; re-exported)
 
 
 class Preempted(Exception):

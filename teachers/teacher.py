@@ -16,14 +16,11 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from distill.errors import TeacherError  # noqa: F401  (raised here; re-exported)
 
 RUN_WEIGHTS = "student.safetensors"  # what a run of this framework leaves in its folder
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")  # EMA first, like timm
 _PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
-
-
-class TeacherError(RuntimeError):
-    """A teacher that cannot be built or loaded. The CLI prints it as one line."""
 
 
 # ----------------------------------------------------------------------------- building
