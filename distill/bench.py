@@ -17,33 +17,11 @@ allocator's peak, or the process's peak resident set on a CPU.
 """
 from __future__ import annotations
 
-import resource
-import time
-
 import torch
 
-from distill.config import Config, ConfigError
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a host clock times it (a no-op on a CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, n: int, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    for i in range(n):
-        fn(i)
-    sync(device)
-    return time.perf_counter() - t0
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+from distill.config import Config
+from distill.errors import ConfigError
+from distill.timing import peak_memory_mb, sync, timed
 
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for model-FLOPs utilisation.
@@ -62,28 +40,25 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
         raise ConfigError(f"--rounds {rounds} must be >= 1")
     if reference and (cfg.student.distilled or cfg.distill.type != "none"):
         raise ConfigError("--reference compares plain training: pass a plain recipe")
-    trainer = Trainer(cfg, dry_run=True)
-    dev, acc = trainer.device, trainer.accelerator
-    spe = trainer.steps_per_epoch
+    trainer = Trainer(cfg, dry_run=True)  # builds the run; writes no folder and no checkpoint
+    dev, acc, run = trainer.device, trainer.accelerator, trainer.run
+    spe = run.steps_per_epoch
     if warmup + steps > spe:
         raise ConfigError(f"bench needs warmup + steps = {warmup + steps} <= {spe} steps per epoch; "
                           "pass smaller --steps/--warmup or a larger data.train_subset")
 
     def epoch_tail(epoch: int, n: int) -> float:
         """The last n steps of an epoch through the trainer's own loop: gather, augment, step, log."""
-        sync(dev)
-        t0 = time.perf_counter()
-        trainer._train_epoch(epoch, spe - n)
-        sync(dev)
-        return time.perf_counter() - t0
+        return timed(lambda _: trainer.train_epoch(epoch, spe - n), 1, dev)
 
     epoch_tail(0, warmup)
-    if trainer.cache is not None and not trainer.cache.has(1):  # record epoch 1, so the timed tails replay it
-        trainer._train_epoch(1, 0)
+    cache = run.teacher_logits.cache
+    if cache is not None and not cache.has(1):  # record epoch 1, so the timed tails replay it
+        trainer.train_epoch(1, 0)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     first_train_s = epoch_tail(1, steps)  # round 0's framework block, timed before any yardstick exists,
-    peak_mb = _peak_memory_mb(dev)       # so that the peak memory is the framework's alone
+    peak_mb = peak_memory_mb(dev)       # so that the peak memory is the framework's alone
     timers = {"train": lambda: epoch_tail(1, steps)}
     if reference:
         from distill.bench_reference import CeilingLoop, ReferenceLoop
@@ -98,55 +73,55 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
         if r % 2 and reference:  # alternate which of the framework and the ceiling goes first
             order[:2] = order[1::-1]
         per_round.append({f"{k}_s": first_train_s if (r, k) == (0, "train") else timers[k]() for k in order})
-    images = rounds * steps * trainer.global_batch
+    images = rounds * steps * run.global_batch
     seconds = {k: sum(t[f"{k}_s"] for t in per_round) for k in timers}
     result = {"recipe": cfg.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-              "world_size": trainer.world_size, "batch_size": cfg.data.batch_size, "global_batch": trainer.global_batch,
+              "world_size": trainer.world_size, "batch_size": cfg.data.batch_size, "global_batch": run.global_batch,
               "mixed_precision": acc.mixed_precision, "compile": cfg.train.compile, "steps": steps, "warmup": warmup,
-              "rounds": rounds, "distill_type": cfg.distill.type, "teacher_cached": trainer.cache is not None,
-              "params": trainer.params,
+              "rounds": rounds, "distill_type": cfg.distill.type, "teacher_cached": cache is not None,
+              "params": run.params,
               "train_img_per_s": images / seconds["train"], "train_step_ms": 1e3 * seconds["train"] / (rounds * steps),
               "peak_memory_mb": peak_mb}
     if reference:
         result.update(reference_img_per_s=images / seconds["reference"], ceiling_img_per_s=images / seconds["ceiling"],
                       vs_reference=seconds["reference"] / seconds["train"], vs_ceiling=seconds["ceiling"] / seconds["train"])
     if rounds > 1:
-        result["per_round"] = [{f"{k}_img_per_s": steps * trainer.global_batch / t[f"{k}_s"] for k in timers}
+        result["per_round"] = [{f"{k}_img_per_s": steps * run.global_batch / t[f"{k}_s"] for k in timers}
                                for t in per_round]
     train_s = seconds["train"] / rounds  # one block, for the teacher's share below
-    trainer.train_batches.sampler.set_epoch(2)
-    pool = [b for _, b in zip(range(8), trainer.train_batches)]
+    run.train_batches.sampler.set_epoch(2)
+    pool = [b for _, b in zip(range(8), run.train_batches)]
 
-    if trainer.teacher is not None and trainer.cache is None:
-        views = [trainer.augment(im, lb, ix, trainer.aug_seed, 0, j)[0] for j, (im, lb, ix) in enumerate(pool[:8])]
+    if run.teacher is not None and cache is None:
+        views = [run.augment(im, lb, ix, run.aug_seed, 0, j)[0] for j, (im, lb, ix) in enumerate(pool[:8])]
 
         def teacher_fwd(i):
             with torch.no_grad(), acc.autocast():
-                trainer.teacher(views[i % len(views)])
+                run.teacher(views[i % len(views)])
 
-        _timed(teacher_fwd, warmup, dev)
-        teacher_s = _timed(teacher_fwd, steps, dev)
+        timed(teacher_fwd, warmup, dev)
+        teacher_s = timed(teacher_fwd, steps, dev)
         result.update(teacher_ms=1e3 * teacher_s / steps,
                       student_ms=1e3 * (train_s - teacher_s) / steps,
                       teacher_share=teacher_s / train_s)
 
-    model = acc.unwrap_model(trainer.student)
+    model = run.model
     # model FLOPs per trained image: forward + backward (about twice the forward), i.e. 3 x forward
-    result["gflops_forward"] = trainer.gflops
-    result["train_tflops"] = 3 * trainer.gflops * result["train_img_per_s"] / 1e3
+    result["gflops_forward"] = run.gflops
+    result["train_tflops"] = 3 * run.gflops * result["train_img_per_s"] / 1e3
     peak = peak_bf16_tflops(result["device"])
     if peak and dev.type == "cuda":
         result["peak_bf16_tflops"] = peak
         result["mfu"] = result["train_tflops"] / peak
     model.eval()
-    x = trainer.normalize(pool[0][0][:1].expand(cfg.data.eval_batch_size, -1, -1, -1).contiguous())
+    x = run.normalize(pool[0][0][:1].expand(cfg.data.eval_batch_size, -1, -1, -1).contiguous())
 
     def infer(i):
         with torch.no_grad(), acc.autocast():
             model(x)
 
-    _timed(infer, warmup, dev)
-    result["infer_img_per_s"] = steps * x.shape[0] / _timed(infer, steps, dev)
+    timed(infer, warmup, dev)
+    result["infer_img_per_s"] = steps * x.shape[0] / timed(infer, steps, dev)
     return result
 
 

@@ -21,10 +21,10 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.models import VisionTransformer
 from torch.utils.data import DataLoader, Dataset
 
-from distill.bench import sync
 from distill.build import build_student
 from distill.config import Config
 from distill.datasets import load_split
+from distill.timing import sync
 
 
 class _PILDataset(Dataset):

@@ -1,15 +1,73 @@
-"""Builders that turn sub-configs into the objects the trainer runs."""
+"""One place that builds the parts of a run from its config: `train`, `bench` and `eval` all call it.
+
+`build_run(cfg, accelerator)` returns a `Run`: data, augmentation, student, teacher and its
+logit source, optimizer, schedule, EMA and the training step. Each builder below takes only the
+sub-config it needs.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
 
 import students  # noqa: F401  (registers distill_vit_* with timm)
-from distill.config import ConfigError, DataConfig, StudentConfig, TrainConfig
+from distill import checkpoint as ckpt
+from distill.augment import BatchAugment, Normalize
+from distill.cache import LogitCache, cache_key, cache_root
+from distill.config import Config, DataConfig, StudentConfig, TrainConfig
 from distill.datasets import load_split
-from teachers import create_model
+from distill.errors import ConfigError
+from distill.loader import DeviceBatches, LoaderBatches, ShardedBatches
+from distill.losses import DistillationLoss, build_criterion
+from distill.profile import count_params, forward_gflops
+from distill.step import TrainStep, accelerate_hooks, graph_hooks
+from distill.teacher_logits import TeacherLogits
+from teachers import create_model, load_teacher
+
+
+@dataclass
+class Run:
+    """Everything a run is made of. `model` is the student itself (never compiled or wrapped: what
+    is saved, evaluated and averaged); `student` is the prepared module that trains."""
+
+    train_batches: object
+    test_batches: object
+    test_size: int
+    normalize: Normalize
+    augment: BatchAugment
+    aug_seed: int
+    model: torch.nn.Module
+    student: torch.nn.Module
+    teacher: Optional[torch.nn.Module]
+    teacher_logits: TeacherLogits
+    optimizer: object
+    scheduler: object
+    ema: Optional[ModelEmaV3]
+    progress: ckpt.Progress
+    step: object  # TrainStep, or GraphedStep around one
+    num_classes: int
+    params: int
+    gflops: float
+    global_batch: int
+    lr: float
+    steps_per_epoch: int
+
+
+def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
+    """Accelerate with the recipe's precision and accumulation, logging to TensorBoard in the run folder."""
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
+    )
 
 
 def build_student(cfg: StudentConfig, num_classes: int, in_chans: int, img_size: int) -> torch.nn.Module:
@@ -21,7 +79,10 @@ def build_student(cfg: StudentConfig, num_classes: int, in_chans: int, img_size:
             kwargs["patch_size"] = cfg.patch_size
     elif cfg.distilled:
         raise ConfigError(f"student.distilled=true needs a distill_vit_* student, not {cfg.model}")
-    model = create_model(cfg.model, pretrained=cfg.pretrained, small_input_stem=cfg.small_input_stem, **kwargs)
+    try:
+        model = create_model(cfg.model, pretrained=cfg.pretrained, small_input_stem=cfg.small_input_stem, **kwargs)
+    except ValueError as e:  # sizes the architecture cannot take (img_size vs patch_size, ...)
+        raise ConfigError(f"student.model={cfg.model}: {str(e).splitlines()[0]}") from None
     if cfg.distilled:
         model.set_distilled_training(True)  # training-mode forward returns (class, distillation) logits
     return model
@@ -64,3 +125,94 @@ def build_scheduler(optimizer, cfg: TrainConfig, updates_per_epoch: int, ticks_p
 def build_data(cfg: DataConfig):
     """Both splits; raises DataError when a dataset is missing or malformed."""
     return load_split(cfg, train=True), load_split(cfg, train=False)
+
+
+def build_batches(cfg: DataConfig, split, device, sampler: Optional[ShardedBatches] = None):
+    """Training batches (with `sampler`) or ordered evaluation batches of a split, on `device`.
+
+    In-memory sets are indexed where they are stored (on the device, or on the host with
+    `data.device_resident=false`); on-disk sets are decoded by DataLoader workers."""
+    batch = 0 if sampler is not None else cfg.eval_batch_size
+    if hasattr(split, "images"):
+        storage = device if cfg.device_resident else torch.device("cpu")
+        return DeviceBatches(split, sampler, device, batch, storage=storage)
+    return LoaderBatches(split, sampler, device, cfg.num_workers, batch)
+
+
+def build_augment(cfg: DataConfig, normalize: Normalize, num_classes: int) -> BatchAugment:
+    return BatchAugment(normalize, cfg.crop_padding, cfg.hflip, num_classes, cfg.mixup_alpha, cfg.cutmix_alpha,
+                        cfg.mixup_prob, cfg.label_smoothing)
+
+
+def _check_cuda_graphs(cfg: Config, acc: Accelerator, train_batches) -> None:
+    why = [w for w, bad in [
+        ("a CUDA device", acc.device.type != "cuda"), ("one process", acc.num_processes > 1),
+        ("train.grad_accum_steps=1", cfg.train.grad_accum_steps > 1), ("not fp16", acc.mixed_precision == "fp16"),
+        ("train.on_nonfinite=stop", cfg.train.on_nonfinite == "skip"), ("train.compile=false", cfg.train.compile),
+        ("an in-memory dataset on the device", not isinstance(train_batches, DeviceBatches)
+         or train_batches.images.device.type != "cuda")] if bad]
+    if why:
+        raise ConfigError(f"train.cuda_graphs=true needs {', '.join(why)}; set train.cuda_graphs=false")
+
+
+def build_step(cfg: TrainConfig, acc: Accelerator, model, student, teacher, criterion, augment, optimizer,
+               skip_nonfinite=None):
+    """The training step: eager through Accelerate, or the same step captured as a CUDA graph."""
+    if not cfg.cuda_graphs:
+        hooks = accelerate_hooks(acc, student, cfg.clip_grad, skip_nonfinite)
+        return TrainStep(student, augment, criterion, teacher, optimizer, hooks)
+    from distill.graphed import GraphedStep, make_capturable
+
+    make_capturable(optimizer.optimizer, acc.device)
+    amp = {"bf16": torch.bfloat16}.get(acc.mixed_precision)
+    return GraphedStep(TrainStep(model, augment, criterion, teacher, optimizer.optimizer,
+                                 graph_hooks(model, cfg.clip_grad, amp)))
+
+
+def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
+    """All parts of a run, in the order that fixes their random initialisation (student, then teacher)."""
+    aug_seed = cfg.data.aug_seed if cfg.data.aug_seed is not None else cfg.seed
+    with acc.main_process_first():  # one rank downloads a missing dataset while the others wait
+        train_set, test_set = build_data(cfg.data)
+    num_classes, in_chans = train_set.num_classes, train_set.in_chans
+    normalize = Normalize(train_set.mean, train_set.std).to(acc.device)
+    augment = build_augment(cfg.data, normalize, num_classes)
+    sampler = ShardedBatches(len(train_set), cfg.data.batch_size, acc.process_index, acc.num_processes, aug_seed)
+    train_batches = build_batches(cfg.data, train_set, acc.device, sampler)
+    test_batches = build_batches(cfg.data, test_set, acc.device)
+    if cfg.train.cuda_graphs:
+        _check_cuda_graphs(cfg, acc, train_batches)
+    steps_per_epoch = sampler.steps_per_epoch
+
+    torch.manual_seed(cfg.seed)  # identical initial weights in every process
+    model = build_student(cfg.student, num_classes, in_chans, cfg.data.img_size)
+    params = count_params(model)
+    gflops = forward_gflops(model, (in_chans, cfg.data.img_size, cfg.data.img_size))
+    teacher = None
+    if cfg.distill.type != "none":
+        with acc.main_process_first():  # one rank reads or downloads the weights first
+            teacher = load_teacher(cfg.teacher, num_classes, in_chans, train_set.mean, train_set.std)
+        teacher.to(acc.device)  # frozen and in eval mode; never passed to prepare (no DDP)
+    global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum_steps
+    lr = scaled_lr(cfg.train, global_batch)
+    optimizer = build_optimizer(model, cfg.train, lr)
+    scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch // cfg.train.grad_accum_steps,
+                                acc.num_processes)
+    student = torch.compile(model) if cfg.train.compile else model
+    student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
+    ema = None
+    if cfg.train.ema:
+        ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+        acc.register_for_checkpointing(ema)
+    progress = ckpt.Progress()
+    acc.register_for_checkpointing(progress)
+    criterion = DistillationLoss(build_criterion(augment.mixup is not None, cfg.data.label_smoothing),
+                                 cfg.distill.type, cfg.distill.alpha, cfg.distill.tau)
+    cache = None
+    if cfg.distill.cache:
+        cache = LogitCache(cache_root(cfg), cache_key(cfg, acc.num_processes, acc.mixed_precision),
+                           acc.process_index, acc.num_processes, steps_per_epoch)
+    step = build_step(cfg.train, acc, model, student, teacher, criterion, augment, optimizer, skip_nonfinite)
+    return Run(train_batches, test_batches, len(test_set), normalize, augment, aug_seed, model, student, teacher,
+               TeacherLogits(teacher, cache, acc.autocast), optimizer, scheduler, ema, progress, step, num_classes,
+               params, gflops, global_batch, lr, steps_per_epoch)

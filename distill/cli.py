@@ -22,7 +22,8 @@ def cmd_config(args) -> int:
 
 def cmd_train(args) -> int:
     from distill.rundir import RunComplete
-    from distill.trainer import Preempted, Trainer
+    from distill.signals import Preempted
+    from distill.trainer import Trainer
 
     cfg = load_config(args.recipe, args.overrides)
     try:

@@ -4,15 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from distill import runlog
 from distill.augment import Normalize
-from distill.build import build_student
-from distill.config import ConfigError, load_config
+from distill.build import build_batches, build_student
+from distill.config import load_config
 from distill.datasets import load_split
 from distill.engine import evaluate
-from distill.loader import DeviceBatches, LoaderBatches
+from distill.errors import ConfigError
+from teachers import load_weights
 
 
 def evaluate_run(run_dir: Path, overrides=(), ema: bool = False) -> dict:
@@ -26,12 +26,9 @@ def evaluate_run(run_dir: Path, overrides=(), ema: bool = False) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     test_set = load_split(cfg.data, train=False)
     model = build_student(cfg.student, test_set.num_classes, test_set.in_chans, cfg.data.img_size)
-    model.load_state_dict(load_file(str(weights)))
+    load_weights(model, weights)  # strips torch.compile's and DDP's key prefixes, one-line errors
     model.to(device)
-    if hasattr(test_set, "images"):
-        batches = DeviceBatches(test_set, None, device, cfg.data.eval_batch_size)
-    else:
-        batches = LoaderBatches(test_set, None, device, cfg.data.num_workers, cfg.data.eval_batch_size)
+    batches = build_batches(cfg.data, test_set, device)
     normalize = Normalize(test_set.mean, test_set.std).to(device)
     result = evaluate(model, batches.iter_range(range(len(test_set))), normalize)
     return {"run": str(run_dir), "weights": weights.name, **result}

@@ -63,17 +63,23 @@ class ShardedBatches(Sampler):
 
 
 class DeviceBatches:
-    """The in-memory path: the whole uint8 split on `device`, batches gathered there."""
+    """The in-memory path: the whole uint8 split in `storage` (the training device by default),
+    batches gathered there and handed out on `device`."""
 
-    def __init__(self, split, sampler: Optional[ShardedBatches], device, batch_size: int = 0):
-        self.images = split.images.to(device)
-        self.labels = split.labels.to(device)
-        self.sampler, self.batch_size, self.device = sampler, batch_size, device
+    def __init__(self, split, sampler: Optional[ShardedBatches], device, batch_size: int = 0, storage=None):
+        storage = torch.device(storage or device)
+        self.images = split.images.to(storage)
+        self.labels = split.labels.to(storage)
+        self.sampler, self.batch_size, self.device = sampler, batch_size, torch.device(device)
+
+    def _gather(self, idx: torch.Tensor) -> Batch:
+        at = idx.to(self.images.device, non_blocking=True)
+        batch = (self.images[at], self.labels[at], idx)
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
     def __iter__(self) -> Iterator[Batch]:
         for idx in self.sampler:
-            idx = idx.to(self.device, non_blocking=True)
-            yield self.images[idx], self.labels[idx], idx
+            yield self._gather(idx)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -81,8 +87,7 @@ class DeviceBatches:
     def iter_range(self, indices: range) -> Iterator[Batch]:
         """Unaugmented, ordered batches over `indices` (evaluation)."""
         for lo in range(indices.start, indices.stop, self.batch_size):
-            idx = torch.arange(lo, min(lo + self.batch_size, indices.stop), device=self.device)
-            yield self.images[idx], self.labels[idx], idx
+            yield self._gather(torch.arange(lo, min(lo + self.batch_size, indices.stop)))
 
 
 def _collate(items):

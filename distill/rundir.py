@@ -58,7 +58,10 @@ def resolve_run_dir(accelerator, cfg: Config, run_dir: Path) -> Optional[Path]:
     if exists:
         _check_same_run(cfg, run_dir)
     if resume == "auto":
-        return ckpt.latest_checkpoint(run_dir)
+        found = ckpt.latest_checkpoint(run_dir)
+        if found is None and exists:
+            accelerator.print(f"train.resume=auto: {run_dir} has no complete checkpoint; starting from the beginning")
+        return found
     return Path(resume) if resume else None
 
 

@@ -74,3 +74,27 @@ def provenance(device: torch.device, world_size: int) -> dict:
         "hardware": hardware,
         "hostname": platform.node(),
     }
+
+
+def epoch_record(epoch: int, terms: dict, lr: float, metrics: dict, img_s: float, epoch_s: float) -> dict:
+    """One line of metrics.jsonl: the epoch's mean loss terms, learning rate, evaluation and speed."""
+    return {"epoch": epoch, **{f"loss_{k}" if k != "loss" else "loss": v for k, v in terms.items()},
+            "lr": lr, **metrics, "train_img_per_s": img_s, "epoch_s": epoch_s}
+
+
+def run_summary(cfg, run, history: list, last_eval: dict, wall_s: float, extra: dict, device, world_size) -> dict:
+    """summary.json: the run's final and best accuracy, cost, identity and provenance.
+
+    `run` is the `distill.build.Run`; `last_eval` the last evaluation's metrics; `extra` more keys."""
+    return {
+        "name": cfg.name, "best_top1": max((r["top1"] for r in history if "top1" in r), default=None),
+        "final_top1": last_eval.get("top1"), "final_top5": last_eval.get("top5"), "epochs": cfg.train.epochs,
+        "params": run.params, "gflops": run.gflops, "world_size": world_size, "global_batch": run.global_batch,
+        "lr": run.lr, "wall_s": wall_s,
+        "train_img_per_s": sum(r["train_img_per_s"] for r in history) / max(len(history), 1),
+        "student": cfg.student.model, "teacher": cfg.teacher.model if run.teacher is not None else None,
+        "distill_type": cfg.distill.type, "seed": cfg.seed, "dataset": cfg.data.name,
+        "skipped_steps": run.progress.skipped_steps, **extra,
+        **{k: last_eval[k] for k in ("top1_cls", "top1_dist", "ema_top1") if k in last_eval},
+        **provenance(device, world_size),
+    }
