@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data test quickstart clean-venv
+.PHONY: setup data test test-fast quickstart clean-venv
 setup: $(VENV)/.installed data
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -23,6 +23,10 @@ $(FMNIST):
 
 test: setup
 	$(PY) -m pytest -q
+
+# The everyday tier: everything but the long real-training tests (under 2 minutes here).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 quickstart: setup
 	PYTHON=$(PY) bash scripts/quickstart.sh

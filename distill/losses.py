@@ -80,7 +80,7 @@ class DistillationLoss(nn.Module):
             raise ValueError(f"distill.type={self.distill_type} needs teacher logits: pass "
                              "teacher_logits=teacher(x) (computed under no_grad)")
         if teacher_logits.shape != dist_logits.shape:
-            raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
+            raise ConfigError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
                              f"{tuple(dist_logits.shape)}: teacher and student need the same classes")
         teacher_logits = teacher_logits.float()  # the KL of low-precision softmaxes is noisy
         if self.distill_type == "soft":

@@ -26,6 +26,7 @@ from pathlib import Path
 s = {k: json.loads((Path(sys.argv[1]) / k / "summary.json").read_text()) for k in ("plain", "record", "replay")}
 for k, v in s.items():
     print(f"{k:7s} wall {v['wall_s']:8.1f} s  {v['train_img_per_s']:9.0f} img/s  top1 {v['final_top1']:.2f}")
-print(f"replay / plain: {s['plain']['train_img_per_s'] / s['replay']['train_img_per_s']:.3f}x (training img/s), "
+# time ratios (replay takes Nx the plain run's time): training time from img/s, and wall time
+print(f"replay / plain time: {s['plain']['train_img_per_s'] / s['replay']['train_img_per_s']:.3f}x (training), "
       f"{s['replay']['wall_s'] / s['plain']['wall_s']:.3f}x (wall)")
 PY

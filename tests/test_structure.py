@@ -1,0 +1,215 @@
+"""The engine's shape: one step (eager and graphed), one teacher-logit source, one user error, and
+the bugs a new user hit, each with a test that failed before its fix."""
+import ast
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from timm.loss import SoftTargetCrossEntropy
+
+from conftest import PLAIN, QUICK, ROOT, needs_fmnist, run_cli
+from distill.augment import BatchAugment, Normalize
+from distill.build import build_optimizer
+from distill.cache import LogitCache
+from distill.config import TrainConfig
+from distill.errors import CacheError, UserError
+from distill.loader import DeviceBatches, ShardedBatches
+from distill.losses import DistillationLoss
+from distill.step import TrainStep, accelerate_hooks, graph_hooks
+from distill.teacher_logits import TeacherLogits
+from distill.timing import IntervalRate
+from teachers import create_model
+
+TINY = ["data.train_subset=256", "data.test_subset=100", "data.batch_size=32", "train.epochs=1",
+        "train.log_every=4", "train.warmup_epochs=0"]
+
+
+def _parts(device="cpu", distilled=True, seed=0):
+    torch.manual_seed(seed)
+    model = create_model("distill_vit_tiny", num_classes=10, in_chans=1, img_size=16, patch_size=4,
+                         distilled=distilled).to(device)
+    if distilled:
+        model.set_distilled_training(True)
+    torch.manual_seed(1)
+    teacher = create_model("resnet10t", num_classes=10, in_chans=1).to(device).eval().requires_grad_(False)
+    augment = BatchAugment(Normalize([0.3], [0.3]).to(device), 2, True, 10, cutmix_alpha=1.0, label_smoothing=0.1)
+    criterion = DistillationLoss(SoftTargetCrossEntropy(), "hard" if distilled else "none")  # CutMix: soft targets
+    g = torch.Generator().manual_seed(2)
+    batch = (torch.randint(0, 256, (8, 1, 16, 16), generator=g, dtype=torch.uint8).to(device),
+             torch.randint(0, 10, (8,), generator=g).to(device), torch.arange(8, device=device))
+    return model, teacher, augment, criterion, batch
+
+
+def _run_steps(step, augment, batch, n=3):
+    images, labels, index = batch
+    for s in range(n):
+        mix = augment.mix_params(0, 0, s, images.shape).to(images.device)
+        out = step(images, labels, index, augment.salt(0, 0), mix)
+    return out
+
+
+def test_one_step_function_with_accelerate_and_graph_hooks_agrees_on_cpu():
+    """The step body the CUDA graph captures (plain-torch hooks) trains exactly as the eager,
+    Accelerate-driven one: same weights after three steps with CutMix, a teacher and clipping."""
+    weights = []
+    for kind in ("accelerate", "graph"):
+        model, teacher, augment, criterion, batch = _parts()
+        opt = build_optimizer(model, TrainConfig(), 1e-3)
+        if kind == "accelerate":
+            acc = Accelerator(cpu=True)
+            model_p, opt_p = acc.prepare(model, opt)
+            step = TrainStep(model_p, augment, criterion, teacher, opt_p, accelerate_hooks(acc, model_p, 1.0))
+        else:
+            step = TrainStep(model, augment, criterion, teacher, opt, graph_hooks(model, 1.0, None))
+        terms, t_logits = _run_steps(step, augment, batch)
+        assert set(terms) == {"loss", "base", "distill"} and t_logits.shape == (8, 10)
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    a, b = weights
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
+def test_graphed_step_matches_eager_on_gpu():
+    from distill.graphed import GraphedStep, make_capturable
+
+    weights = []
+    for graphed in (False, True):
+        model, teacher, augment, criterion, batch = _parts("cuda")
+        opt = build_optimizer(model, TrainConfig(), 1e-3)
+        make_capturable(opt, torch.device("cuda"))  # the same optimizer kernels in both
+        step = TrainStep(model, augment, criterion, teacher, opt, graph_hooks(model, 1.0, None))
+        _run_steps(GraphedStep(step) if graphed else step, augment, batch, n=5)
+        torch.cuda.synchronize()
+        weights.append({k: v.float().clone() for k, v in model.state_dict().items()})
+    a, b = weights
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_teacher_logits_live_record_replay(tmp_path):
+    teacher = torch.nn.Linear(4, 3).eval().requires_grad_(False)
+    views = torch.randn(2, 4)
+    cache = LogitCache(tmp_path, {"k": 1}, rank=0, world_size=1, steps_per_epoch=2)
+    source = TeacherLogits(teacher, cache, torch.no_grad)
+    assert TeacherLogits(teacher, None, torch.no_grad).cached(0, lambda: views) is None  # live: the step runs it
+    source.start_epoch(0, 0, "cpu")
+    assert source.mode == "record" and source.cached(0, lambda: views) is None
+    for s in range(2):
+        source.observe(s, teacher(views) + s)
+    source.end_epoch(0)
+    source.start_epoch(0, 0, "cpu")
+    assert source.mode == "replay"
+    assert torch.equal(source.cached(0, lambda: views), teacher(views))  # checked live: it matches
+    assert torch.equal(source.cached(1, lambda: 1 / 0), teacher(views) + 1)  # later steps: no check
+    source.start_epoch(0, 0, "cpu")
+    with pytest.raises(CacheError, match="epoch 0 step 0"):  # a stale cache is caught at the first step
+        source.cached(0, lambda: views + 1)
+
+
+def test_every_user_error_is_one_userror_and_the_cli_catches_only_that():
+    from distill import errors
+
+    for name in ("ConfigError", "DataError", "TeacherError", "CheckpointError", "DivergenceError", "CacheError"):
+        assert issubclass(getattr(errors, name), UserError), name
+    tree = ast.parse((ROOT / "distill" / "cli.py").read_text())
+    caught = {ast.unparse(h.type) for h in ast.walk(tree) if isinstance(h, ast.ExceptHandler) and h.type is not None}
+    assert "UserError" in caught and "Exception" not in caught
+
+
+def test_no_module_reaches_into_anothers_privates():
+    """`x._name` on an object from another module: bench used to drive the trainer this way."""
+    for path in (ROOT / "distill").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        bad = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+               and not n.attr.startswith("__") and not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls"))]
+        # timm's Mixup draw (see augment.py's docstring); torch's only way to stop a loader's workers
+        bad = [b for b in bad if not b.endswith(("._params_per_batch", "._shutdown_workers"))
+               and not b.startswith("torch.ops.")]  # aten operator names, not private members
+        assert not bad, f"{path.name}: {bad}"
+
+
+def test_interval_rate_counts_the_steps_it_covers():
+    """Bug 4: the end of an epoch (or the first interval after a resume) is shorter than log_every."""
+    t = iter([0.0, 10.0, 12.0])
+    rate = IntervalRate(images_per_step=32, step=3, clock=lambda: next(t))
+    assert rate.read(13) == pytest.approx(10 * 32 / 10.0)  # 10 steps since the resume at step 3
+    assert rate.read(15) == pytest.approx(2 * 32 / 2.0)  # a 2-step tail, not log_every steps
+
+
+def test_host_resident_batches_reach_the_training_device():
+    """Bug 3: with data.device_resident=false, batches stay on the host while Normalize sits on the
+    device. The meta device stands in for a GPU: batches must be moved to it."""
+    class Split:
+        images, labels = torch.zeros(8, 1, 4, 4, dtype=torch.uint8), torch.arange(8)
+    sampler = ShardedBatches(8, 4, 0, 1, seed=0)
+    batches = DeviceBatches(Split(), sampler, torch.device("meta"), storage="cpu")
+    assert batches.images.device.type == "cpu"  # stored on the host
+    assert all(t.device.type == "meta" for b in batches for t in b)
+    assert all(t.device.type == "meta" for b in DeviceBatches(Split(), None, "meta", 3, "cpu").iter_range(range(8))
+               for t in b)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("bad", ["student.patch_size=5", "data.img_size=30"])
+def test_patch_size_that_does_not_divide_the_image_is_one_line(tmp_path, bad):
+    """Bug 2: these passed the config and ended in an AssertionError traceback (exit 1)."""
+    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, bad)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.count("\n") == 1 and "divisible" in res.stderr and "Traceback" not in res.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@needs_fmnist
+def test_bench_writes_no_checkpoint(tmp_path):
+    """Bug 5: `distill bench` with train.checkpoint_every_steps wrote checkpoints."""
+    res = run_cli("bench", PLAIN, f"output_dir={tmp_path}", *TINY, "train.checkpoint_every_steps=2",
+                  "--steps", "2", "--warmup", "1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not list(tmp_path.rglob("checkpoints")) and not list(tmp_path.rglob("*.safetensors"))
+
+
+@needs_fmnist
+def test_run_killed_before_its_summary_resumes_to_the_same_result(plain_run, tmp_path):
+    """Bug 6: killed after the last checkpoint, before summary.json: resumed with final_top1 null."""
+    run = tmp_path / plain_run.name
+    shutil.copytree(plain_run, run)
+    (run / "summary.json").unlink()
+    (run / "student.safetensors").unlink()
+    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *QUICK, "train.resume=auto")
+    assert res.returncode == 0, res.stderr[-2000:]
+    before, after = (json.loads((d / "summary.json").read_text()) for d in (plain_run, run))
+    assert after["final_top1"] == before["final_top1"] and after["best_top1"] == before["best_top1"]
+    a, b = (load_file(str(d / "student.safetensors")) for d in (plain_run, run))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    res = run_cli("compare", plain_run, run)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+@needs_fmnist
+def test_resume_auto_without_a_checkpoint_says_so(tmp_path):
+    """Bug 7: train.resume=auto on a folder without a checkpoint started over silently."""
+    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "name=r")
+    assert res.returncode == 0, res.stderr[-2000:]
+    shutil.rmtree(tmp_path / "r" / "checkpoints")
+    (tmp_path / "r" / "summary.json").unlink()
+    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "name=r", "train.resume=auto")
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [x for x in (res.stdout + res.stderr).splitlines() if "no complete checkpoint" in x]
+    assert len(lines) == 1 and "starting from the beginning" in lines[0]
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_compiled_run_saves_the_bare_student_and_evaluates(tmp_path):
+    """Bug 1: train.compile=true saved `_orig_mod.` keys and `distill eval` stopped with a traceback."""
+    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "data.train_subset=64", "data.test_subset=64",
+                  "train.compile=true", "name=c")
+    assert res.returncode == 0, res.stderr[-2000:]
+    weights = load_file(str(tmp_path / "c" / "student.safetensors"))
+    assert not [k for k in weights if k.startswith("_orig_mod.")]
+    res = run_cli("eval", tmp_path / "c")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["top1"] == json.loads((tmp_path / "c" / "summary.json").read_text())["final_top1"]
