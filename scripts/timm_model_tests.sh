@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # timm's own model test suite (tests/test_models.py of a pytorch-image-models checkout) run on the
 # distill_vit_* family. Downloads nothing: give it the file.
-#   scripts/timm_model_tests.sh PATH/TO/tests/test_models.py [extra pytest args, e.g. -k forward_fx]
-# PYTHON picks the interpreter (default .venv/bin/python), STD=1 skips the second step below.
+#   scripts/timm_model_tests.sh PATH/TO/tests/test_models.py [pytest args; a -k of yours replaces ours,
+#   so keep distill_vit in it: -k "distill_vit and fx"]
+# PYTHON picks the interpreter (default .venv/bin/python); STD=1 first runs it without step 2 below.
 #
 # The file is copied to a temporary folder and changed in two declared ways, nothing else:
 #   1. its model lists see only distill_vit_* (a conftest wraps timm.list_models; `import students`
