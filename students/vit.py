@@ -41,9 +41,10 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2], x.shape[-1]
-        # One _assert per side: torch.fx records each comparison; `and` would need a concrete bool.
-        _assert(H == self.img_size, f"input height {H} but the model was built for img_size={self.img_size}")
-        _assert(W == self.img_size, f"input width {W} but the model was built for img_size={self.img_size}")
+        # One _assert per side: torch.fx records each comparison (`and` would need a concrete bool). The
+        # messages name no runtime size: a traced graph would freeze it as "Proxy(getitem)".
+        _assert(H == self.img_size, f"input height is not img_size={self.img_size}, the size the model was built for")
+        _assert(W == self.img_size, f"input width is not img_size={self.img_size}, the size the model was built for")
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
 
 
@@ -265,27 +266,39 @@ def _cfg(**kwargs) -> dict:
             "first_conv": "patch_embed.proj", "classifier": "head", **kwargs}
 
 
-def _cfg_as_built(model: DistillViT) -> dict:
-    """The cfg of this instance: its input size, channels and classes, not the registry's defaults."""
+def _cfg_as_built(model: DistillViT, base: Optional[dict] = None) -> dict:
+    """`base` (the registry's cfg, or a loaded config.json's) with this instance's input size,
+    channels and classes; its mean/std stay where they have one value per channel."""
     c, s = model.patch_embed.proj.in_channels, model.patch_embed.img_size
-    return _cfg(input_size=(c, s, s), mean=(0.5,) * c, std=(0.5,) * c, num_classes=model.num_classes,
-                classifier=("head", "head_dist") if model.distilled else "head")
+    cfg = dict(base or _cfg())
+    if len(cfg["mean"]) != c or len(cfg["std"]) != c:
+        cfg.update(mean=(0.5,) * c, std=(0.5,) * c)
+    cfg.update(input_size=(c, s, s), num_classes=model.num_classes,
+               classifier=("head", "head_dist") if model.distilled else "head")
+    return cfg
 
 
 default_cfgs = generate_default_cfgs({f"distill_vit_{size}": _cfg() for size in ("tiny", "small", "medium", "base")})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> DistillViT:
-    """Build through timm's builder; `features_only=True` wraps the model in timm's FeatureGetterNet,
-    which calls `forward_intermediates` (by default on the last 3 blocks, as timm's ViT)."""
+    """Build through timm's builder. `features_only=True` returns timm's FeatureGetterNet, which calls
+    `forward_intermediates` (the last 3 blocks by default, as timm's ViT), or another wrapper by
+    `feature_cls` ("fx", "hook", ...)."""
+    built = []  # the DistillViT itself, also when a features_only wrapper is returned
+
+    def build(**model_kwargs) -> DistillViT:
+        built.append(DistillViT(**model_kwargs))
+        return built[0]
+
     out_indices = kwargs.pop("out_indices", 3)
-    model = build_model_with_cfg(DistillViT, variant, pretrained, **kwargs,
+    model = build_model_with_cfg(build, variant, pretrained, **kwargs,
                                  feature_cfg=dict(out_indices=out_indices, feature_cls="getter"))
-    # timm attaches the registry cfg (3x32x32, 10 classes): keep its tags, describe the model as built
-    inner = model.model if isinstance(model, FeatureGetterNet) else model
-    inner.pretrained_cfg = inner.default_cfg = {**inner.pretrained_cfg, **_cfg_as_built(inner)}
-    if model is not inner:
-        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(inner.pretrained_cfg)
+    # timm attaches the registry's (or config.json's) cfg: keep its tags, describe the model as built
+    vit = built[0]
+    vit.pretrained_cfg = vit.default_cfg = _cfg_as_built(vit, vit.pretrained_cfg)
+    if model is not vit:
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(vit.pretrained_cfg)
     return model
 
 
