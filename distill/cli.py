@@ -80,6 +80,13 @@ def cmd_study(args) -> int:
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 
 
+def cmd_export(args) -> int:
+    from distill.export import export_run
+
+    print(export_run(Path(args.run_dir), Path(args.out), ema=args.ema))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides (e.g. data.root=...)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a run's student for timm alone: config.json + model.safetensors")
+    p.add_argument("run_dir")
+    p.add_argument("out", help="a new folder; then timm.create_model('local-dir:OUT', pretrained=True)")
+    p.add_argument("--ema", action="store_true", help="export the EMA weights")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="steady-state training/inference speed of a recipe (see distill/bench.py)")
     p.add_argument("recipe")

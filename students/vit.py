@@ -1,21 +1,26 @@
 """The student family: a plain pre-norm ViT with an optional DeiT distillation token.
 
 One class, `DistillViT`, with timm's model surface (`forward_features`, `forward_head`,
-`no_weight_decay`, `get_classifier`, `reset_classifier`, `pretrained_cfg`) and timm's parameter
-names, so a non-distilled state_dict loads into timm's `VisionTransformer` of the same sizes.
+`forward_intermediates`, `prune_intermediate_layers`, `feature_info`, `set_grad_checkpointing`,
+`group_matcher`, `no_weight_decay`, `get_classifier`, `reset_classifier`, `pretrained_cfg`,
+`features_only=True`) and timm's parameter names, so a non-distilled state_dict loads into timm's
+`VisionTransformer` of the same sizes. It scripts (`torch.jit.script`) and traces (`torch.fx`): the
+forward-time shape checks are `_assert`, the constructor's are `ValueError`s.
 Each size is a short registered entrypoint holding only its delta. Attention runs over the tokens
 of each sample through `F.scaled_dot_product_attention` (fused kernels where the device has them).
 """
-from __future__ import annotations
 
 from functools import partial
-from typing import Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import DropPath, Mlp, _assert, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._builder import pretrained_cfg_for_features
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import nn
+from torch.jit import Final
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # timm's and DeiT's ViT epsilon
 
@@ -23,25 +28,32 @@ LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # timm's and DeiT's ViT epsilon
 class PatchEmbed(nn.Module):
     """Non-overlapping patches: (B, C, H, W) -> (B, (H/p) * (W/p), D)."""
 
+    strict_img_size = True  # only img_size x img_size inputs (the position embedding is fixed): timm reads this
+
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
-        assert img_size % patch_size == 0, (
-            f"img_size {img_size} must be divisible by patch_size {patch_size}: change one of them")
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} must be divisible by patch_size {patch_size}: "
+                             "change data.img_size or student.patch_size")
         self.img_size, self.patch_size = img_size, patch_size
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.shape[-2:] == (self.img_size, self.img_size), (
-            f"input is {tuple(x.shape[-2:])} but the model was built for img_size={self.img_size}")
+        H, W = x.shape[-2], x.shape[-1]
+        # One _assert per side: torch.fx records each comparison (`and` would need a concrete bool). The
+        # messages name no runtime size: a traced graph would freeze it as "Proxy(getitem)".
+        _assert(H == self.img_size, f"input height is not img_size={self.img_size}, the size the model was built for")
+        _assert(W == self.img_size, f"input width is not img_size={self.img_size}, the size the model was built for")
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
 
 
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
-        assert dim % num_heads == 0, (
-            f"embed_dim {dim} must be divisible by num_heads {num_heads}: change one of them")
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} must be divisible by num_heads {num_heads}: change embed_dim "
+                             "or num_heads (or pick another distill_vit_* size)")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -78,13 +90,20 @@ class DistillViT(nn.Module):
     `set_distilled_training(True)` *and* in training mode; otherwise the mean of the two heads.
     """
 
-    def __init__(self, img_size: int = 32, patch_size: int = 8, in_chans: int = 3, num_classes: int = 10,
-                 embed_dim: int = 256, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop_path_rate: float = 0.0, distilled: bool = False):
+    distilled: Final[bool]  # constants under torch.jit.script: the branch of the other kind is not compiled
+    num_prefix_tokens: Final[int]
+
+    def __init__(self, img_size: Union[int, Sequence[int]] = 32, patch_size: int = 8, in_chans: int = 3,
+                 num_classes: int = 10, embed_dim: int = 256, depth: int = 4, num_heads: int = 4,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
+                 distilled: bool = False):
         super().__init__()
-        self.num_classes, self.num_features, self.embed_dim = num_classes, embed_dim, embed_dim
+        img_size = _square_size(img_size)
+        self.num_classes, self.in_chans, self.embed_dim = num_classes, in_chans, embed_dim
+        self.num_features = self.head_hidden_size = embed_dim  # tokens and pooled feature: both embed_dim
         self.distilled, self.distilled_training = distilled, False
         self.num_prefix_tokens = 2 if distilled else 1
+        self.grad_checkpointing = False
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
@@ -92,6 +111,7 @@ class DistillViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))  # over cls [+ dist] + patches
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth (timm)
         self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i]) for i in range(depth)])
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
         self.norm = LayerNorm(embed_dim)
         self.head = self._new_head(num_classes)
         self.head_dist = self._new_head(num_classes) if distilled else None
@@ -115,12 +135,24 @@ class DistillViT(nn.Module):
     def no_weight_decay(self) -> set:
         return {"pos_embed", "cls_token"} | ({"dist_token"} if self.distilled else set())
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
+        """Parameter groups for layer-wise lr decay: the embedding, then one group per block."""
+        return dict(stem=r"^cls_token|^dist_token|^pos_embed|^patch_embed",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward (training only): less memory, ~1/3 more compute."""
+        self.grad_checkpointing = enable
+
     def set_distilled_training(self, enable: bool = True) -> None:
         """Make training-mode `forward` return (class logits, distillation logits)."""
         if enable and not self.distilled:
             raise RuntimeError("set_distilled_training(True) needs a model built with distilled=True")
         self.distilled_training = enable
 
+    @torch.jit.ignore
     def get_classifier(self) -> Union[nn.Module, Tuple[nn.Module, nn.Module]]:
         return (self.head, self.head_dist) if self.distilled else self.head
 
@@ -132,13 +164,69 @@ class DistillViT(nn.Module):
         if self.distilled:
             self.head_dist = self._new_head(num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> normalised tokens (B, prefix + N, D), prefix = cls [+ dist]."""
-        x = self.patch_embed(x)  # (B, N, D)
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, N, D) -> cls [+ dist] + patch tokens (B, prefix + N, D) plus the position embedding."""
         prefix = [self.cls_token, self.dist_token] if self.distilled else [self.cls_token]
         x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1)  # (B, prefix + N, D)
-        x = self.blocks(x + self.pos_embed)
+        return x + self.pos_embed
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> normalised tokens (B, prefix + N, D), prefix = cls [+ dist]."""
+        x = self._pos_embed(self.patch_embed(x))
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)  # same values; activations recomputed in backward
+        else:
+            x = self.blocks(x)
         return self.norm(x)
+
+    def forward_intermediates(
+            self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+            output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Block outputs on the way to `forward_features`, timm's semantics.
+
+        indices: the last n blocks if an int, these blocks if a list (negative from the end), all if None.
+        norm: apply the final norm to each intermediate. stop_early: skip the blocks after the last taken.
+        output_fmt: "NCHW" gives patch tokens as (B, D, h, w), "NLC" as (B, N, D); the prefix tokens
+        (B, prefix, D) come along as (patches, prefix) pairs with `return_prefix_tokens`.
+        Returns the intermediates, or (forward_features' output, intermediates).
+        """
+        _assert(output_fmt in ("NCHW", "NLC"), f"output_fmt must be 'NCHW' or 'NLC', not {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+        x = self._pos_embed(self.patch_embed(x))
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates]  # each (B, prefix, D)
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]  # each (B, N, D)
+        if output_fmt == "NCHW":
+            h, w = height // self.patch_embed.patch_size, width // self.patch_embed.patch_size
+            intermediates = [y.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if not torch.jit.is_scripting() and return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens))  # TorchScript cannot type the pairs
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the blocks after the last of `indices` (and the norm, the heads); returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]  # nn.Sequential slice: keeps the names blocks.0, blocks.1, ...
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take_indices
 
     def forward_heads(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(class logits, distillation logits) of a distilled model, whatever its mode (evaluation)."""
@@ -147,19 +235,30 @@ class DistillViT(nn.Module):
         x = self.forward_features(x)
         return self.head(x[:, 0]), self.head_dist(x[:, 1])
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False
+                     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """Tokens (B, T, D) -> logits (B, classes), or the pooled (B, D) feature if `pre_logits`."""
         if pre_logits:
             return (x[:, 0] + x[:, 1]) / 2 if self.distilled else x[:, 0]
         if not self.distilled:
             return self.head(x[:, 0])
-        cls, dist = self.head(x[:, 0]), self.head_dist(x[:, 1])
-        if self.distilled_training and self.training:
-            return cls, dist  # the loss supervises each head with its own target
-        return (cls + dist) / 2  # inference: average the two heads (DeiT)
+        else:  # an else, not a fall-through: TorchScript then never compiles head_dist (None) of a plain model
+            cls, dist = self.head(x[:, 0]), self.head_dist(x[:, 1])
+            if self.distilled_training and self.training:
+                return cls, dist  # the loss supervises each head with its own target
+            return (cls + dist) / 2  # inference: average the two heads (DeiT)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         return self.forward_head(self.forward_features(x))
+
+
+def _square_size(img_size: Union[int, Sequence[int]]) -> int:
+    """timm hands a fixed-size model's img_size back as (H, W) (config.json, traits): take the side."""
+    if isinstance(img_size, int):
+        return img_size
+    if len(img_size) != 2 or img_size[0] != img_size[1]:
+        raise ValueError(f"img_size {tuple(img_size)} must be one int or a square (H, W): change data.img_size")
+    return int(img_size[0])
 
 
 def _cfg(**kwargs) -> dict:
@@ -167,20 +266,39 @@ def _cfg(**kwargs) -> dict:
             "first_conv": "patch_embed.proj", "classifier": "head", **kwargs}
 
 
-def _cfg_as_built(model: DistillViT) -> dict:
-    """The cfg of this instance: its input size, channels and classes, not the registry's defaults."""
+def _cfg_as_built(model: DistillViT, base: Optional[dict] = None) -> dict:
+    """`base` (the registry's cfg, or a loaded config.json's) with this instance's input size,
+    channels and classes; its mean/std stay where they have one value per channel."""
     c, s = model.patch_embed.proj.in_channels, model.patch_embed.img_size
-    return _cfg(input_size=(c, s, s), mean=(0.5,) * c, std=(0.5,) * c, num_classes=model.num_classes,
-                classifier=("head", "head_dist") if model.distilled else "head")
+    cfg = dict(base or _cfg())
+    if len(cfg["mean"]) != c or len(cfg["std"]) != c:
+        cfg.update(mean=(0.5,) * c, std=(0.5,) * c)
+    cfg.update(input_size=(c, s, s), num_classes=model.num_classes,
+               classifier=("head", "head_dist") if model.distilled else "head")
+    return cfg
 
 
 default_cfgs = generate_default_cfgs({f"distill_vit_{size}": _cfg() for size in ("tiny", "small", "medium", "base")})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> DistillViT:
-    model = build_model_with_cfg(DistillViT, variant, pretrained, **kwargs)
-    # timm attaches the registry cfg (3x32x32, 10 classes): keep its tags, describe the model as built
-    model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **_cfg_as_built(model)}
+    """Build through timm's builder. `features_only=True` returns timm's FeatureGetterNet, which calls
+    `forward_intermediates` (the last 3 blocks by default, as timm's ViT), or another wrapper by
+    `feature_cls` ("fx", "hook", ...)."""
+    built = []  # the DistillViT itself, also when a features_only wrapper is returned
+
+    def build(**model_kwargs) -> DistillViT:
+        built.append(DistillViT(**model_kwargs))
+        return built[0]
+
+    out_indices = kwargs.pop("out_indices", 3)
+    model = build_model_with_cfg(build, variant, pretrained, **kwargs,
+                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"))
+    # timm attaches the registry's (or config.json's) cfg: keep its tags, describe the model as built
+    vit = built[0]
+    vit.pretrained_cfg = vit.default_cfg = _cfg_as_built(vit, vit.pretrained_cfg)
+    if model is not vit:
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(vit.pretrained_cfg)
     return model
 
 

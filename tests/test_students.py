@@ -112,12 +112,19 @@ def test_kwargs_pass_through():
 
 
 def test_bad_sizes_are_refused_with_a_message():
-    with pytest.raises(AssertionError, match="img_size 30 must be divisible by patch_size 8"):
+    """Constructor checks are ValueErrors naming the fix; forward-time ones are timm's traceable `_assert`."""
+    with pytest.raises(ValueError, match="img_size 30 must be divisible by patch_size 8: change data.img_size "
+                                         "or student.patch_size"):
         timm.create_model("distill_vit_tiny", img_size=30)
-    with pytest.raises(AssertionError, match="embed_dim 256 must be divisible by num_heads 3"):
+    with pytest.raises(ValueError, match="embed_dim 256 must be divisible by num_heads 3: change embed_dim"):
         timm.create_model("distill_vit_tiny", num_heads=3)
-    with pytest.raises(AssertionError, match="img_size=32"):
-        timm.create_model("distill_vit_tiny")(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"img_size \(32, 28\) must be one int or a square"):
+        timm.create_model("distill_vit_tiny", img_size=(32, 28))
+    with pytest.raises(AssertionError, match="input height is not img_size=32"):
+        timm.create_model("distill_vit_tiny")(torch.randn(1, 3, 28, 32))
+    with pytest.raises(AssertionError, match="input width is not img_size=32"):
+        timm.create_model("distill_vit_tiny")(torch.randn(1, 3, 32, 28))
+    assert timm.create_model("distill_vit_tiny", img_size=(28, 28), patch_size=4).patch_embed.img_size == 28
 
 
 def test_reset_classifier():
