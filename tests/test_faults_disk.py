@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from conftest import PLAIN as RECIPE
 from conftest import QUICK, needs_fmnist, run_cli
 from distill import durable, runlog
+from distill.cache import LogitCache
 from distill.checkpoint import complete_checkpoints
 from distill.errors import OutOfSpaceError
 
@@ -99,6 +100,24 @@ def test_full_disk_append_leaves_no_half_line(tmp_path):
         with pytest.raises(OutOfSpaceError, match=re.escape(f"on {fs} while writing {path};")):
             durable.append_line(path, '{"epoch": 1, "pad": "' + "x" * 8192 + '"}\n', str(path))
         assert path.read_text() == '{"epoch": 0}\n'
+
+
+def test_logit_cache_on_full_disk_keeps_earlier_epochs(tmp_path):
+    """A cache file that does not fit: OutOfSpaceError, no temporary, the earlier epoch's file whole."""
+    with tmpfs(tmp_path / "fs", "256k") as fs:
+        cache = LogitCache(fs / "logit_cache", {"teacher": "t"}, rank=0, world_size=1, steps_per_epoch=4)
+        for epoch, classes in [(0, 10), (1, 10_000)]:  # 160 bytes, then 160 kB: more than is left
+            cache.start_epoch(epoch, 0, "cpu")
+            for step in range(4):
+                cache.put(step, torch.full((1, classes), float(step)))
+            if epoch == 0:
+                cache.end_epoch(epoch)
+                fill(fs, leave=64 << 10)
+        with pytest.raises(OutOfSpaceError, match=re.escape(f"on {fs} while writing teacher-logit cache ")):
+            cache.end_epoch(1)
+        assert names(cache.dir) == ["epoch_0000_rank0of1.safetensors", "key.json"]
+        assert torch.equal(load_file(str(cache.dir / "epoch_0000_rank0of1.safetensors"))["logits"][:, 0, 0],
+                           torch.arange(4.0))
 
 
 def test_tensorboard_on_full_disk_raises_one_line(tmp_path, monkeypatch):
