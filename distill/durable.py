@@ -24,6 +24,7 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 #   torch.save(obj, path): RuntimeError "[enforce fail at inline_container.cc:672] . unexpected pos
 #     576 vs 534", raised while handling RuntimeError "basic_ios::clear: iostream error" (or that
 #     one alone); torch's C++ writer loses errno, so only a filesystem that is now full says why.
+#     (To an open file object, the same RuntimeError comes with an OSError errno 28 in its chain.)
 #     "PytorchStreamWriter failed writing file ...: file write failed" is in the same library.
 _SAYS_FULL = ("No space left on device", "Disk quota exceeded", "(os error 28)", "(os error 122)")
 _SAYS_WRITE_FAILED = ("iostream error", "unexpected pos", "file write failed", "PytorchStreamWriter failed")
