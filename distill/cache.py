@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from distill import durable
 from distill.config import Config
 from distill.errors import CacheError  # noqa: F401  (raised here; re-exported)
 
@@ -56,7 +56,8 @@ class LogitCache:
         self.dir, self.rank, self.world_size, self.steps = Path(root) / digest, rank, world_size, steps_per_epoch
         self.dir.mkdir(parents=True, exist_ok=True)
         if rank == 0 and not (self.dir / "key.json").exists():
-            (self.dir / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+            durable.write_text(self.dir / "key.json", json.dumps(key, indent=2, sort_keys=True, default=str),
+                               f"teacher-logit cache {self.dir / 'key.json'}")
         self.replay: Optional[torch.Tensor] = None  # (steps, B, C) of the epoch being replayed
         self.record: Optional[torch.Tensor] = None  # the same, being filled live
         self.recorded, self.start_step = 0, 0
@@ -86,9 +87,9 @@ class LogitCache:
 
     def end_epoch(self, epoch: int) -> None:
         if self.record is not None and self.recorded == self.steps:
-            path, tmp = self._path(epoch), self._path(epoch).with_suffix(".tmp")
-            save_file({"logits": self.record.cpu()}, str(tmp))
-            os.replace(tmp, path)
+            logits, path = self.record.cpu(), self._path(epoch)
+            durable.replace_file(path, lambda tmp: save_file({"logits": logits}, str(tmp)),
+                                 f"teacher-logit cache {path}")
         self.record, self.replay = None, None
 
     @staticmethod

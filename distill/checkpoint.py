@@ -1,16 +1,18 @@
 """Checkpoints that cannot be half-written: Accelerate's `save_state` into a hidden temporary
-folder, then one rename. A run killed during a save leaves only the temporary folder, which is
-ignored; resume takes the newest complete checkpoint.
+folder, flushed to disk, then one rename (`distill.durable`). A run killed during a save leaves
+only the temporary folder, which is ignored; resume takes the newest complete checkpoint. A save
+that fills the disk removes its temporary folder and stops with `OutOfSpaceError`.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
 from safetensors.torch import save_file
+
+from distill import durable
 from distill.errors import CheckpointError  # noqa: F401  (raised here; re-exported)
 
 CHECKPOINTS = "checkpoints"
@@ -65,13 +67,17 @@ def save_checkpoint(accelerator, run_dir: Path, global_step: int, keep: int, mod
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    what = f"checkpoint {final}"
+    # every rank writes into the folder (its RNG state); only the main one removes it
+    with durable.out_of_space(what, tmp, cleanup=[tmp] if accelerator.is_main_process else []):
+        accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / _DONE).write_text(str(global_step))
-        if final.exists():  # the same position saved again after a resume: identical content
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with durable.out_of_space(what, tmp, cleanup=[tmp]):
+            (tmp / _DONE).write_text(str(global_step))
+            if final.exists():  # the same position saved again after a resume: identical content
+                shutil.rmtree(final)
+            durable.replace_dir(tmp, final)
         for old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -93,8 +99,6 @@ def load_checkpoint(accelerator, path: Path) -> None:
 
 
 def save_weights_atomic(state_dict: dict, path: Path) -> None:
-    """safetensors file written to a temporary name, then renamed into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
-    os.replace(tmp, path)
+    """safetensors file written to a temporary name, flushed, then renamed into place."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    durable.replace_file(path, lambda tmp: save_file(tensors, str(tmp)), f"weights {path}")

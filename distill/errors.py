@@ -33,3 +33,7 @@ class DivergenceError(UserError):
 
 class CacheError(UserError):
     """Cached teacher logits that do not match the live teacher."""
+
+
+class OutOfSpaceError(UserError):
+    """A write failed because its filesystem is full (or the user's quota is spent)."""

@@ -8,6 +8,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from distill import checkpoint as ckpt
+from distill import durable
 from distill import runlog
 from distill.config import Config, ConfigError, to_yaml
 
@@ -70,5 +71,5 @@ def create_run_dir(accelerator, cfg: Config, run_dir: Path) -> None:
     accelerator.wait_for_everyone()  # every rank has looked before the main rank creates anything
     if accelerator.is_main_process and not (run_dir / runlog.CONFIG).exists():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / runlog.CONFIG).write_text(to_yaml(cfg))
+        durable.write_text(run_dir / runlog.CONFIG, to_yaml(cfg), str(run_dir / runlog.CONFIG))
     accelerator.wait_for_everyone()

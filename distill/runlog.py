@@ -1,7 +1,8 @@
 """The run folder's records: config.yaml, metrics.jsonl, summary.json, provenance, TensorBoard.
 
 TensorBoard goes through Accelerate's tracker (`log_with="tensorboard"`); the JSON files are
-written by the main process only, each with a temporary name and a rename.
+written by the main process only, each durably (`distill.durable`): a temporary name, a flush,
+a rename.
 """
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ import json
 import os
 import platform
 import subprocess
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from distill import durable
 
 METRICS, SUMMARY, CONFIG = "metrics.jsonl", "summary.json", "config.yaml"
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    durable.write_text(path, json.dumps(data, indent=2) + "\n", str(path))
 
 
 def read_metrics(run_dir: Path) -> list:
@@ -33,14 +36,47 @@ def truncate_metrics(run_dir: Path, before_epoch: int) -> None:
     """Drop lines of epochs that a resume will run again (written after the last checkpoint)."""
     kept = [r for r in read_metrics(run_dir) if r["epoch"] < before_epoch]
     path = Path(run_dir) / METRICS
-    tmp = path.with_name(f".{METRICS}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    durable.write_text(path, "".join(json.dumps(r) + "\n" for r in kept), str(path))
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    path = Path(run_dir) / METRICS
+    durable.append_line(path, json.dumps(record) + "\n", str(path))
+
+
+@contextmanager
+def tracker_writes(run_dir: Path):
+    """Around Accelerate's tracker calls (`init_trackers`, `log`, `end_training`): a full disk under
+    the run's `tensorboard/` becomes `OutOfSpaceError`.
+
+    TensorBoard writes from a background thread; on a full disk that thread dies with the OSError
+    and the next flush raises it again in the caller (Accelerate flushes after every `log`): the
+    run stops at that call, it does not hang."""
+    _quiet_tensorboard_thread()
+    with durable.out_of_space(f"TensorBoard events in {Path(run_dir) / 'tensorboard'}", run_dir):
+        yield
+
+
+def log(accelerator, run_dir: Path, values: dict, step: int) -> None:
+    """`accelerator.log`, with a full disk reported as `OutOfSpaceError`."""
+    with tracker_writes(run_dir):
+        accelerator.log(values, step=step)
+
+
+def _quiet_tensorboard_thread() -> None:
+    """Keep TensorBoard's dying writer thread from printing a traceback for a full disk: the
+    caller's next flush raises the same error, and the CLI reports it in one line."""
+    previous = threading.excepthook
+    if getattr(previous, "_distill", False):
+        return
+
+    def hook(args):
+        if not (type(args.thread).__name__ == "_AsyncWriterThread"
+                and durable.is_out_of_space(args.exc_value)):
+            previous(args)
+
+    hook._distill = True
+    threading.excepthook = hook
 
 
 def _git_commit() -> str | None:
