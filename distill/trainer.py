@@ -46,7 +46,8 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
         acc, cfg, r, p = self.accelerator, self.cfg, self.run, self.run.progress
-        acc.init_trackers("tensorboard")
+        with runlog.tracker_writes(self.run_dir):  # a full disk there is one line, like every other write
+            acc.init_trackers("tensorboard")
         self._resume()
         acc.print(f"{cfg.name}: {r.params / 1e6:.2f}M params, {self.world_size} process(es) on {self.device.type}, "
                   f"global batch {r.global_batch}, lr {r.lr:.2e}, {r.steps_per_epoch} steps/epoch")
@@ -89,8 +90,8 @@ class Trainer:
                 loss = (sums["loss"] / max(n_steps, 1)).item() if sums else float("nan")
                 img_s = rate.read(done)
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.0f}")
-                acc.log({"train/loss_running": loss, "train/lr": self._lr(), "train/img_per_s": img_s},
-                        step=epoch * r.steps_per_epoch + done)
+                runlog.log(acc, self.run_dir, {"train/loss_running": loss, "train/lr": self._lr(),
+                                               "train/img_per_s": img_s}, step=epoch * r.steps_per_epoch + done)
             bar.update(1)
             if self._checkpoint_due(done):
                 self._check_finite(bad_step)  # no non-finite weights reach a checkpoint
@@ -150,9 +151,9 @@ class Trainer:
         record = runlog.epoch_record(p.epoch, terms, self._lr(), metrics, img_s, time.perf_counter() - epoch_t0)
         if acc.is_main_process:
             runlog.append_metrics(self.run_dir, record)
-        acc.log({f"train/{k}": v for k, v in record.items() if k.startswith("loss")} |
-                {f"eval/{k}": v for k, v in metrics.items() if k != "eval_samples"} |
-                {"train/lr_epoch": record["lr"], "train/img_per_s_epoch": img_s}, step=(p.epoch + 1) * r.steps_per_epoch)
+        runlog.log(acc, self.run_dir, {f"train/{k}": v for k, v in record.items() if k.startswith("loss")} |
+                   {f"eval/{k}": v for k, v in metrics.items() if k != "eval_samples"} |
+                   {"train/lr_epoch": record["lr"], "train/img_per_s_epoch": img_s}, step=(p.epoch + 1) * r.steps_per_epoch)
         accuracy = f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  " if metrics else ""
         acc.print(f"epoch {p.epoch + 1}/{self.cfg.train.epochs}  loss {terms.get('loss', float('nan')):.4f}  "
                   f"{accuracy}{img_s:.0f} img/s  {record['epoch_s']:.1f}s")
@@ -182,7 +183,8 @@ class Trainer:
             summary = runlog.run_summary(self.cfg, r, runlog.read_metrics(self.run_dir), r.progress.last_eval,
                                          wall_s, extra, self.device, self.world_size)
             runlog.write_json_atomic(self.run_dir / runlog.SUMMARY, summary)
-        acc.end_training()
+        with runlog.tracker_writes(self.run_dir):
+            acc.end_training()
         return summary
 
     # ---- guards ----------------------------------------------------------------------------------
