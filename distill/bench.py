@@ -41,11 +41,37 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
     if reference and (cfg.student.distilled or cfg.distill.type != "none"):
         raise ConfigError("--reference compares plain training: pass a plain recipe")
     trainer = Trainer(cfg, dry_run=True)  # builds the run; writes no folder and no checkpoint
-    dev, acc, run = trainer.device, trainer.accelerator, trainer.run
-    spe = run.steps_per_epoch
-    if warmup + steps > spe:
-        raise ConfigError(f"bench needs warmup + steps = {warmup + steps} <= {spe} steps per epoch; "
+    dev, run = trainer.device, trainer.run
+    if warmup + steps > run.steps_per_epoch:
+        raise ConfigError(f"bench needs warmup + steps = {warmup + steps} <= {run.steps_per_epoch} steps per epoch; "
                           "pass smaller --steps/--warmup or a larger data.train_subset")
+    cache = run.teacher_logits.cache
+    result = {"recipe": cfg.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+              "world_size": trainer.world_size, "batch_size": cfg.data.batch_size, "global_batch": run.global_batch,
+              "mixed_precision": trainer.accelerator.mixed_precision, "compile": cfg.train.compile, "steps": steps,
+              "warmup": warmup, "rounds": rounds, "distill_type": cfg.distill.type,
+              "teacher_cached": cache is not None, "params": run.params}
+    train_s = _time_training(trainer, steps, warmup, rounds, reference, result)
+    run.train_batches.sampler.set_epoch(2)
+    pool = [b for _, b in zip(range(8), run.train_batches)]
+    if run.teacher is not None and cache is None:
+        result.update(_teacher_share(trainer, pool, steps, warmup, train_s))
+    # model FLOPs per trained image: forward + backward (about twice the forward), i.e. 3 x forward
+    result["gflops_forward"] = run.gflops
+    result["train_tflops"] = 3 * run.gflops * result["train_img_per_s"] / 1e3
+    peak = peak_bf16_tflops(result["device"])
+    if peak and dev.type == "cuda":
+        result["peak_bf16_tflops"] = peak
+        result["mfu"] = result["train_tflops"] / peak
+    result["infer_img_per_s"] = _inference(trainer, pool[0][0], steps, warmup)
+    return result
+
+
+def _time_training(trainer, steps: int, warmup: int, rounds: int, reference: bool, result: dict) -> float:
+    """Interleaved timed blocks of the framework (and the yardsticks); fills `result`, returns one
+    framework block's seconds."""
+    cfg, dev, run = trainer.cfg, trainer.device, trainer.run
+    spe = run.steps_per_epoch
 
     def epoch_tail(epoch: int, n: int) -> float:
         """The last n steps of an epoch through the trainer's own loop: gather, augment, step, log."""
@@ -58,12 +84,12 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     first_train_s = epoch_tail(1, steps)  # round 0's framework block, timed before any yardstick exists,
-    peak_mb = peak_memory_mb(dev)       # so that the peak memory is the framework's alone
+    result["peak_memory_mb"] = peak_memory_mb(dev)  # so that the peak memory is the framework's alone
     timers = {"train": lambda: epoch_tail(1, steps)}
     if reference:
         from distill.bench_reference import CeilingLoop, ReferenceLoop
 
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trainer.accelerator.mixed_precision)
         ref, ceiling = ReferenceLoop(cfg, dev), CeilingLoop(cfg, dev, amp)
         ceiling.timed(0, warmup)
         timers.update(ceiling=lambda: ceiling.timed(steps, 0), reference=lambda: ref.timed(steps, warmup))
@@ -75,54 +101,43 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
         per_round.append({f"{k}_s": first_train_s if (r, k) == (0, "train") else timers[k]() for k in order})
     images = rounds * steps * run.global_batch
     seconds = {k: sum(t[f"{k}_s"] for t in per_round) for k in timers}
-    result = {"recipe": cfg.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-              "world_size": trainer.world_size, "batch_size": cfg.data.batch_size, "global_batch": run.global_batch,
-              "mixed_precision": acc.mixed_precision, "compile": cfg.train.compile, "steps": steps, "warmup": warmup,
-              "rounds": rounds, "distill_type": cfg.distill.type, "teacher_cached": cache is not None,
-              "params": run.params,
-              "train_img_per_s": images / seconds["train"], "train_step_ms": 1e3 * seconds["train"] / (rounds * steps),
-              "peak_memory_mb": peak_mb}
+    result.update(train_img_per_s=images / seconds["train"], train_step_ms=1e3 * seconds["train"] / (rounds * steps))
     if reference:
         result.update(reference_img_per_s=images / seconds["reference"], ceiling_img_per_s=images / seconds["ceiling"],
                       vs_reference=seconds["reference"] / seconds["train"], vs_ceiling=seconds["ceiling"] / seconds["train"])
     if rounds > 1:
         result["per_round"] = [{f"{k}_img_per_s": steps * run.global_batch / t[f"{k}_s"] for k in timers}
                                for t in per_round]
-    train_s = seconds["train"] / rounds  # one block, for the teacher's share below
-    run.train_batches.sampler.set_epoch(2)
-    pool = [b for _, b in zip(range(8), run.train_batches)]
+    return seconds["train"] / rounds
 
-    if run.teacher is not None and cache is None:
-        views = [run.augment(im, lb, ix, run.aug_seed, 0, j)[0] for j, (im, lb, ix) in enumerate(pool[:8])]
 
-        def teacher_fwd(i):
-            with torch.no_grad(), acc.autocast():
-                run.teacher(views[i % len(views)])
+def _teacher_share(trainer, pool, steps: int, warmup: int, train_s: float) -> dict:
+    """The teacher's forward on the same views, timed alone, and the student's rest of the step."""
+    run, acc = trainer.run, trainer.accelerator
+    views = [run.augment(im, lb, ix, run.aug_seed, 0, j)[0] for j, (im, lb, ix) in enumerate(pool[:8])]
 
-        timed(teacher_fwd, warmup, dev)
-        teacher_s = timed(teacher_fwd, steps, dev)
-        result.update(teacher_ms=1e3 * teacher_s / steps,
-                      student_ms=1e3 * (train_s - teacher_s) / steps,
-                      teacher_share=teacher_s / train_s)
+    def teacher_fwd(i):
+        with torch.no_grad(), acc.autocast():
+            run.teacher(views[i % len(views)])
 
-    model = run.model
-    # model FLOPs per trained image: forward + backward (about twice the forward), i.e. 3 x forward
-    result["gflops_forward"] = run.gflops
-    result["train_tflops"] = 3 * run.gflops * result["train_img_per_s"] / 1e3
-    peak = peak_bf16_tflops(result["device"])
-    if peak and dev.type == "cuda":
-        result["peak_bf16_tflops"] = peak
-        result["mfu"] = result["train_tflops"] / peak
+    timed(teacher_fwd, warmup, trainer.device)
+    teacher_s = timed(teacher_fwd, steps, trainer.device)
+    return {"teacher_ms": 1e3 * teacher_s / steps, "student_ms": 1e3 * (train_s - teacher_s) / steps,
+            "teacher_share": teacher_s / train_s}
+
+
+def _inference(trainer, images, steps: int, warmup: int) -> float:
+    """The student's eval forward at `data.eval_batch_size`, images/s."""
+    run, acc, model = trainer.run, trainer.accelerator, trainer.run.model
     model.eval()
-    x = run.normalize(pool[0][0][:1].expand(cfg.data.eval_batch_size, -1, -1, -1).contiguous())
+    x = run.normalize(images[:1].expand(trainer.cfg.data.eval_batch_size, -1, -1, -1).contiguous())
 
     def infer(i):
         with torch.no_grad(), acc.autocast():
             model(x)
 
-    timed(infer, warmup, dev)
-    result["infer_img_per_s"] = steps * x.shape[0] / timed(infer, steps, dev)
-    return result
+    timed(infer, warmup, trainer.device)
+    return steps * x.shape[0] / timed(infer, steps, trainer.device)
 
 
 def format_table(result: dict) -> str:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
@@ -61,12 +62,16 @@ class Run:
 
 
 def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
-    """Accelerate with the recipe's precision and accumulation, logging to TensorBoard in the run folder."""
+    """Accelerate with the recipe's precision and accumulation, logging to TensorBoard in the run folder.
+
+    The process group's timeout bounds how long a collective waits for a process that died (a
+    lost node): NCCL's default is ten minutes, gloo's thirty; `train.dist_timeout_s` sets both."""
     return Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))],
     )
 
 

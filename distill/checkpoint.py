@@ -48,6 +48,13 @@ def complete_checkpoints(run_dir: Path) -> list:
     return sorted(done, key=lambda p: int(p.name.split("_")[1]))
 
 
+def remove_partial(run_dir: Path) -> None:
+    """Delete temporary checkpoint folders that a killed process left behind (never a complete one)."""
+    root = Path(run_dir) / CHECKPOINTS
+    for tmp in root.glob(".tmp_step_*") if root.is_dir() else ():
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     found = complete_checkpoints(run_dir)
     return found[-1] if found else None

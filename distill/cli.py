@@ -13,6 +13,7 @@ from distill.config import load_config, to_yaml
 from distill.errors import ConfigError, UserError
 
 USAGE_ERRORS = 2
+INTERRUPTED = 130  # the shell's status for a run stopped by SIGINT
 
 
 def cmd_config(args) -> int:
@@ -21,11 +22,12 @@ def cmd_config(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from distill.faults import Preempted, lost_peer_message
     from distill.rundir import RunComplete
-    from distill.signals import Preempted
     from distill.trainer import Trainer
 
     cfg = load_config(args.recipe, args.overrides)
+    run_dir = Path(cfg.output_dir) / cfg.name
     try:
         trainer = Trainer(cfg)
         summary = trainer.fit()
@@ -33,8 +35,19 @@ def cmd_train(args) -> int:
         print(str(e), file=sys.stderr)
         return 0
     except Preempted as e:
-        print(str(e), file=sys.stderr)
+        if trainer.accelerator.is_main_process:
+            print(str(e), file=sys.stderr)
         return 0
+    except KeyboardInterrupt:  # a second Ctrl-C: at once, whatever the step
+        print(f"error: interrupted; the steps since the last complete checkpoint in {run_dir / 'checkpoints'} "
+              "are lost. Resume: the same command with train.resume=auto", file=sys.stderr)
+        return INTERRUPTED
+    except RuntimeError as e:  # a collective whose peer died: one line, the launcher reports the rest
+        message = lost_peer_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return USAGE_ERRORS
     if trainer.accelerator.is_main_process:
         keys = ("name", "best_top1", "final_top1", "params", "world_size", "wall_s", "train_img_per_s")
         print(json.dumps({k: summary.get(k) for k in keys}))

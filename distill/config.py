@@ -92,6 +92,7 @@ class TrainConfig:
     compile: bool = False
     cuda_graphs: bool = False  # capture the whole step in a CUDA graph (1 GPU, in-memory data)
     deterministic: bool = False
+    dist_timeout_s: float = 600.0  # a collective waits this long for a lost process before the job ends
 
 
 @dataclass
@@ -115,7 +116,7 @@ CHOICES = {
 POSITIVE = ("data.img_size", "data.batch_size", "data.eval_batch_size", "train.epochs",
             "train.lr", "train.lr_base_batch", "train.grad_accum_steps", "train.keep_checkpoints",
             "train.eval_every", "train.checkpoint_every",
-            "train.log_every", "distill.tau")
+            "train.log_every", "train.dist_timeout_s", "distill.tau")
 NON_NEGATIVE = ("data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.num_workers",
                 "train.min_lr", "train.warmup_epochs", "train.weight_decay",
                 "train.checkpoint_every_steps", "student.drop_path_rate")

@@ -15,7 +15,8 @@ from distill.config import Config, ConfigError, to_yaml
 # Keys a resumed run may change: the run's identity is everything else.
 _MAY_DIFFER = {"train.resume", "train.epochs", "train.log_every", "train.checkpoint_every_steps",
                "train.keep_checkpoints", "train.eval_every", "train.checkpoint_every",
-               "data.num_workers", "data.root", "data.device_resident", "distill.cache"}
+               "data.num_workers", "data.root", "data.device_resident", "distill.cache",
+               "train.dist_timeout_s", "output_dir"}  # output_dir: a run folder may be moved, then resumed
 
 
 class RunComplete(Exception):

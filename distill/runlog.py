@@ -67,7 +67,7 @@ def _quiet_tensorboard_thread() -> None:
     """Keep TensorBoard's dying writer thread from printing a traceback for a full disk: the
     caller's next flush raises the same error, and the CLI reports it in one line."""
     previous = threading.excepthook
-    if getattr(previous, "_distill", False):
+    if getattr(previous, "distill_quiets_full_disk", False):
         return
 
     def hook(args):
@@ -75,7 +75,7 @@ def _quiet_tensorboard_thread() -> None:
                 and durable.is_out_of_space(args.exc_value)):
             previous(args)
 
-    hook._distill = True
+    hook.distill_quiets_full_disk = True
     threading.excepthook = hook
 
 

@@ -21,7 +21,7 @@ from distill.engine import evaluate
 from distill.errors import DivergenceError
 from distill.loader import eval_shard
 from distill.rundir import create_run_dir, resolve_run_dir
-from distill.signals import Preempted, StopRequest
+from distill.faults import Preempted, StopRequest
 from distill.timing import IntervalRate
 
 
@@ -99,7 +99,8 @@ class Trainer:
                 r.progress.partial_sums = {k: v.item() for k, v in sums.items()}
                 self._save(epoch * r.steps_per_epoch + done)
                 if self.stop.agreed:
-                    raise Preempted(f"stopped by SIGTERM at epoch {epoch} step {done}; checkpoint saved in "
+                    raise Preempted(f"stopped by {self.stop.requested or 'another process'} at epoch {epoch} step "
+                                    f"{done}; checkpoint saved in "
                                     f"{self.run_dir / ckpt.CHECKPOINTS}. Resume: the same command with train.resume=auto")
         bar.close()
         self._check_finite(bad_step)
@@ -128,9 +129,11 @@ class Trainer:
 
     # ---- epochs, checkpoints, the end ----------------------------------------------------------
     def _resume(self) -> None:
+        acc, r = self.accelerator, self.run
+        if acc.is_main_process:  # a process killed while saving left a temporary folder
+            ckpt.remove_partial(self.run_dir)
         if self.resume_from is None:
             return
-        acc, r = self.accelerator, self.run
         ckpt.load_checkpoint(acc, self.resume_from)
         if self.cfg.train.cuda_graphs:  # loaded learning rates are plain numbers again
             from distill.graphed import make_capturable

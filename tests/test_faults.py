@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -51,15 +52,17 @@ def start_and_interrupt(out: Path, sig: int, after_step: int) -> subprocess.Comp
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "Ctrl-C"])
 def test_killed_run_resumes_to_identical_weights(tmp_path, reference, sig):
     killed = start_and_interrupt(tmp_path, sig, after_step=40)
     run_dir = tmp_path / NAME
     assert not (run_dir / "summary.json").exists(), "the run finished before it could be interrupted"
     checkpoints = [p.name for p in complete_checkpoints(run_dir)]
-    if sig == signal.SIGTERM:  # preemption: a checkpoint at the current step, a clean exit, a hint
+    if sig != signal.SIGKILL:  # preemption or Ctrl-C: a checkpoint at the current step, a clean exit, a hint
         assert killed.returncode == 0, (checkpoints, killed.stderr[-2000:])
-        assert "train.resume=auto" in killed.stderr and "Traceback" not in killed.stderr
+        assert "Traceback" not in killed.stderr and "KeyboardInterrupt" not in killed.stderr
+        hint = [x for x in killed.stderr.splitlines() if "train.resume=auto" in x]
+        assert len(hint) == 1 and f"stopped by {signal.Signals(sig).name}" in hint[0], killed.stderr[-2000:]
     else:
         assert killed.returncode == -signal.SIGKILL
     stopped_at = int(latest_checkpoint(run_dir).name.split("_")[1])
@@ -110,12 +113,13 @@ def test_divergence_can_skip_steps(tmp_path):
     assert all(torch.isfinite(t).all() for t in w.values())
 
 
-def launch(out: Path, port: int, nproc: int, nnodes: int = 1, node_rank: int = 0, extra=()):
+def launch(out: Path, port: int, nproc: int, nnodes: int = 1, node_rank: int = 0, extra=(), session=False):
     # one thread per process: two "nodes" on this one machine must not oversubscribe its cores
     env = {**os.environ, "NPROC": str(nproc), "NNODES": str(nnodes), "NODE_RANK": str(node_rank),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([str(ROOT / "launch.sh"), RECIPE, f"output_dir={out}", *QUICK, *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=session)  # its own process group, as a terminal gives it
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +157,124 @@ def test_two_nodes_on_loopback_match_one_node(tmp_path, two_process):
     diff = max_abs_diff(weights(tmp_path / NAME), weights(two_process))
     print(f"2 nodes x 1 process vs 1 node x 2 processes: max |dw| = {diff:.3e}")
     assert diff < 1e-5
+
+
+# ---------------------------------------------------------------------------- multi-process faults
+
+FAULTS = ["data.batch_size=16", "train.checkpoint_every_steps=16"]
+
+
+def _training_process(launcher: subprocess.Popen, rank: int) -> psutil.Process:
+    """The `distill train` worker of `rank` under a launch.sh process (not torchrun itself)."""
+    for p in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            cmd, env = " ".join(p.cmdline()), p.environ()
+        except psutil.Error:
+            continue
+        if "distill" in cmd and "torch.distributed.run" not in cmd and env.get("RANK") == str(rank):
+            return p
+    raise AssertionError(f"no training process of rank {rank} under {launcher.pid}")
+
+
+def _wait_for_checkpoint(run_dir: Path, step: int, *procs) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        found = latest_checkpoint(run_dir)
+        if found is not None and int(found.name.split("_")[1]) >= step:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint at step >= {step} in {run_dir}")
+
+
+def _left_running(out: Path) -> list:
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if f"output_dir={out}" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_dead_rank_ends_the_job_in_one_line_and_resumes_exactly(tmp_path, two_process):
+    """kill -9 of one of two gloo processes mid-epoch: torchrun ends the job at once, launch.sh names
+    the rank and the checkpoint in one line, and the resumed job reaches the uninterrupted weights."""
+    proc = launch(tmp_path, 29581, nproc=2, extra=FAULTS)
+    run_dir = tmp_path / NAME
+    _wait_for_checkpoint(run_dir, 32, proc)
+    victim = _training_process(proc, rank=1)
+    t0 = time.time()
+    victim.kill()
+    _, err = proc.communicate(timeout=120)
+    elapsed = time.time() - t0
+    print(f"dead rank -> job ended in {elapsed:.1f} s")
+    assert proc.returncode != 0 and elapsed < 30
+    last = [x for x in err.splitlines() if x.startswith("error:")][-1]
+    stopped_at = latest_checkpoint(run_dir)
+    assert "rank 1" in last and "SIGKILL" in last and str(stopped_at) in last and "train.resume=auto" in last, last
+    assert not _left_running(tmp_path)
+    resumed = launch(tmp_path, 29582, nproc=2, extra=[*FAULTS, "train.resume=auto"])
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert not list(run_dir.rglob(".tmp*"))  # nothing half-written left behind
+    diff = max_abs_diff(weights(run_dir), weights(two_process))
+    print(f"dead rank at {stopped_at.name}, resumed: max |dw| vs the uninterrupted 2-process run = {diff}")
+    assert diff == 0.0
+
+
+def test_ctrl_c_stops_two_processes_at_an_agreed_step(tmp_path):
+    """SIGINT to launch.sh's process group, as a terminal's Ctrl-C: a checkpoint, one line, exit 0."""
+    proc = launch(tmp_path, 29583, nproc=2, extra=FAULTS, session=True)
+    run_dir = tmp_path / NAME
+    _wait_for_checkpoint(run_dir, 16, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    hint = [x for x in err.splitlines() if "train.resume=auto" in x]
+    assert len(hint) == 1 and "stopped by SIGINT" in hint[0], err[-2000:]
+    step = int(latest_checkpoint(run_dir).name.split("_")[1])
+    assert f"step {step % 128}" in hint[0] and not (run_dir / "summary.json").exists()
+    assert not _left_running(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_stalled_machine_ends_the_job_within_the_timeout(tmp_path):
+    """Two "machines" on loopback; one freezes (SIGSTOP: no connection is reset, as when a node
+    hangs or its network goes): the other ends the job after train.dist_timeout_s, in one line."""
+    extra = [*FAULTS, "train.dist_timeout_s=15"]
+    nodes = [launch(tmp_path, 29591, nproc=1, nnodes=2, node_rank=r, extra=extra, session=True) for r in (0, 1)]
+    frozen = []
+    try:
+        _wait_for_checkpoint(tmp_path / NAME, 16, *nodes)
+        frozen = [psutil.Process(nodes[1].pid), *psutil.Process(nodes[1].pid).children(recursive=True)]
+        t0 = time.time()
+        for p in frozen:
+            p.suspend()
+        _, err = nodes[0].communicate(timeout=120)
+        elapsed = time.time() - t0
+        print(f"stalled machine -> job ended in {elapsed:.1f} s (train.dist_timeout_s=15)")
+        assert nodes[0].returncode != 0 and 15 <= elapsed < 45
+        assert any(x.startswith("error: rank 0 lost contact") for x in err.splitlines()), err[-3000:]
+        assert "the last complete checkpoint is" in err.splitlines()[-1]
+    finally:
+        for p in frozen:
+            p.kill()
+        for n in nodes:
+            n.kill()
+            n.communicate()
+
+
+def test_second_ctrl_c_stops_at_once(monkeypatch):
+    """The terminal's and torchrun's copies of one keypress count once; a later press interrupts."""
+    from distill import faults
+
+    class Acc:
+        num_processes = 1
+    clock = iter([100.0, 100.2, 101.5])
+    monkeypatch.setattr(faults.time, "monotonic", lambda: next(clock))
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = faults.StopRequest(Acc())
+        stop._on_signal(signal.SIGINT, None)
+        stop._on_signal(signal.SIGINT, None)  # 0.2 s later: the same keypress, forwarded
+        assert stop.poll(at_sync_point=False) and stop.requested == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            stop._on_signal(signal.SIGINT, None)  # 1.5 s after the first
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
