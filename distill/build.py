@@ -207,7 +207,8 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
     progress = ckpt.Progress()
     acc.register_for_checkpointing(progress)
     criterion = DistillationLoss(build_criterion(augment.mixup is not None, cfg.data.label_smoothing),
-                                 cfg.distill.type, cfg.distill.alpha, cfg.distill.tau)
+                                 cfg.distill.type, cfg.distill.alpha, cfg.distill.tau,
+                                 cfg.distill.kl_reduction)
     cache = None
     if cfg.distill.cache:
         cache = LogitCache(cache_root(cfg), cache_key(cfg, acc.num_processes, acc.mixed_precision),

@@ -65,6 +65,7 @@ class DistillConfig:
     type: str = "none"  # none | soft | hard
     alpha: float = 0.5  # weight of the distillation term; (1 - alpha) on the label term
     tau: float = 1.0  # soft-distillation temperature
+    kl_reduction: str = "batchmean"  # soft term: per-sample KL (batchmean) or DeiT's sum / (B * classes) (deit)
     cache: bool = False  # record the teacher's logits once per view, replay them in later runs (distill.cache)
 
 
@@ -109,6 +110,7 @@ class Config:
 CHOICES = {
     "data.name": ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "hf"),
     "distill.type": ("none", "soft", "hard"),
+    "distill.kl_reduction": ("batchmean", "deit"),
     "train.mixed_precision": (None, "no", "fp16", "bf16"),
     "train.on_nonfinite": ("stop", "skip"),
 }

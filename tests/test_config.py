@@ -76,3 +76,10 @@ def test_cli_config_prints_resolved_and_rejects_bad_override():
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: train.epochz") and "Traceback" not in bad.stderr
+
+
+def test_kl_reduction_choice():
+    assert load_config(None).distill.kl_reduction == "batchmean"
+    assert load_config(None, ["distill.kl_reduction=deit"]).distill.kl_reduction == "deit"
+    with pytest.raises(ConfigError, match=r"distill\.kl_reduction='sum' is not one of: batchmean, deit"):
+        load_config(None, ["distill.kl_reduction=sum"])
