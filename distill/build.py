@@ -21,7 +21,7 @@ from timm.utils import ModelEmaV3
 import students  # noqa: F401  (registers distill_vit_* with timm)
 from distill import checkpoint as ckpt
 from distill.augment import BatchAugment, Normalize
-from distill.cache import LogitCache, cache_key, cache_root
+from distill.cache import LogitCache, cache_key, cache_root, resolve_topk
 from distill.config import Config, DataConfig, StudentConfig, TrainConfig
 from distill.datasets import load_split
 from distill.errors import ConfigError
@@ -212,11 +212,13 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
     progress = ckpt.Progress()
     acc.register_for_checkpointing(progress)
     criterion = DistillationLoss(build_criterion(augment.mixup is not None, cfg.data.label_smoothing),
-                                 cfg.distill.type, cfg.distill.alpha, cfg.distill.tau)
+                                 cfg.distill.type, cfg.distill.alpha, cfg.distill.tau,
+                                 cfg.distill.kl_reduction)
     cache = None
     if cfg.distill.cache:
         cache = LogitCache(cache_root(cfg), cache_key(cfg, acc.num_processes, acc.mixed_precision),
-                           acc.process_index, acc.num_processes, steps_per_epoch)
+                           acc.process_index, acc.num_processes, steps_per_epoch,
+                           resolve_topk(cfg.distill.cache_topk, num_classes), num_classes)
     step = build_step(cfg.train, acc, model, student, teacher, criterion, augment, optimizer, skip_nonfinite)
     return Run(train_batches, test_batches, len(test_set), normalize, augment, aug_seed, model, student, teacher,
                TeacherLogits(teacher, cache, acc.autocast), optimizer, scheduler, ema, progress, step, num_classes,

@@ -65,7 +65,9 @@ class DistillConfig:
     type: str = "none"  # none | soft | hard
     alpha: float = 0.5  # weight of the distillation term; (1 - alpha) on the label term
     tau: float = 1.0  # soft-distillation temperature
+    kl_reduction: str = "batchmean"  # soft term: per-sample KL (batchmean) or DeiT's sum / (B * classes) (deit)
     cache: bool = False  # record the teacher's logits once per view, replay them in later runs (distill.cache)
+    cache_topk: Optional[int] = None  # store only the top-k classes per view (fp16 + int16); None/0 = every logit
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Config:
 CHOICES = {
     "data.name": ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "hf"),
     "distill.type": ("none", "soft", "hard"),
+    "distill.kl_reduction": ("batchmean", "deit"),
     "train.mixed_precision": (None, "no", "fp16", "bf16"),
     "train.on_nonfinite": ("stop", "skip"),
 }
@@ -169,6 +172,8 @@ def _check_values(cfg: Config) -> None:
     for key in ("data.train_subset", "data.test_subset", "teacher.img_size", "student.patch_size"):
         if get(key) is not None and get(key) <= 0:
             raise ConfigError(f"{key}={get(key)} must be > 0 (or null for none)")
+    if cfg.distill.cache_topk is not None and cfg.distill.cache_topk < 0:
+        raise ConfigError(f"distill.cache_topk={cfg.distill.cache_topk} must be >= 0 (0 or null: dense storage)")
     if cfg.distill.type != "none" and not cfg.teacher.model:
         raise ConfigError(f"distill.type={cfg.distill.type} needs a teacher: set teacher.model (and teacher.checkpoint)")
     if cfg.distill.cache and cfg.distill.type == "none":

@@ -16,18 +16,24 @@ from torch import nn
 from distill.config import ConfigError
 
 DISTILL_TYPES = ("none", "soft", "hard")
+KL_REDUCTIONS = ("batchmean", "deit")
 
 
-def soft_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
-    """KL(softmax(teacher / tau) || softmax(student / tau)) per sample, averaged, times tau^2.
+def soft_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float,
+                      reduction: str = "batchmean") -> torch.Tensor:
+    """KL(softmax(teacher / tau) || softmax(student / tau)), reduced, times tau^2.
 
     The tau^2 factor keeps gradient magnitudes comparable across temperatures: the soft targets'
-    gradients scale as 1/tau^2 (Hinton et al., 2015). Reduction: DeiT's code divides the summed KL
-    by B*C (`numel`), which shrinks the term by the class count; we use the true per-sample KL
-    (`batchmean`), so `alpha` weighs two terms of the same scale (both are per-sample nats).
+    gradients scale as 1/tau^2 (Hinton et al., 2015). Reduction (`distill.kl_reduction`):
+    - batchmean (ours): the true per-sample KL averaged over the batch, so `alpha` weighs two
+      terms of the same scale (both are per-sample nats);
+    - deit: DeiT's `losses.py`, the KL summed over all B*C elements and divided by B*C (`numel`),
+      i.e. batchmean / C: 1/1000 of ours on ImageNet. Choose it to reproduce DeiT's soft runs.
     """
-    return F.kl_div(F.log_softmax(student_logits / tau, dim=-1), F.log_softmax(teacher_logits / tau, dim=-1),
-                    reduction="batchmean", log_target=True) * tau ** 2
+    kl = F.kl_div(F.log_softmax(student_logits / tau, dim=-1), F.log_softmax(teacher_logits / tau, dim=-1),
+                  reduction="sum", log_target=True)
+    per = student_logits.numel() if reduction == "deit" else student_logits.shape[0]
+    return kl / per * tau ** 2
 
 
 def hard_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -46,18 +52,23 @@ class DistillationLoss(nn.Module):
         distill_type: none | soft | hard.
         alpha: weight of the distillation term; the base term gets (1 - alpha).
         tau: temperature of soft distillation.
+        kl_reduction: batchmean | deit, the soft term's reduction (see `soft_distillation`).
     """
 
-    def __init__(self, base_criterion: nn.Module, distill_type: str = "none", alpha: float = 0.5, tau: float = 1.0):
+    def __init__(self, base_criterion: nn.Module, distill_type: str = "none", alpha: float = 0.5, tau: float = 1.0,
+                 kl_reduction: str = "batchmean"):
         super().__init__()
         if distill_type not in DISTILL_TYPES:
             raise ConfigError(f"distill.type={distill_type!r} is not one of: {', '.join(DISTILL_TYPES)}")
+        if kl_reduction not in KL_REDUCTIONS:
+            raise ConfigError(f"distill.kl_reduction={kl_reduction!r} is not one of: {', '.join(KL_REDUCTIONS)}")
         if not 0.0 <= alpha <= 1.0 or tau <= 0:
             raise ConfigError(f"distill.alpha={alpha} must be in [0, 1] and distill.tau={tau} > 0")
         self.base_criterion = base_criterion
         self.distill_type = distill_type
         self.alpha = alpha
         self.tau = tau
+        self.kl_reduction = kl_reduction
 
     def forward(self, outputs: Outputs, targets: torch.Tensor,
                 teacher_logits: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -84,7 +95,7 @@ class DistillationLoss(nn.Module):
                              f"{tuple(dist_logits.shape)}: teacher and student need the same classes")
         teacher_logits = teacher_logits.float()  # the KL of low-precision softmaxes is noisy
         if self.distill_type == "soft":
-            distill = soft_distillation(dist_logits.float(), teacher_logits, self.tau)
+            distill = soft_distillation(dist_logits.float(), teacher_logits, self.tau, self.kl_reduction)
         else:
             distill = hard_distillation(dist_logits, teacher_logits)
         return {"loss": (1 - self.alpha) * base + self.alpha * distill, "base": base, "distill": distill}

@@ -32,7 +32,8 @@ class TeacherLogits:
             self.mode, self._check_pending = ("replay", True) if replay else ("record", False)
 
     def cached(self, step: int, views: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
-        """The step's replayed logits (B, K), or None when the step must run the teacher itself.
+        """The step's replayed logits (B, K) (a top-k cache's reconstruction), or None when the step
+        must run the teacher itself.
 
         `views()` gives the step's augmented batch; it is called once per replayed epoch, for the
         check (the teacher is in eval mode, so a sample's logits do not depend on the rest of the batch).
@@ -43,7 +44,7 @@ class TeacherLogits:
         if self._check_pending:
             with torch.no_grad(), self.autocast():
                 live = self.teacher(views()[:CHECK_SAMPLES])
-            LogitCache.check(live, logits[:CHECK_SAMPLES], f"epoch {self.epoch} step {step}")
+            self.cache.check(step, live, f"epoch {self.epoch} step {step}")
             self._check_pending = False
         return logits
 

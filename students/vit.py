@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, _assert, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._builder import pretrained_cfg_for_features
@@ -278,7 +279,16 @@ def _cfg_as_built(model: DistillViT, base: Optional[dict] = None) -> dict:
     return cfg
 
 
-default_cfgs = generate_default_cfgs({f"distill_vit_{size}": _cfg() for size in ("tiny", "small", "medium", "base")})
+def _imagenet_cfg(**kwargs) -> dict:
+    """DeiT's setting: 224 px, ImageNet mean/std, 1000 classes, bicubic, DeiT's eval crop ratio 0.875."""
+    return _cfg(input_size=(3, 224, 224), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, num_classes=1000,
+                interpolation="bicubic", crop_pct=0.875, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    **{f"distill_vit_{size}": _cfg() for size in ("tiny", "small", "medium", "base")},
+    **{f"distill_vit_deit_{size}": _imagenet_cfg() for size in ("tiny", "small", "base")},
+})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> DistillViT:
@@ -326,3 +336,27 @@ def distill_vit_base(pretrained: bool = False, **kwargs) -> DistillViT:
     """ViT-Base widths: depth 12, dim 768, 12 heads."""
     model_args = dict(embed_dim=768, depth=12, num_heads=12)
     return _create("distill_vit_base", pretrained, **dict(model_args, **kwargs))
+
+
+# DeiT's sizes (Touvron et al., 2021) at their native 224 px, patch 16: with `distilled=True` and 1000
+# classes they have the parameter counts of timm's deit_{tiny,small,base}_distilled_patch16_224.
+
+@register_model
+def distill_vit_deit_tiny(pretrained: bool = False, **kwargs) -> DistillViT:
+    """DeiT-Ti: depth 12, dim 192, 3 heads, patch 16 at 224x224 (5.7M parameters; 5.9M with the token)."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create("distill_vit_deit_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def distill_vit_deit_small(pretrained: bool = False, **kwargs) -> DistillViT:
+    """DeiT-S: depth 12, dim 384, 6 heads, patch 16 at 224x224."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("distill_vit_deit_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def distill_vit_deit_base(pretrained: bool = False, **kwargs) -> DistillViT:
+    """DeiT-B: depth 12, dim 768, 12 heads, patch 16 at 224x224."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create("distill_vit_deit_base", pretrained, **dict(model_args, **kwargs))

@@ -72,3 +72,31 @@ def test_replay_reads_the_cache_and_a_stale_cache_is_an_error(tmp_path, teacher_
         save_file({"logits": logits + 5.0}, str(p))  # the first step no longer what the teacher says
     res = distilled(tmp_path, teacher_dir, "stale", "train.epochs=1")
     assert res.returncode == 2 and "cache is stale" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_topk_cache_hard_replay_is_the_live_run(tmp_path, teacher_dir):
+    """k=3 of 10 classes: the replayed logits keep the teacher's argmax, so hard distillation is bit for bit
+    the live run that recorded them (soft distillation differs: tests/test_cache_topk.py)."""
+    extra = ["train.epochs=1", "distill.cache_topk=3", "data.train_subset=1024"]  # 32 steps keep it short
+    live = distilled(tmp_path, teacher_dir, "live_k3", *extra)
+    assert live.returncode == 0, live.stderr[-2000:]
+    (key,) = [p for p in (teacher_dir / "logit_cache").glob("*/key.json") if '"topk": 3' in p.read_text()]
+    (path,) = key.parent.glob("epoch_0000_*.safetensors")
+    stored = load_file(str(path))
+    assert set(stored) == {"values", "indices"}  # 32 steps x 32 views x 3 classes, 4 bytes each
+    assert stored["values"].shape == (32, 32, 3) and stored["values"].dtype == torch.float16
+    assert stored["indices"].dtype == torch.int16 and int(stored["indices"].max()) < 10
+    replay = distilled(tmp_path, teacher_dir, "replay_k3", *extra)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    a, b = (load_file(str(tmp_path / n / "student.safetensors")) for n in ("live_k3", "replay_k3"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+
+
+def test_topk_larger_than_the_classes_is_one_line(tmp_path, teacher_dir):
+    before = sorted((teacher_dir / "logit_cache").iterdir()) if (teacher_dir / "logit_cache").exists() else []
+    res = distilled(tmp_path, teacher_dir, "too_many", "distill.cache_topk=11")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert lines[0].startswith("error: distill.cache_topk=11 is larger than the dataset's 10 classes")
+    assert not (tmp_path / "too_many").exists()  # nothing written: no run folder, no cache folder
+    assert (sorted((teacher_dir / "logit_cache").iterdir()) if before else []) == before

@@ -1,11 +1,25 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT, run_cli
-from distill.config import Config, ConfigError, load_config
+from dataclasses import fields
+
+from distill.config import Config, ConfigError, DataConfig, _read_yaml, load_config
 
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "studies" not in p.parts)  # studies: test_study
+# The data keys issue 12 names for the streamed real-image path; recipes/imagenet/_deit_data.yaml uses them.
+DATA_PATH_KEYS = {"crop", "scale", "ratio", "interpolation", "auto_augment", "color_jitter", "reprob", "remode",
+                  "recount", "crop_pct", "aug_repeats", "mixup_switch_prob", "mixup_mode"}
+MISSING_DATA_KEYS = sorted(DATA_PATH_KEYS - {f.name for f in fields(DataConfig)})
+needs_data_keys = pytest.mark.xfail(bool(MISSING_DATA_KEYS), raises=ConfigError, strict=False,
+                                    reason=f"needs the data-path keys data.{{{', '.join(MISSING_DATA_KEYS)}}}")
+
+
+def _recipe_param(p: Path):
+    marks = [needs_data_keys] if DATA_PATH_KEYS & set(_read_yaml(p).get("data", {})) else []
+    return pytest.param(p, marks=marks, id=p.relative_to(ROOT / "recipes").as_posix())
 
 
 def test_recipes_exist():
@@ -13,9 +27,13 @@ def test_recipes_exist():
     for ds in ("fashion_mnist", "cifar10"):
         for kind in ("plain_tiny", "hard_tiny", "soft_tiny", "teacher_resnet18"):
             assert f"{ds}/{kind}.yaml" in names
+    for size in ("tiny", "small", "base"):
+        assert {f"imagenet/deit_{size}.yaml", f"imagenet/deit_{size}_hard.yaml"} <= names
+    for size in ("tiny", "small", "medium", "base"):
+        assert {f"imagenet/vit_{size}.yaml", f"imagenet/vit_{size}_hard.yaml"} <= names
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+@pytest.mark.parametrize("recipe", [_recipe_param(p) for p in RECIPES])
 def test_every_recipe_loads(recipe):
     cfg = load_config(str(recipe))
     assert isinstance(cfg, Config) and cfg.name
@@ -76,3 +94,43 @@ def test_cli_config_prints_resolved_and_rejects_bad_override():
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: train.epochz") and "Traceback" not in bad.stderr
+
+
+def test_kl_reduction_choice():
+    assert load_config(None).distill.kl_reduction == "batchmean"
+    assert load_config(None, ["distill.kl_reduction=deit"]).distill.kl_reduction == "deit"
+    with pytest.raises(ConfigError, match=r"distill\.kl_reduction='sum' is not one of: batchmean, deit"):
+        load_config(None, ["distill.kl_reduction=sum"])
+
+
+IMAGENET = sorted((ROOT / "recipes/imagenet").glob("[!_]*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", IMAGENET, ids=lambda p: p.stem)
+def test_imagenet_recipes_hold_deits_settings(recipe, tmp_path):
+    """The merged YAML (before typing, so it runs without the data-path keys): DeiT's recipe throughout;
+    everything but those keys also loads into the typed config."""
+    raw = _read_yaml(recipe)
+    rest = {**raw, "data": {k: v for k, v in raw["data"].items() if k not in DATA_PATH_KEYS}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rest))
+    cfg = load_config(str(tmp_path / "r.yaml"))
+    assert cfg.train.lr == 5e-4 and cfg.data.name == "imagefolder" and cfg.name == raw["name"]
+    data, train, student = raw["data"], raw["train"], raw["student"]
+    assert set(data) - {f.name for f in fields(DataConfig)} <= DATA_PATH_KEYS  # nothing beyond issue 12's keys
+    assert (data["name"], data["img_size"], data["auto_augment"], data["reprob"]) == (
+        "imagefolder", 224, "rand-m9-mstd0.5-inc1", 0.25)
+    assert (data["crop"], data["aug_repeats"], data["mixup_alpha"], data["cutmix_alpha"]) == ("rrc", 3, 0.8, 1.0)
+    assert (train["lr"], train["epochs"], train["min_lr"], student["drop_path_rate"]) == (5e-4, 300, 1e-5, 0.1)
+    assert data["batch_size"] * 8 == 1024  # DeiT's global batch on 8 processes; lr = 5e-4 x 1024 / 512
+    defaults = Config()  # DeiT's values that are already the defaults
+    assert (defaults.train.warmup_epochs, defaults.train.weight_decay, defaults.train.lr_base_batch) == (5, 0.05, 512)
+    assert defaults.data.label_smoothing == 0.1 and "label_smoothing" not in data
+    hard = recipe.stem.endswith("_hard")
+    assert ("teacher" in raw) == hard and raw["name"] == f"imagenet_{recipe.stem}"
+    if hard:
+        assert (raw["teacher"]["model"], raw["teacher"]["pretrained"]) == ("regnety_160.deit_in1k", True)
+        assert (raw["distill"]["type"], student["distilled"]) == ("hard", True)
+    if recipe.stem.startswith("vit_"):  # the seed's ladder at 224 px: patch 16
+        assert student["patch_size"] == 16 and student["model"] == f"distill_vit_{recipe.stem.split('_')[1]}"
+    else:
+        assert student["model"] == f"distill_vit_deit_{recipe.stem.split('_')[1]}"

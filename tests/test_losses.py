@@ -139,3 +139,18 @@ def test_teacher_class_count_mismatch_and_bad_type():
         DistillationLoss(build_criterion(False, 0.0), "soft")(tensor(S), LABELS, torch.zeros(2, 5))
     with pytest.raises(ConfigError, match="not one of"):
         DistillationLoss(build_criterion(False, 0.0), "kd")
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_deit_kl_reduction_is_sum_over_numel(tau):
+    """DeiT's losses.py: kl_div(..., reduction='sum') * tau^2 / outputs.numel(), by hand on 2 x 3 logits."""
+    summed = sum(math.exp(a) * (a - b) for s, t in zip(S, T)
+                 for a, b in zip(log_softmax(t, tau), log_softmax(s, tau)))  # KL summed over all 6 elements
+    expected = summed * tau ** 2 / 6  # numel = B * C = 2 * 3
+    assert soft_distillation(tensor(S), tensor(T), tau, "deit").item() == pytest.approx(expected, rel=1e-6)
+    assert soft_distillation(tensor(S), tensor(T), tau).item() == pytest.approx(3 * expected, rel=1e-6)  # ours: x C
+    out = DistillationLoss(build_criterion(False, 0.0), "soft", 0.5, tau, kl_reduction="deit")(tensor(S), LABELS,
+                                                                                               tensor(T))
+    assert out["distill"].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ConfigError, match="kl_reduction"):
+        DistillationLoss(build_criterion(False, 0.0), "soft", kl_reduction="mean")

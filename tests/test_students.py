@@ -12,6 +12,8 @@ from distill.profile import count_params, forward_gflops
 
 SIZES = {"distill_vit_tiny": (4, 256, 4), "distill_vit_small": (6, 384, 6),  # (depth, embed_dim, heads)
          "distill_vit_medium": (9, 576, 9), "distill_vit_base": (12, 768, 12)}
+DEIT = {"distill_vit_deit_tiny": (12, 192, 3), "distill_vit_deit_small": (12, 384, 6),
+        "distill_vit_deit_base": (12, 768, 12)}  # DeiT's sizes, patch 16 at 224
 
 
 def expected_params(depth, dim, classes=10, chans=3, patch=8, img=32, distilled=False):
@@ -30,7 +32,7 @@ def expected_params(depth, dim, classes=10, chans=3, patch=8, img=32, distilled=
 
 
 def test_family_is_registered_under_its_own_prefix():
-    assert sorted(timm.list_models("distill_vit_*")) == sorted(SIZES)
+    assert sorted(timm.list_models("distill_vit_*")) == sorted([*SIZES, *DEIT])
     assert students.DistillViT is type(timm.create_model("distill_vit_tiny"))
 
 
@@ -177,3 +179,38 @@ def test_forward_gflops_matches_a_hand_count():
     assert forward_gflops(model, (4, 3, 32, 32)) == pytest.approx(gflops)  # per image
     assert forward_gflops(model) == pytest.approx(gflops)  # input size from pretrained_cfg
     assert model.training  # mode restored
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+@pytest.mark.parametrize("size", ["tiny", "small", "base"])
+def test_deit_sizes_have_timms_parameter_counts(size, distilled):
+    """With the token: timm's deit_*_distilled_patch16_224; without: deit_*_patch16_224 (no weights fetched)."""
+    ours = timm.create_model(f"distill_vit_deit_{size}", distilled=distilled, num_classes=1000, in_chans=3,
+                             img_size=224)
+    ref = timm.create_model(f"deit_{size}_{'distilled_' if distilled else ''}patch16_224", pretrained=False)
+    assert count_params(ours) == count_params(ref)
+    depth, dim, heads = DEIT[f"distill_vit_deit_{size}"]
+    assert count_params(ours) == expected_params(depth, dim, classes=1000, patch=16, img=224, distilled=distilled)
+    assert (len(ours.blocks), ours.embed_dim, ours.blocks[0].attn.num_heads) == (depth, dim, heads)
+
+
+def test_deit_defaults_are_imagenet_at_224():
+    model = timm.create_model("distill_vit_deit_small")
+    cfg = model.pretrained_cfg
+    assert (cfg["input_size"], cfg["num_classes"], model.num_classes) == ((3, 224, 224), 1000, 1000)
+    assert (cfg["mean"], cfg["std"]) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert model.patch_embed.proj.kernel_size == (16, 16) and model.pos_embed.shape == (1, 1 + 196, 384)
+    assert timm.create_model("distill_vit_tiny").pretrained_cfg["input_size"] == (3, 32, 32)  # the seed's unchanged
+
+
+@pytest.mark.parametrize("name", DEIT)
+def test_deit_forward_backward_at_224(name):
+    """Batch 1 at the native size, distilled: both heads get gradients (base: ~1.5 s on 2 CPU cores)."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, distilled=True, drop_path_rate=0.1)
+    model.train().set_distilled_training(True)
+    cls, dist = model(torch.randn(1, 3, 224, 224))
+    assert cls.shape == dist.shape == (1, 1000)
+    (cls.logsumexp(-1) + dist.logsumexp(-1)).sum().backward()
+    bad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not bad, f"missing or non-finite grads: {bad[:5]}"
