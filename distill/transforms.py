@@ -118,9 +118,11 @@ def view_seed(seed: int, epoch: int, view: int) -> int:
 
 
 def seed_all(s: int) -> None:
+    """Seed the three RNGs timm's transforms draw from. torch's CPU generator directly: `torch.manual_seed`
+    also seeds every accelerator backend, ~90 us a call, ~1.5 % of a 224 px view."""
     random.seed(s)
     np.random.seed(s)
-    torch.manual_seed(s)
+    torch.default_generator.manual_seed(s)
 
 
 class TrainViews(torch.utils.data.Dataset):

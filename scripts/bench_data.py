@@ -26,6 +26,7 @@ from pathlib import Path
 
 AUG = dict(auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, interpolation="bicubic")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's distill, whichever one the virtualenv installed
 
 
 def _write_one(job):

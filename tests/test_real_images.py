@@ -91,13 +91,15 @@ def test_hf_set_streams_from_arrow(fm):
 @pytest.mark.parametrize("name", ["imagefolder", "hf"])
 def test_deit_augmentation_learns_on_real_images(fm, tmp_path, name):
     """RandomResizedCrop, RandAugment, random erasing, repeats x3, Mixup/CutMix: well above 10 % chance."""
+    # DeiT's settings (RandAugment m9, Mixup 0.8 / CutMix 1.0, erasing 0.25, repeats 3), crops of a third
+    # of the image or more; 279 steps of the 64-token ViT from scratch (34.6 % here with imagefolder)
     res = run_cli("train", PLAIN, f"output_dir={tmp_path}", "name=run", *source(fm, name), *DEIT_AUG,
-                  "student.patch_size=8", "data.batch_size=32", "data.scale=[0.35,1]", "train.epochs=3",
-                  "train.lr=2e-3", "train.lr_base_batch=32", "train.warmup_epochs=0.3", "train.log_every=20")
+                  "data.batch_size=32", "data.scale=[0.35,1]", "train.epochs=3", "train.lr=1e-3",
+                  "train.lr_base_batch=32", "train.warmup_epochs=0.3", "train.log_every=20")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
     print(f"{name}: top1 {summary['final_top1']:.1f} in {summary['wall_s']:.0f} s")
-    assert summary["final_top1"] > 30.0, summary
+    assert summary["final_top1"] > 25.0, summary  # 10 classes: chance is 10 %
 
 
 @pytest.mark.slow
