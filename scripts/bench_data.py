@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -95,12 +96,14 @@ def images_per_s(loader, batches: int, warmup: int = 3) -> float:
 def throughput(folder: Path, workers, batches: int, rounds: int, batch: int = 64) -> list:
     rows = []
     for w in workers:
-        ours, theirs = distill_loader(folder, batch, w), timm_loader(folder, batch, w)
         a, b = [], []
         for r in range(rounds):  # alternate the order: A B, B A, ...
-            pair = [(a, ours), (b, theirs)] if r % 2 == 0 else [(b, theirs), (a, ours)]
-            for out, loader in pair:
+            pair = [(a, distill_loader), (b, timm_loader)] if r % 2 == 0 else [(b, timm_loader), (a, distill_loader)]
+            for out, make in pair:  # a fresh loader each time: no idle workers prefetching into the other's turn
+                loader = make(folder, batch, w)
                 out.append(images_per_s(loader, batches))
+                del loader
+                gc.collect()
         da, tb = sum(a) / len(a), sum(b) / len(b)
         rows.append(dict(workers=w, distill_img_s=round(da, 1), timm_img_s=round(tb, 1),
                          distill_per_worker=round(da / w, 1), timm_per_worker=round(tb / w, 1),
