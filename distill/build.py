@@ -136,8 +136,18 @@ def build_batches(cfg: DataConfig, split, device, sampler: Optional[ShardedBatch
     """Training batches (with `sampler`) or ordered evaluation batches of a split, on `device`.
 
     In-memory sets are indexed where they are stored (on the device, or on the host with
-    `data.device_resident=false`); on-disk sets are decoded by DataLoader workers."""
+    `data.device_resident=false`); on-disk sets are decoded by DataLoader workers. Under
+    `data.crop=rrc` the workers also run timm's per-sample transforms, seeded per view by the
+    sampler's seed (`distill.transforms`), and hand out normalised float views."""
     batch = 0 if sampler is not None else cfg.eval_batch_size
+    if cfg.crop == "rrc":
+        from distill.transforms import EvalViews, TrainViews, eval_transform, train_transform
+
+        if sampler is not None:
+            views = TrainViews(split, train_transform(cfg, split.mean, split.std), sampler.seed)
+        else:
+            views = EvalViews(split, eval_transform(cfg, split.mean, split.std))
+        return LoaderBatches(views, sampler, device, cfg.num_workers, batch)
     if hasattr(split, "images"):
         storage = device if cfg.device_resident else torch.device("cpu")
         return DeviceBatches(split, sampler, device, batch, storage=storage)
@@ -146,7 +156,7 @@ def build_batches(cfg: DataConfig, split, device, sampler: Optional[ShardedBatch
 
 def build_augment(cfg: DataConfig, normalize: Normalize, num_classes: int) -> BatchAugment:
     return BatchAugment(normalize, cfg.crop_padding, cfg.hflip, num_classes, cfg.mixup_alpha, cfg.cutmix_alpha,
-                        cfg.mixup_prob, cfg.label_smoothing)
+                        cfg.mixup_prob, cfg.label_smoothing, cfg.mixup_switch_prob, cfg.mixup_mode, cfg.cutmix_minmax)
 
 
 def _check_cuda_graphs(cfg: Config, acc: Accelerator, train_batches) -> None:
@@ -182,7 +192,8 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
     num_classes, in_chans = train_set.num_classes, train_set.in_chans
     normalize = Normalize(train_set.mean, train_set.std).to(acc.device)
     augment = build_augment(cfg.data, normalize, num_classes)
-    sampler = ShardedBatches(len(train_set), cfg.data.batch_size, acc.process_index, acc.num_processes, aug_seed)
+    sampler = ShardedBatches(len(train_set), cfg.data.batch_size, acc.process_index, acc.num_processes, aug_seed,
+                             cfg.data.aug_repeats)
     train_batches = build_batches(cfg.data, train_set, acc.device, sampler)
     test_batches = build_batches(cfg.data, test_set, acc.device)
     if cfg.train.cuda_graphs:

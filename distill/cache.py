@@ -29,6 +29,9 @@ from distill import durable
 from distill.config import Config
 from distill.errors import CacheError, ConfigError  # noqa: F401  (raised here; re-exported)
 
+VIEW_KEYS = ("root", "in_memory", "mean", "std", "crop", "scale", "ratio", "interpolation", "auto_augment",
+             "color_jitter", "reprob", "remode", "recount", "aug_repeats", "mixup_switch_prob", "mixup_mode",
+             "cutmix_minmax")
 CHECK_SAMPLES = 8  # views of each cached epoch's first batch that are compared with the live teacher
 INDEX_LIMIT = 2 ** 15  # class indices are stored as int16
 
@@ -96,6 +99,7 @@ def cache_key(cfg: Config, world_size: int, mixed_precision: str) -> dict:
             "data": {k: getattr(d, k) for k in ("name", "train_subset", "img_size", "crop_padding", "hflip",
                                                 "mixup_alpha", "cutmix_alpha", "mixup_prob", "label_smoothing",
                                                 "batch_size")},
+            "views": {k: getattr(d, k) for k in VIEW_KEYS},  # the real-image keys (distill.transforms)
             "aug_seed": d.aug_seed if d.aug_seed is not None else cfg.seed, "world_size": world_size,
             "mixed_precision": mixed_precision}
 

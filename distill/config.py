@@ -34,7 +34,25 @@ class DataConfig:
     label_smoothing: float = 0.1
     aug_seed: Optional[int] = None  # sample order and augmentation; None = `seed` (set it to share a logit cache)
     device_resident: bool = True  # hold in-memory sets whole on the training device
-    num_workers: int = 4  # DataLoader workers, for imagefolder only
+    num_workers: int = 4  # DataLoader workers, for sets decoded per item (imagefolder, streamed hf, crop=rrc)
+    # --- real images (issue 12); names mirror timm's train.py flags
+    in_memory: Optional[bool] = None  # hf/imagefolder decoded whole up front; None = auto (small hf sets, crop=pad)
+    mean: Optional[List[float]] = None  # per channel in [0, 1]; None = the dataset's (hf: from ~1000 train images)
+    std: Optional[List[float]] = None
+    crop: str = "pad"  # pad: pad-crop + flip on the device | rrc: timm's per-sample transforms in workers
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # rrc: area range of RandomResizedCrop
+    ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # rrc: aspect-ratio range
+    interpolation: str = "bicubic"  # rrc: bilinear | bicubic | nearest | lanczos | ... | random (as DeiT)
+    auto_augment: Optional[str] = None  # rrc: timm string (rand-m9-mstd0.5-inc1, augmix, v0, 3a) or trivialaugment
+    color_jitter: float = 0.4  # rrc: brightness/contrast/saturation factor; timm drops it under auto_augment
+    reprob: float = 0.0  # rrc: random-erasing probability (DeiT: 0.25)
+    remode: str = "pixel"  # rrc: random-erasing fill: pixel | rand | const
+    recount: int = 1  # rrc: random-erasing regions per image
+    crop_pct: float = 0.875  # rrc evaluation: resize to img_size / crop_pct, centre-crop img_size
+    aug_repeats: int = 1  # repeated augmentation (DeiT: 3): each image r times per epoch, epoch length kept
+    mixup_switch_prob: float = 0.5  # chance of CutMix over Mixup when both are on
+    mixup_mode: str = "batch"  # batch | pair | elem: one draw per batch, per pair, per sample
+    cutmix_minmax: Optional[List[float]] = None  # CutMix box side as fractions [min, max]; forces CutMix
 
 
 @dataclass
@@ -111,6 +129,10 @@ class Config:
 
 CHOICES = {
     "data.name": ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "hf"),
+    "data.crop": ("pad", "rrc"),
+    "data.interpolation": ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random"),
+    "data.remode": ("pixel", "rand", "const"),
+    "data.mixup_mode": ("batch", "pair", "elem"),
     "distill.type": ("none", "soft", "hard"),
     "distill.kl_reduction": ("batchmean", "deit"),
     "train.mixed_precision": (None, "no", "fp16", "bf16"),
@@ -120,10 +142,11 @@ POSITIVE = ("data.img_size", "data.batch_size", "data.eval_batch_size", "train.e
             "train.lr", "train.lr_base_batch", "train.grad_accum_steps", "train.keep_checkpoints",
             "train.eval_every", "train.checkpoint_every",
             "train.log_every", "train.dist_timeout_s", "distill.tau")
-NON_NEGATIVE = ("data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.num_workers",
+NON_NEGATIVE = ("data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.num_workers", "data.color_jitter",
                 "train.min_lr", "train.warmup_epochs", "train.weight_decay",
                 "train.checkpoint_every_steps", "student.drop_path_rate")
-UNIT_INTERVAL = ("distill.alpha", "data.label_smoothing", "data.mixup_prob", "train.ema_decay")
+UNIT_INTERVAL = ("distill.alpha", "data.label_smoothing", "data.mixup_prob", "train.ema_decay", "data.reprob",
+                 "data.mixup_switch_prob", "data.crop_pct")
 
 
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
@@ -174,13 +197,14 @@ def _check_values(cfg: Config) -> None:
             raise ConfigError(f"{key}={get(key)} must be > 0 (or null for none)")
     if cfg.distill.cache_topk is not None and cfg.distill.cache_topk < 0:
         raise ConfigError(f"distill.cache_topk={cfg.distill.cache_topk} must be >= 0 (0 or null: dense storage)")
+    _check_data(cfg.data)
     if cfg.distill.type != "none" and not cfg.teacher.model:
         raise ConfigError(f"distill.type={cfg.distill.type} needs a teacher: set teacher.model (and teacher.checkpoint)")
     if cfg.distill.cache and cfg.distill.type == "none":
         raise ConfigError("distill.cache=true needs distill.type=soft or hard (a plain run has no teacher)")
     if cfg.student.distilled and cfg.distill.type == "none":
         raise ConfigError("student.distilled=true needs distill.type=soft or hard")
-    mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0
+    mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0 or cfg.data.cutmix_minmax is not None
     if mixing and cfg.data.batch_size % 2:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be even under Mixup/CutMix "
                           "(timm pairs each sample with the batch reversed)")
@@ -188,6 +212,32 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint; use 'auto' or a checkpoint folder")
     if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
         raise ConfigError(f"name={cfg.name!r} must be a plain folder name (no '/')")
+
+
+def _check_range(key: str, value, lo: float, hi: float) -> None:
+    """A [min, max] pair inside (lo, hi]."""
+    if value is not None and not (len(value) == 2 and lo < value[0] <= value[1] <= hi):
+        raise ConfigError(f"data.{key}={list(value)} must be two numbers [min, max] with {lo} < min <= max <= {hi}")
+
+
+def _check_data(d: DataConfig) -> None:
+    """The real-image keys: ranges, pairs, and augmentation strings timm must understand."""
+    for key in ("aug_repeats", "recount"):
+        if getattr(d, key) < 1:
+            raise ConfigError(f"data.{key}={getattr(d, key)} must be >= 1")
+    _check_range("scale", d.scale, 0.0, 1.0)
+    _check_range("ratio", d.ratio, 0.0, float("inf"))
+    _check_range("cutmix_minmax", d.cutmix_minmax, 0.0, 1.0)
+    if d.crop_pct == 0:
+        raise ConfigError("data.crop_pct=0 must be in (0, 1]")
+    if (d.mean is None) != (d.std is None) or (d.std is not None and (len(d.mean) != len(d.std) or min(d.std) <= 0)):
+        raise ConfigError(f"data.mean={d.mean} / data.std={d.std}: set both, one value per channel, std > 0")
+    if d.crop == "pad" and (d.auto_augment or d.reprob > 0):
+        raise ConfigError("data.auto_augment and data.reprob act on per-sample transforms: set data.crop=rrc")
+    if d.auto_augment:
+        from distill.transforms import check_auto_augment  # imports timm: only when a string is given
+
+        check_auto_augment(d.auto_augment)
 
 
 def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:

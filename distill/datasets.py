@@ -3,8 +3,13 @@
 The engine keeps small sets whole on the training device and augments batches there, so these
 loaders return pixels, not transformed samples:
 
-- `fashion_mnist`, `cifar10`, `cifar100`, `hf` -> `ImageSplit`: uint8 (N, C, S, S) in memory.
-- `imagefolder` -> `FolderSplit`: a Dataset that decodes one file per item (sets too big to hold).
+- `fashion_mnist`, `cifar10`, `cifar100`, small `hf` sets -> `ImageSplit`: uint8 (N, C, S, S) in memory.
+- `imagefolder`, large `hf` sets -> `FolderSplit` / `HFSplit` (`distill.datasets_hf`): Datasets that
+  decode one image per item in DataLoader workers, so memory does not grow with the set.
+  `data.in_memory` overrides the choice for `hf` and `imagefolder`.
+
+Every split also hands out single images, `pil(i)` and `label(i)`, for the per-sample transforms of
+`data.crop=rrc` (`distill.transforms`).
 
 Fitting to S = `img_size`: an image no larger than S on both sides is zero-padded, centred (the
 MNIST convention: 28 -> 32 adds 2 px each side); any other image has its shorter side resized to S
@@ -16,11 +21,11 @@ class-balanced in expectation and the same in every process. The kept indices ar
 from __future__ import annotations
 
 import gzip
-import io
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -65,6 +70,13 @@ class ImageSplit:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def pil(self, i: int) -> Image.Image:
+        a = self.images[i].numpy()  # (C, S, S)
+        return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
 
 
 def fit_images(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
@@ -214,148 +226,66 @@ def load_cifar(cfg: DataConfig, train: bool) -> ImageSplit:
     return _finish(np.concatenate(images), np.concatenate(labels), classes, STATS[cfg.name], cfg, train, cfg.name)
 
 
-# ---------------------------------------------------------------------------- Hugging Face
-
-_HF_STATS: dict = {}  # (root, train fingerprint) -> (mean, std), so the test split reuses them
-
-
-def _hf_splits(root: str):
-    import datasets
-
-    if Path(root).exists():
-        try:
-            ds = datasets.load_from_disk(root)
-        except Exception as e:
-            raise DataError(f"hf: {root} is not a save_to_disk folder ({_one_line(e)})") from None
-    elif Path(root).is_absolute() or root.startswith("."):
-        raise DataError(f"hf: {root} not found; set data.root to a save_to_disk folder or a hub id")
-    else:
-        try:
-            ds = datasets.load_dataset(root)
-        except Exception as e:
-            raise DataError(f"hf: could not load hub dataset {root!r} ({_one_line(e)}); "
-                            f"without network, save_to_disk it elsewhere and point data.root there") from None
-    if not isinstance(ds, datasets.DatasetDict):
-        raise DataError(f"hf: {root} holds a single Dataset; save a DatasetDict with 'train' and 'test' splits")
-    return ds
-
-
-def _hf_columns(ds) -> Tuple[str, str]:
-    """Names of the image and label columns, by feature type first, then by usual names."""
-    import datasets
-
-    feats = ds.features
-    image = next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
-    image = image or next((k for k in ("img", "image") if k in feats), None)
-    label = next((k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)), None)
-    label = label or next((k for k in ("label", "labels", "fine_label") if k in feats), None)
-    if image is None or label is None:
-        raise DataError(f"hf: cannot find an image and a label column among {list(feats)}; "
-                        f"use an Image and a ClassLabel feature")
-    return image, label
-
-
-def _hf_pixels(ds, column: str) -> List[np.ndarray]:
-    """Every image of `column` as uint8 (C, H, W); C = 1 if all images are grayscale, else 3."""
-    import datasets
-
-    if isinstance(ds.features[column], datasets.Image):
-        ds = ds.cast_column(column, datasets.Image(decode=False))
-        pil = [Image.open(io.BytesIO(v["bytes"])) if v.get("bytes") else Image.open(v["path"])
-               for v in ds[column]]  # lazy: reading the header gives the mode
-        mode = "L" if all(im.mode in GRAY_MODES for im in pil) else "RGB"
-        arrays = [np.asarray(im.convert(mode)) for im in pil]
-    else:
-        arrays = [np.asarray(v, dtype=np.uint8) for v in ds[column]]
-    if all(a.ndim == 2 for a in arrays):
-        return [a[None] for a in arrays]
-    return [np.repeat(a[None], 3, 0) if a.ndim == 2 else a[..., :3].transpose(2, 0, 1) for a in arrays]
-
-
-def _channel_stats(arrays: Sequence[np.ndarray]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] over all pixels of all images."""
-    c = arrays[0].shape[0]
-    total, sq, count = np.zeros(c), np.zeros(c), 0
-    for a in arrays:
-        flat = a.reshape(c, -1).astype(np.float64) / 255.0
-        total += flat.sum(1)
-        sq += (flat ** 2).sum(1)
-        count += flat.shape[1]
-    mean = total / count
-    return tuple(mean.tolist()), tuple(np.sqrt(np.maximum(sq / count - mean ** 2, 0)).tolist())
-
-
-def load_hf(cfg: DataConfig, train: bool) -> ImageSplit:
-    """A Hugging Face DatasetDict (save_to_disk folder or hub id); mean/std from its train images."""
-    splits = _hf_splits(cfg.root)
-    names = ["train"] if train else ["test", "validation"]
-    split = next((n for n in names if n in splits), None)
-    if "train" not in splits or split is None:
-        raise DataError(f"hf: {cfg.root} has splits {list(splits)}; it needs 'train' and 'test' (or 'validation')")
-    ds, image_col, label_col = splits[split], *_hf_columns(splits[split])
-    if len(ds) == 0 or len(splits["train"]) == 0:
-        raise DataError(f"hf: {cfg.root} has an empty '{split}' or 'train' split")
-    key = "data.train_subset" if train else "data.test_subset"
-    idx = subset_indices(len(ds), cfg.train_subset if train else cfg.test_subset, key, f"hf {split}")
-    sub = ds.select(idx.tolist()) if idx is not None else ds
-    pixels = _hf_pixels(sub, image_col)
-    stats_key = (str(Path(cfg.root).resolve()), getattr(splits["train"], "_fingerprint", None))
-    if stats_key not in _HF_STATS:
-        full = pixels if train and idx is None else _hf_pixels(splits["train"], image_col)
-        _HF_STATS[stats_key] = _channel_stats(full)
-    mean, std = _HF_STATS[stats_key]
-    feature = ds.features[label_col]
-    labels = np.asarray(list(sub[label_col]), np.int64)
-    if hasattr(feature, "names"):
-        classes = list(feature.names)
-    else:  # plain integer labels: the classes are 0..max over both splits
-        top = max(int(np.max(list(splits["train"][label_col]))), int(labels.max(initial=0)))
-        classes = [str(i) for i in range(top + 1)]
-    if len({p.shape for p in pixels}) == 1:  # one size: fit as a batch
-        images = fit_images(torch.from_numpy(np.stack(pixels)), cfg.img_size)
-    else:
-        images = torch.stack([fit_images(torch.from_numpy(p.copy())[None], cfg.img_size)[0] for p in pixels])
-    return ImageSplit(images, torch.from_numpy(labels), classes, mean, std)
-
-
 # ---------------------------------------------------------------------------- image folders
 
 def _scan(folder: Path, classes: List[str]) -> List[Tuple[Path, int]]:
     samples = []
     for label, name in enumerate(classes):
         if (folder / name).is_dir():
-            samples += [(p, label) for p in sorted((folder / name).iterdir())
-                        if p.suffix.lower() in IMAGE_EXTENSIONS]
+            found = [(p, label) for p in sorted((folder / name).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not found:
+                raise DataError(f"imagefolder: {folder / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))});"
+                                f" add some or remove the folder")
+            samples += found
     return samples
 
 
-class FolderSplit(torch.utils.data.Dataset):
-    """Images under `root/<split>/<class>/`, decoded per item to uint8 (3, S, S).
+class StreamedSplit(torch.utils.data.Dataset):
+    """A split decoded one item at a time; subclasses give `pil(i)` (an RGB image) and `label(i)`.
 
-    `__getitem__(i)` returns (image, label, i), `i` being the position in this (sub)set.
+    `__getitem__(i)` returns (uint8 (3, S, S) fitted to img_size, label, i) for the pad path.
     """
 
-    def __init__(self, samples: List[Tuple[Path, int]], classes: List[str], img_size: int):
-        self.samples, self.classes, self.img_size = samples, classes, img_size
-        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-        self.mean, self.std = STATS["imagenet"]
-        self.in_chans = 3
+    in_chans = 3
+    classes: List[str]
+    img_size: int
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int, int]:
-        path, label = self.samples[i]
+        pixels = torch.from_numpy(np.asarray(self.pil(i)).copy()).permute(2, 0, 1)
+        return fit_images(pixels[None], self.img_size)[0], self.label(i), i
+
+
+class FolderSplit(StreamedSplit):
+    """Images under `root/<split>/<class>/`, decoded per item.
+
+    Paths are held as one numpy bytes array relative to the split's folder (tens of bytes an image,
+    no Python object per file), so workers share the pages instead of copying them on touch.
+    """
+
+    def __init__(self, samples: List[Tuple[Path, int]], classes: List[str], img_size: int):
+        self.folder = Path(samples[0][0]).parent.parent if samples else Path(".")
+        self.paths = np.array([os.fsencode(Path(p).relative_to(self.folder)) for p, _ in samples], dtype=bytes)
+        self.classes, self.img_size = classes, img_size
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        self.mean, self.std = STATS["imagenet"]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    def pil(self, i: int) -> Image.Image:
+        path = self.folder / os.fsdecode(self.paths[i])
         try:
             with Image.open(path) as im:
-                pixels = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
-        except OSError as e:
+                return im.convert("RGB")
+        except OSError as e:  # unreadable, truncated, not an image (UnidentifiedImageError)
             raise DataError(f"{path}: cannot decode image ({_one_line(e)}); remove or replace it") from None
-        return fit_images(pixels[None], self.img_size)[0], label, i
 
 
 def load_imagefolder(cfg: DataConfig, train: bool) -> FolderSplit:
@@ -382,15 +312,34 @@ def load_imagefolder(cfg: DataConfig, train: bool) -> FolderSplit:
     idx = subset_indices(len(samples), subset, key, f"imagefolder {folder.name}")
     if idx is not None:
         samples = [samples[i] for i in idx.tolist()]
-    return FolderSplit(samples, classes, cfg.img_size)
+    split = FolderSplit(samples, classes, cfg.img_size)
+    if cfg.in_memory:  # decoded once, held whole: the fast path for small folders
+        images = torch.stack([split[i][0] for i in range(len(split))])
+        return ImageSplit(images, split.labels, classes, split.mean, split.std)
+    return split
+
+
+def load_hf(cfg: DataConfig, train: bool):
+    from distill.datasets_hf import load_hf as load  # `datasets` is imported only when used
+
+    return load(cfg, train)
 
 
 LOADERS = {"fashion_mnist": load_fashion_mnist, "cifar10": load_cifar, "cifar100": load_cifar,
            "hf": load_hf, "imagefolder": load_imagefolder}
 
 
-def load_split(cfg: DataConfig, train: bool) -> Union[ImageSplit, FolderSplit]:
-    """The train or test split named by `cfg.name`; raises DataError when missing or malformed."""
+def load_split(cfg: DataConfig, train: bool) -> Union[ImageSplit, StreamedSplit]:
+    """The train or test split named by `cfg.name`; raises DataError when missing or malformed.
+
+    `data.mean`/`data.std`, when given, replace the dataset's normalisation."""
     if cfg.name not in LOADERS:
         raise DataError(f"data.name={cfg.name!r} is not one of: {', '.join(LOADERS)}")
-    return LOADERS[cfg.name](cfg, train)
+    if cfg.in_memory is False and cfg.name not in ("hf", "imagefolder"):
+        raise DataError(f"data.in_memory=false: {cfg.name} is always read whole (it is small); set data.in_memory=null")
+    split = LOADERS[cfg.name](cfg, train)
+    if cfg.mean is not None:
+        if len(cfg.mean) != split.in_chans:
+            raise DataError(f"data.mean has {len(cfg.mean)} values but {cfg.name} images have {split.in_chans} channels")
+        split.mean, split.std = tuple(cfg.mean), tuple(cfg.std)
+    return split

@@ -107,8 +107,13 @@ def export_run(run_dir: Path, out_dir: Path, ema: bool = False) -> Path:
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise ConfigError(f"{weights} does not fit {cfg.student.model} as {CONFIG} builds it ({first})") from None
-    # crop_pct 1: the framework feeds whole images (padded or resized to img_size), never a centre crop
+    # crop=pad feeds whole images (padded or resized to img_size), never a centre crop: crop_pct 1;
+    # crop=rrc evaluates through timm's own eval transform, whose settings travel with the weights
     data_config = dict(crop_pct=1.0, **(data_stats(cfg.data, in_chans) or {}))
+    if cfg.data.crop == "rrc":
+        data_config["crop_pct"] = cfg.data.crop_pct
+        if cfg.data.interpolation != "random":
+            data_config["interpolation"] = cfg.data.interpolation
     model_args = vit_args(model) if isinstance(model, DistillViT) else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

@@ -1,4 +1,4 @@
-"""Batches of (uint8 images, labels, dataset indices), sharded so N processes see what one does.
+"""Batches of (images, labels, view ids), sharded so N processes see what one does.
 
 Each epoch has one global order, a permutation seeded by (seed, epoch). Global batch `s` is
 `order[s*G : (s+1)*G]` with G = world_size x batch_size, and process `r` takes the `r`-th
@@ -7,8 +7,14 @@ processes with batch B see together, step by step; with per-sample augmentation
 (`distill.augment`) the crops and flips agree too. Accelerate's own loader sharding would
 re-split a loader per process, so the loaders here are not passed through `prepare`.
 
+Repeated augmentation (`data.aug_repeats` = r, DeiT's RASampler) lives in the same global order:
+each image of the permutation appears r times in a row and the epoch keeps its length, so an epoch
+holds N / r distinct images. The view id `repeat x N + index` names each copy; augmentation hashes
+the view id, so the copies differ, and `view % N` is the image. With r = 1 the view id is the index.
+
 Two paths yield the same batches: sets that fit in memory sit whole on the training device and
-are indexed there; image folders go through a DataLoader with workers that decode the files.
+are indexed there; image folders go through a DataLoader with workers that decode the files (and,
+for `data.crop=rrc`, run the per-sample transforms of `distill.transforms`).
 """
 from __future__ import annotations
 
@@ -16,15 +22,26 @@ import math
 from typing import Iterator, Optional, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 (B,C,H,W), int64 (B,), int64 (B,)
+from distill.errors import UserError
+
+Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 or float (B,C,H,W), int64 (B,), int64 (B,)
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     """The global sample order of an epoch (CPU int64), the same in every process."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_samples, generator=g)
+
+
+def epoch_views(num_samples: int, seed: int, epoch: int, repeats: int = 1) -> torch.Tensor:
+    """The epoch's global order of view ids: each image `repeats` times in a row, cut to N views."""
+    order = epoch_order(num_samples, seed, epoch)
+    if repeats == 1:
+        return order
+    repeat = torch.arange(repeats).repeat(num_samples)  # 0, 1, .., r-1, 0, 1, ..
+    return (order.repeat_interleave(repeats) + repeat * num_samples)[:num_samples]
 
 
 def eval_shard(num_samples: int, rank: int, world_size: int) -> range:
@@ -36,8 +53,9 @@ def eval_shard(num_samples: int, rank: int, world_size: int) -> range:
 class ShardedBatches(Sampler):
     """Index batches of one process for one epoch, from step `start_step` on (for resume)."""
 
-    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int):
-        self.num_samples, self.batch_size = num_samples, batch_size
+    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int,
+                 repeats: int = 1):
+        self.num_samples, self.batch_size, self.repeats = num_samples, batch_size, repeats
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epoch, self.start_step = 0, 0
         if self.steps_per_epoch == 0:
@@ -55,7 +73,7 @@ class ShardedBatches(Sampler):
         return self.steps_per_epoch - self.start_step
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        order = epoch_order(self.num_samples, self.seed, self.epoch)
+        order = epoch_views(self.num_samples, self.seed, self.epoch, self.repeats)
         G, B = self.batch_size * self.world_size, self.batch_size
         for step in range(self.start_step, self.steps_per_epoch):
             lo = step * G + self.rank * B
@@ -73,7 +91,7 @@ class DeviceBatches:
         self.sampler, self.batch_size, self.device = sampler, batch_size, torch.device(device)
 
     def _gather(self, idx: torch.Tensor) -> Batch:
-        at = idx.to(self.images.device, non_blocking=True)
+        at = idx.to(self.images.device, non_blocking=True) % len(self.labels)  # view id -> image
         batch = (self.images[at], self.labels[at], idx)
         return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
@@ -90,26 +108,70 @@ class DeviceBatches:
             yield self._gather(torch.arange(lo, min(lo + self.batch_size, indices.stop)))
 
 
+class _Items(Dataset):
+    """What the workers run. Training keys are (view id, epoch): a dataset with `keyed = True`
+    (`distill.transforms.TrainViews`) takes them whole, any other gets `view % N` and the view id is
+    put back in the item. A UserError (a corrupt file, ...) is returned, not raised: DataLoader
+    re-raises worker errors with the worker's traceback inside the message, and the CLI owes the
+    user one line."""
+
+    def __init__(self, dataset):
+        self.dataset, self.keyed = dataset, getattr(dataset, "keyed", False)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        try:
+            if not isinstance(key, tuple) or self.keyed:
+                return self.dataset[key]
+            image, label, _ = self.dataset[key[0] % len(self.dataset)]
+            return image, label, key[0]
+        except UserError as e:
+            return e
+
+
+class _EpochKeys(Sampler):
+    """The sampler's index batches as lists of (view id, epoch): persistent workers hold copies of
+    the dataset, so the epoch travels with each key."""
+
+    def __init__(self, sampler: ShardedBatches):
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for idx in self.sampler:
+            yield [(v, self.sampler.epoch) for v in idx.tolist()]
+
+
 def _collate(items):
-    images, labels, index = zip(*items)
-    return torch.stack(images), torch.tensor(labels), torch.tensor(index)
+    """torch's collate (in a worker it stacks straight into shared memory: one copy less), or the error."""
+    failed = next((x for x in items if isinstance(x, UserError)), None)
+    if failed is not None:
+        return failed
+    return tuple(default_collate(items))
 
 
 class LoaderBatches:
-    """The large-dataset path: a DataLoader whose workers decode files into uint8 batches."""
+    """The large-dataset path: a DataLoader whose workers decode files into batches (uint8, or
+    normalised float views under `data.crop=rrc`)."""
 
     def __init__(self, dataset, sampler: Optional[ShardedBatches], device, num_workers: int,
                  batch_size: int = 0):
-        self.dataset, self.sampler, self.device = dataset, sampler, device
+        self.dataset, self.sampler, self.device = _Items(dataset), sampler, device
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin = torch.device(device).type == "cuda"
         self.loader = None
         if sampler is not None:
-            self.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+            self.loader = DataLoader(self.dataset, batch_sampler=_EpochKeys(sampler), num_workers=num_workers,
                                      collate_fn=_collate, pin_memory=self.pin,
                                      persistent_workers=num_workers > 0)
 
-    def _to_device(self, batch: Batch) -> Batch:
+    def _to_device(self, batch) -> Batch:
+        if isinstance(batch, UserError):
+            raise batch
         return tuple(t.to(self.device, non_blocking=self.pin) for t in batch)
 
     def __iter__(self) -> Iterator[Batch]:
