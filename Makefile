@@ -24,7 +24,7 @@ $(FMNIST):
 test: setup
 	$(PY) -m pytest -q
 
-# The everyday tier: everything but the long real-training tests (under 2 minutes here).
+# The everyday tier: everything but the real training runs (about 1 minute here).
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 

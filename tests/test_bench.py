@@ -7,7 +7,7 @@ import pytest
 
 from conftest import PLAIN, ROOT, needs_fmnist, run_cli
 
-pytestmark = needs_fmnist
+pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 
 SMALL = ["data.train_subset=1024", "data.batch_size=32"]
 STEPS = ["--steps", "4", "--warmup", "2"]
@@ -44,7 +44,7 @@ def test_bench_times_the_step_it_reports():
 
 
 def test_bench_cached_distillation_records_then_replays(tmp_path):
-    args = ["recipes/fashion_mnist/hard_tiny.yaml", *SMALL, "teacher.checkpoint=null", "teacher.model=resnet10t",
+    args = ["recipes/fashion_mnist/hard_tiny.yaml", *SMALL, "data.train_subset=512", "teacher.checkpoint=null", "teacher.model=resnet10t",
             "teacher.small_input_stem=false", "distill.cache=true", f"output_dir={tmp_path}", *STEPS]
     res = run_cli("bench", *args, "--out", tmp_path / "cached.json")
     assert res.returncode == 0, res.stderr[-2000:]

@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 from conftest import needs_fmnist, run_cli
 from teachers import create_model
 
-pytestmark = needs_fmnist
+pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 
 RUN = ["data.train_subset=2048", "data.test_subset=500", "data.batch_size=32", "train.epochs=2",
        "train.warmup_epochs=0.2", "train.log_every=16", "teacher.model=resnet10t", "teacher.small_input_stem=false",

@@ -16,7 +16,7 @@ from conftest import PLAIN as RECIPE
 from conftest import QUICK, ROOT, needs_fmnist, run_cli
 from distill.checkpoint import complete_checkpoints, latest_checkpoint
 
-pytestmark = needs_fmnist
+pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 
 NAME = "fashion_mnist_plain_tiny"
 

@@ -145,6 +145,7 @@ def test_tensorboard_on_full_disk_raises_one_line(tmp_path, monkeypatch):
 # ---- a training run on a filesystem that fills ---------------------------------------------------
 
 @needs_fmnist
+@pytest.mark.slow
 def test_run_on_full_disk_stops_cleanly_and_resumes_exactly(tmp_path, plain_run):
     """Checkpoints every 40 steps (38 MB each, keep 2) on a 96 MiB filesystem: the third (step 120)
     does not fit. The run must exit 2 with one line, leave no temporary, keep steps 40 and 80 whole,

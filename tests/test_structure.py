@@ -163,6 +163,7 @@ def test_patch_size_that_does_not_divide_the_image_is_one_line(tmp_path, bad):
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_bench_writes_no_checkpoint(tmp_path):
     """Bug 5: `distill bench` with train.checkpoint_every_steps wrote checkpoints."""
     res = run_cli("bench", PLAIN, f"output_dir={tmp_path}", *TINY, "train.checkpoint_every_steps=2",
@@ -172,6 +173,7 @@ def test_bench_writes_no_checkpoint(tmp_path):
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_run_killed_before_its_summary_resumes_to_the_same_result(plain_run, tmp_path):
     """Bug 6: killed after the last checkpoint, before summary.json: resumed with final_top1 null."""
     run = tmp_path / plain_run.name
@@ -189,6 +191,7 @@ def test_run_killed_before_its_summary_resumes_to_the_same_result(plain_run, tmp
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_resume_auto_without_a_checkpoint_says_so(tmp_path):
     """Bug 7: train.resume=auto on a folder without a checkpoint started over silently."""
     res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "name=r")

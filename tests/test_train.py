@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from conftest import QUICK, needs_fmnist, run_cli
 
-pytestmark = needs_fmnist
+pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 
 WELL_ABOVE_CHANCE = 35.0  # 10 classes; 256 steps of a ViT from scratch reach about 48%
 
