@@ -2,6 +2,7 @@
 an HF `save_to_disk` set of encoded images, trained with timm's per-sample transforms (`data.crop=rrc`):
 learning, a kill and resume, a cached replay, and bad input."""
 import io
+import json
 import shutil
 import signal
 import subprocess
@@ -97,7 +98,7 @@ def test_deit_augmentation_learns_on_real_images(fm, tmp_path, name):
                   "data.batch_size=32", "data.scale=[0.35,1]", "train.epochs=3", "train.lr=1e-3",
                   "train.lr_base_batch=32", "train.warmup_epochs=0.3", "train.log_every=20")
     assert res.returncode == 0, res.stderr[-3000:]
-    summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     print(f"{name}: top1 {summary['final_top1']:.1f} in {summary['wall_s']:.0f} s")
     assert summary["final_top1"] > 25.0, summary  # 10 classes: chance is 10 %
 
@@ -125,12 +126,14 @@ def test_rrc_run_killed_and_resumed_gives_identical_weights(fm, tmp_path):
 
 
 @pytest.mark.slow
-def test_rrc_cached_replay_matches_live_with_a_teacher_at_another_resolution(fm, tmp_path):
+@pytest.mark.parametrize("topk", [None, 3], ids=["dense", "top3"])
+def test_rrc_cached_replay_matches_live_with_a_teacher_at_another_resolution(fm, tmp_path, topk):
+    """Hard distillation replays the argmax exactly from dense logits and from a top-3 cache alike."""
     torch.manual_seed(0)
     save_file(create_model("resnet10t", num_classes=10, in_chans=3).state_dict(), str(tmp_path / "student.safetensors"))
     args = ["train", HARD, f"output_dir={tmp_path}", *source(fm, "hf"), *SMALL, "train.epochs=1",
             "teacher.model=resnet10t", "teacher.small_input_stem=false", f"teacher.checkpoint={tmp_path}",
-            "teacher.img_size=48", "distill.cache=true", "data.aug_seed=0"]
+            "teacher.img_size=48", "distill.cache=true", "data.aug_seed=0", f"distill.cache_topk={topk or 0}"]
     live = run_cli(*args, "name=live")
     assert live.returncode == 0, live.stderr[-3000:]
     assert len(list((tmp_path / "logit_cache").rglob("epoch_0000_*.safetensors"))) == 1
