@@ -118,7 +118,7 @@ def test_bad_augmentation_keys_are_one_line(capsys, override, words):
         check_auto_augment("rand-m9-xyz")
 
 
-@pytest.mark.parametrize("mode, extra", [("elem", {}), ("pair", {}), ("elem", {"cutmix_minmax": (0.2, 0.6)}),
+@pytest.mark.parametrize("mode, extra", [("batch", {}), ("elem", {}), ("pair", {}), ("elem", {"cutmix_minmax": (0.2, 0.6)}),
                                          ("batch", {"switch_prob": 0.8, "cutmix_minmax": (0.3, 0.7)})])
 def test_mixup_modes_match_timm(mode, extra):
     """Our tensor-op mixing gives what timm's own Mixup gives from the same numpy state, per mode."""
