@@ -78,14 +78,19 @@ class TeacherConfig:
     std: Optional[List[float]] = None
 
 
+DISTILL_TYPES = ("none", "soft", "hard", "kd", "dkd")  # distill.losses composes one term per type
+
+
 @dataclass
 class DistillConfig:
-    type: str = "none"  # none | soft | hard
+    type: str = "none"  # none | soft | hard (DeiT) | kd (Hinton, no token) | dkd (decoupled KD)
     alpha: float = 0.5  # weight of the distillation term; (1 - alpha) on the label term
-    tau: float = 1.0  # soft-distillation temperature
+    tau: float = 1.0  # temperature of soft, kd and dkd
     kl_reduction: str = "batchmean"  # soft term: per-sample KL (batchmean) or DeiT's sum / (B * classes) (deit)
     cache: bool = False  # record the teacher's logits once per view, replay them in later runs (distill.cache)
     cache_topk: Optional[int] = None  # store only the top-k classes per view (fp16 + int16); None/0 = every logit
+    dkd_alpha: float = 1.0  # dkd: weight of TCKD, the target-vs-rest term
+    dkd_beta: float = 8.0  # dkd: weight of NCKD, the among-non-targets term (paper: 8 on CIFAR-100)
 
 
 @dataclass
@@ -133,7 +138,7 @@ CHOICES = {
     "data.interpolation": ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random"),
     "data.remode": ("pixel", "rand", "const"),
     "data.mixup_mode": ("batch", "pair", "elem"),
-    "distill.type": ("none", "soft", "hard"),
+    "distill.type": DISTILL_TYPES,
     "distill.kl_reduction": ("batchmean", "deit"),
     "train.mixed_precision": (None, "no", "fp16", "bf16"),
     "train.on_nonfinite": ("stop", "skip"),
@@ -144,7 +149,7 @@ POSITIVE = ("data.img_size", "data.batch_size", "data.eval_batch_size", "train.e
             "train.log_every", "train.dist_timeout_s", "distill.tau")
 NON_NEGATIVE = ("data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.num_workers", "data.color_jitter",
                 "train.min_lr", "train.warmup_epochs", "train.weight_decay",
-                "train.checkpoint_every_steps", "student.drop_path_rate")
+                "train.checkpoint_every_steps", "student.drop_path_rate", "distill.dkd_alpha", "distill.dkd_beta")
 UNIT_INTERVAL = ("distill.alpha", "data.label_smoothing", "data.mixup_prob", "train.ema_decay", "data.reprob",
                  "data.mixup_switch_prob", "data.crop_pct")
 
@@ -199,11 +204,17 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"distill.cache_topk={cfg.distill.cache_topk} must be >= 0 (0 or null: dense storage)")
     _check_data(cfg.data)
     if cfg.distill.type != "none" and not cfg.teacher.model:
-        raise ConfigError(f"distill.type={cfg.distill.type} needs a teacher: set teacher.model (and teacher.checkpoint)")
+        raise ConfigError(f"distill.type={cfg.distill.type} needs a teacher: "
+                          "set teacher.model (and teacher.checkpoint)")
+    distilling = ", ".join(t for t in DISTILL_TYPES if t != "none")
     if cfg.distill.cache and cfg.distill.type == "none":
-        raise ConfigError("distill.cache=true needs distill.type=soft or hard (a plain run has no teacher)")
-    if cfg.student.distilled and cfg.distill.type == "none":
-        raise ConfigError("student.distilled=true needs distill.type=soft or hard")
+        raise ConfigError(f"distill.cache=true needs a teacher: distill.type={{{distilling}}} (a plain run has none)")
+    if cfg.student.distilled and cfg.distill.type in ("none", "kd"):
+        raise ConfigError(f"student.distilled=true needs distill.type=soft, hard or dkd (got {cfg.distill.type}: "
+                          "kd is classic single-head KD; set student.distilled=false)")
+    if cfg.distill.kl_reduction != "batchmean" and cfg.distill.type in ("kd", "dkd"):
+        raise ConfigError(f"distill.kl_reduction={cfg.distill.kl_reduction} applies to distill.type=soft only "
+                          f"(kd and dkd use the per-sample KL); remove it or set distill.type=soft")
     mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0 or cfg.data.cutmix_minmax is not None
     if mixing and cfg.data.batch_size % 2:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be even under Mixup/CutMix "

@@ -103,6 +103,32 @@ def test_kl_reduction_choice():
         load_config(None, ["distill.kl_reduction=sum"])
 
 
+@pytest.mark.parametrize("kind", ["kd", "dkd"])
+def test_kd_and_dkd_load_and_need_a_teacher(kind):
+    recipe = str(ROOT / f"recipes/fashion_mnist/{kind}_tiny.yaml")
+    cfg = load_config(recipe)
+    assert (cfg.distill.type, cfg.student.distilled, cfg.teacher.model) == (kind, False, "resnet18")
+    assert load_config(recipe, ["distill.cache=true"]).distill.cache
+    with pytest.raises(ConfigError, match=f"distill.type={kind} needs a teacher"):
+        load_config(None, [f"distill.type={kind}"])
+    with pytest.raises(ConfigError, match="kl_reduction=deit applies to distill.type=soft only"):
+        load_config(recipe, ["distill.kl_reduction=deit"])
+
+
+def test_kd_and_dkd_settings():
+    kd = load_config(str(ROOT / "recipes/fashion_mnist/kd_tiny.yaml"))
+    assert (kd.distill.alpha, kd.distill.tau) == (0.9, 4.0)  # Hinton's regime, not soft's DeiT one
+    dkd = load_config(str(ROOT / "recipes/fashion_mnist/dkd_tiny.yaml"))
+    assert (dkd.distill.dkd_alpha, dkd.distill.dkd_beta, dkd.distill.tau) == (1.0, 8.0, 4.0)
+    with pytest.raises(ConfigError, match="kd is classic single-head KD"):
+        load_config(str(ROOT / "recipes/fashion_mnist/kd_tiny.yaml"), ["student.distilled=true"])
+    assert load_config(str(ROOT / "recipes/fashion_mnist/dkd_tiny.yaml"), ["student.distilled=true"]).student.distilled
+    with pytest.raises(ConfigError, match=r"distill\.dkd_beta=-1\.0 must be >= 0"):
+        load_config(None, ["distill.dkd_beta=-1"])
+    with pytest.raises(ConfigError, match=r"distill.cache=true needs a teacher: distill.type=\{soft, hard, kd, dkd\}"):
+        load_config(None, ["distill.cache=true"])
+
+
 IMAGENET = sorted((ROOT / "recipes/imagenet").glob("[!_]*.yaml"))
 
 

@@ -6,7 +6,9 @@ import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from distill.config import ConfigError
-from distill.losses import DistillationLoss, build_criterion, hard_distillation, soft_distillation
+from distill.config import DistillConfig
+from distill.losses import (DistillationLoss, build_criterion, dkd_terms, hard_distillation, kd_distillation,
+                            soft_distillation)
 
 S = [[1.0, 2.0, 0.0], [0.5, -1.0, 1.5]]  # student logits, 2 samples x 3 classes
 D = [[0.0, 1.0, 1.0], [2.0, 0.0, -1.0]]  # a distillation head's logits
@@ -138,7 +140,7 @@ def test_teacher_class_count_mismatch_and_bad_type():
     with pytest.raises(ValueError, match="same classes"):
         DistillationLoss(build_criterion(False, 0.0), "soft")(tensor(S), LABELS, torch.zeros(2, 5))
     with pytest.raises(ConfigError, match="not one of"):
-        DistillationLoss(build_criterion(False, 0.0), "kd")
+        DistillationLoss(build_criterion(False, 0.0), "fitnet")
 
 
 @pytest.mark.parametrize("tau", [1.0, 2.0])
@@ -154,3 +156,97 @@ def test_deit_kl_reduction_is_sum_over_numel(tau):
     assert out["distill"].item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ConfigError, match="kl_reduction"):
         DistillationLoss(build_criterion(False, 0.0), "soft", kl_reduction="mean")
+
+
+# --- classic KD and DKD
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_kd_is_the_batch_mean_kl_times_tau_squared(tau):
+    got = kd_distillation(tensor(S), tensor(T), tau).item()
+    assert got == pytest.approx({1.0: 1.0, 4.0: 16.0}[tau] * kl_per_sample(S, T, tau), rel=1e-6)  # tau^2 written out
+    alpha = 0.9
+    out = DistillationLoss(build_criterion(False, 0.0), "kd", alpha=alpha, tau=tau)(tensor(S), LABELS, tensor(T))
+    assert set(out) == {"loss", "base", "distill", "kd"}
+    assert out["kd"].item() == out["distill"].item() == pytest.approx(kl(S, T, tau), rel=1e-6)
+    assert out["loss"].item() == pytest.approx((1 - alpha) * ce(S, Y) + alpha * kl(S, T, tau), rel=1e-6)
+
+
+def test_kd_refuses_a_distillation_token():
+    with pytest.raises(ConfigError, match="kd is classic single-head KD"):
+        DistillationLoss(build_criterion(False, 0.0), "kd")((tensor(S), tensor(D)), LABELS, tensor(T))
+
+
+def test_dkd_fully_written_out():
+    """Student uniform [0, 0, 0]; teacher [log 2, 0, 0] -> p_t = [1/2, 1/4, 1/4]; tau = 1."""
+    student, teacher = tensor([[0.0, 0.0, 0.0]]), tensor([[math.log(2), 0.0, 0.0]])
+    # target 0: binary teacher [1/2, 1/2], student [1/3, 2/3]; non-targets [1/2, 1/2] in both -> NCKD 0
+    tckd, nckd = dkd_terms(student, teacher, torch.tensor([0]), 1.0)
+    assert tckd.item() == pytest.approx(0.5 * math.log(0.5 / (1 / 3)) + 0.5 * math.log(0.5 / (2 / 3)), rel=1e-5)
+    assert nckd.item() == pytest.approx(0.0, abs=1e-7)
+    # target 1: binary teacher [1/4, 3/4], student [1/3, 2/3]; non-targets {0, 2}: [2/3, 1/3] vs [1/2, 1/2]
+    tckd, nckd = dkd_terms(student, teacher, torch.tensor([1]), 1.0)
+    assert tckd.item() == pytest.approx(0.25 * math.log(0.25 / (1 / 3)) + 0.75 * math.log(0.75 / (2 / 3)), rel=1e-5)
+    assert nckd.item() == pytest.approx(2 / 3 * math.log((2 / 3) / 0.5) + 1 / 3 * math.log((1 / 3) / 0.5), rel=1e-5)
+
+
+def dkd_by_hand(s_rows, t_rows, labels, tau):
+    """(TCKD, NCKD) by hand: batch means of the binary and the renormalised non-target KLs, times tau^2."""
+    tckd = nckd = 0.0
+    for s, t, y in zip(s_rows, t_rows, labels):
+        ps, pt = [math.exp(v) for v in log_softmax(s, tau)], [math.exp(v) for v in log_softmax(t, tau)]
+        bs, bt = [ps[y], 1 - ps[y]], [pt[y], 1 - pt[y]]
+        tckd += sum(q * math.log(q / r) for q, r in zip(bt, bs))
+        qs = [p / (1 - ps[y]) for k, p in enumerate(ps) if k != y]
+        qt = [p / (1 - pt[y]) for k, p in enumerate(pt) if k != y]
+        nckd += sum(q * math.log(q / r) for q, r in zip(qt, qs))
+    n = len(s_rows)
+    return tckd / n * tau ** 2, nckd / n * tau ** 2
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_dkd_terms_by_hand_and_the_kd_decomposition(tau):
+    tckd, nckd = dkd_terms(tensor(S), tensor(T), LABELS, tau)
+    h_tckd, h_nckd = dkd_by_hand(S, T, Y, tau)
+    assert tckd.item() == pytest.approx(h_tckd, rel=1e-5) and nckd.item() == pytest.approx(h_nckd, rel=1e-5)
+    # Zhao et al. eq. 1: KD = TCKD + (1 - p_target^teacher) * NCKD, per sample (here sample 0)
+    pt = math.exp(log_softmax(T[0], tau)[Y[0]])
+    one_tckd, one_nckd = dkd_terms(tensor(S[:1]), tensor(T[:1]), LABELS[:1], tau)
+    assert (one_tckd + (1 - pt) * one_nckd).item() == pytest.approx(kl(S[:1], T[:1], tau), rel=1e-5)
+
+
+def test_dkd_weights_keys_and_distillation_head():
+    alpha, tau, a, b = 0.5, 2.0, 1.5, 8.0
+    loss = DistillationLoss(build_criterion(False, 0.0), "dkd", alpha, tau, dkd_alpha=a, dkd_beta=b)
+    out = loss((tensor(S), tensor(D)), LABELS, tensor(T))  # with a token: DKD on the distillation head
+    assert set(out) == {"loss", "base", "distill", "dkd_tckd", "dkd_nckd"}
+    h_tckd, h_nckd = dkd_by_hand(D, T, Y, tau)
+    assert out["dkd_tckd"].item() == pytest.approx(h_tckd, rel=1e-5)
+    assert out["dkd_nckd"].item() == pytest.approx(h_nckd, rel=1e-5)
+    assert out["distill"].item() == pytest.approx(a * h_tckd + b * h_nckd, rel=1e-5)
+    assert out["loss"].item() == pytest.approx((1 - alpha) * ce(S, Y) + alpha * (a * h_tckd + b * h_nckd), rel=1e-5)
+
+
+def test_dkd_under_mixup_takes_the_argmax_of_the_soft_targets():
+    mixed = [[0.05, 0.65, 0.30], [0.35, 0.05, 0.60]]  # argmax 1 and 2 = Y
+    loss = DistillationLoss(build_criterion(True, 0.0), "dkd", 0.5, 2.0)
+    out = loss(tensor(S), tensor(mixed), tensor(T))
+    h_tckd, h_nckd = dkd_by_hand(S, T, Y, 2.0)
+    assert out["dkd_tckd"].item() == pytest.approx(h_tckd, rel=1e-5)
+    assert out["dkd_nckd"].item() == pytest.approx(h_nckd, rel=1e-5)
+    assert out["distill"].item() == pytest.approx(1.0 * h_tckd + 8.0 * h_nckd, rel=1e-5)  # defaults 1 and 8
+
+
+def test_dkd_gradients_are_finite_through_the_mask():
+    student = tensor(S, grad=True)
+    out = DistillationLoss(build_criterion(False, 0.0), "dkd", 0.5, 4.0)(student, LABELS, tensor(T))
+    out["loss"].backward()
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+
+
+def test_from_config_reads_every_key():
+    cfg = DistillConfig(type="dkd", alpha=0.3, tau=2.0, dkd_alpha=0.5, dkd_beta=2.0)
+    loss = DistillationLoss.from_config(build_criterion(False, 0.0), cfg)
+    assert (loss.distill_type, loss.alpha, loss.tau, loss.dkd_alpha, loss.dkd_beta) == ("dkd", 0.3, 2.0, 0.5, 2.0)
+    with pytest.raises(ConfigError, match="dkd_beta"):
+        DistillationLoss(build_criterion(False, 0.0), "dkd", dkd_beta=-1.0)
