@@ -1,8 +1,9 @@
 """`distill compare RUN_DIR... [--out DIR]`: finished runs side by side, grouped into variants.
 
 A variant is a run name without its `_s<seed>` suffix; its seeds give the mean, the standard
-deviation and, against the plain baseline of the same student, a 95% Welch interval on the
-difference. With `--out`, writes report.md and PNG plots there.
+deviation and, against the plain baseline of the same student, a 95% interval on the difference:
+paired by seed where the runs pair (`pairs`), Welch's otherwise. With `--out`, writes report.md
+and PNG plots there.
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import json
 import re
 from pathlib import Path
 
+import yaml
+
 from distill import runlog
 from distill.config import ConfigError
-from distill.stats import diff_ci, mean, std
+from distill.stats import PAIRED, WELCH, diff_ci, mean, paired_diff_ci, std
 
 
 def load_summaries(run_dirs) -> list:
@@ -26,8 +29,38 @@ def load_runs(run_dirs) -> list:
         path = d / runlog.SUMMARY
         if not path.exists():
             raise ConfigError(f"{d} has no {runlog.SUMMARY}: not a finished run (resume it with train.resume=auto)")
-        runs.append({"dir": d, "summary": json.loads(path.read_text()), "metrics": runlog.read_metrics(d)})
+        summary = json.loads(path.read_text())
+        runs.append({"dir": d, "summary": summary, "metrics": runlog.read_metrics(d),
+                     "views": views_seed(d, summary.get("seed"))})
     return runs
+
+
+def views_seed(run_dir: Path, seed) -> object:
+    """The seed of the run's sample order and augmentation (`data.aug_seed`, or `seed` where unset),
+    from its config.yaml; None where the folder has none (then the run pairs with nothing)."""
+    path = run_dir / runlog.CONFIG
+    if not path.exists():
+        return None
+    aug_seed = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("aug_seed")
+    return aug_seed if aug_seed is not None else seed
+
+
+def pairs(runs: list, base_runs: list):
+    """(finals, base finals), in the same seed order, where the two variants pair; else None.
+
+    They pair when both ran the same set of distinct seeds (the same initialisations) and each
+    seed's two runs saw the same views (the same effective `data.aug_seed`)."""
+    def by_seed(rs):
+        seeds = [r["summary"].get("seed") for r in rs]
+        return None if None in seeds or len(set(seeds)) < len(seeds) else dict(zip(seeds, rs))
+
+    a, b = by_seed(runs), by_seed(base_runs)
+    if a is None or b is None or set(a) != set(b) or len(a) < 2:
+        return None
+    if any(a[s]["views"] is None or a[s]["views"] != b[s]["views"] for s in a):
+        return None
+    seeds = sorted(a)
+    return [a[s]["summary"]["final_top1"] for s in seeds], [b[s]["summary"]["final_top1"] for s in seeds]
 
 
 def variant_of(name: str) -> str:
@@ -59,7 +92,9 @@ def variant_rows(variants: dict) -> list:
                      and b is not row), None)
         if row["distill_type"] != "none" and base is not None:
             row["baseline"] = base["variant"]
-            row["delta"], row["delta_ci"] = diff_ci(row["final"], base["final"])
+            paired = pairs(variants[row["variant"]], variants[base["variant"]])
+            row["test"] = PAIRED if paired else WELCH
+            row["delta"], row["delta_ci"] = paired_diff_ci(*paired) if paired else diff_ci(row["final"], base["final"])
     return rows
 
 
@@ -73,13 +108,14 @@ def _md(head: list, rows: list) -> str:
 
 
 def variant_table(rows: list) -> str:
-    head = ["variant", "seeds", "best top-1 %", "final top-1 %", "vs plain (95% CI)", "params (M)", "GFLOPs",
+    head = ["variant", "seeds", "best top-1 %", "final top-1 %", "vs plain (95% CI)", "test", "params (M)", "GFLOPs",
             "train img/s", "wall (s)", "agrees with teacher %"]
     body = []
     for r in rows:
         delta = (f"{r['delta']:+.2f} ± {r['delta_ci']:.2f}" if "delta" in r else "-")
         body.append([r["variant"], r["n"], f"{r['best_mean']:.2f} ± {r['best_std']:.2f}",
-                     f"{r['final_mean']:.2f} ± {r['final_std']:.2f}", delta, _f(r["params"] and r["params"] / 1e6),
+                     f"{r['final_mean']:.2f} ± {r['final_std']:.2f}", delta, r.get("test", "-"),
+                     _f(r["params"] and r["params"] / 1e6),
                      _f(r["gflops"], ".3f"), _f(r["img_per_s"], ".0f"), _f(r["wall_s"], ".0f"), _f(r["agreement"])])
     return _md(head, body)
 
@@ -114,7 +150,9 @@ def write_report(runs: list, out: Path) -> Path:
     summaries = [r["summary"] for r in runs]
     text = ["# Comparison", "",
             "Mean ± standard deviation over seeds; 'vs plain' is the difference in final top-1 from the plain "
-            "run of the same student, with a 95% Welch t-interval (± half-width).", "",
+            "run of the same student, with its 95% t-interval (± half-width). 'test' says which interval: "
+            f"'{PAIRED}' (scipy.stats.ttest_rel, the per-seed differences) where both variants ran the same seeds "
+            f"on the same views (data.aug_seed), '{WELCH}' (scipy.stats.ttest_ind, equal_var=False) otherwise.", "",
             variant_table(rows), "", "## Runs", "", markdown_table(summaries), "",
             "## Plots", "", *[f"![{f.stem}]({f.name})" for f in figures], "",
             "## Provenance", "", provenance_table(summaries), ""]

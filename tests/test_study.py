@@ -10,26 +10,45 @@ from distill.compare import load_runs, variant_rows, write_report
 from distill.study import load_study, plan, run_study
 
 
+# t quantiles written out (any t-table, or R's qt(0.975, df)): the code under test computes them with scipy
+T975_2, T975_4, T975_1000 = 4.302652730, 2.776445105, 1.962339071
+
+
 def test_mean_std_and_intervals_by_hand():
     xs = [70.0, 72.0, 74.0]
     assert stats.mean(xs) == 72.0
     assert stats.std(xs) == pytest.approx(2.0)  # sqrt(((-2)^2 + 0 + 2^2) / (3 - 1))
     m, half = stats.mean_ci(xs)
-    assert (m, half) == (72.0, pytest.approx(4.303 * 2.0 / math.sqrt(3)))  # t_{0.975, 2} = 4.303
+    assert (m, half) == (72.0, pytest.approx(T975_2 * 2.0 / math.sqrt(3), rel=1e-6))
     a, b = [80.0, 82.0, 84.0], [70.0, 72.0, 74.0]
     d, half = stats.diff_ci(a, b)
-    # Welch: se = sqrt(4/3 + 4/3); df = (8/3)^2 / ((4/3)^2/2 * 2) = 4 -> t = 2.776
-    assert d == 10.0 and half == pytest.approx(2.776 * math.sqrt(8 / 3))
-    assert stats.std([5.0]) == 0.0 and stats.mean_ci([5.0])[1] == math.inf
-    assert stats.t975(7.9) == 2.365 and stats.t975(1000) == 1.960
+    # Welch: se = sqrt(4/3 + 4/3); df = (8/3)^2 / ((4/3)^2/2 * 2) = 4 -> t_{0.975, 4}
+    assert d == 10.0 and half == pytest.approx(T975_4 * math.sqrt(8 / 3), rel=1e-6)
+    assert stats.std([5.0]) == 0.0 and stats.mean_ci([5.0])[1] == math.inf and stats.mean_ci([5.0, 5.0])[1] == 0.0
+    assert stats.t975(4) == pytest.approx(T975_4, rel=1e-8) and stats.t975(1000) == pytest.approx(T975_1000, rel=1e-8)
+    assert stats.diff_ci([1.0], b)[1] == math.inf and stats.diff_ci([1.0, 1.0], [0.0, 0.0]) == (1.0, 0.0)
 
 
-def fake_run(folder: Path, name: str, final: float, student="distill_vit_tiny", distill="none", teacher=None):
+def test_paired_interval_by_hand():
+    a, b = [80.0, 83.0, 84.0], [70.0, 72.0, 74.0]  # per-seed differences 10, 11, 10
+    d, half = stats.paired_diff_ci(a, b)
+    # mean 31/3; deviations -1/3, 2/3, -1/3 -> sd = sqrt((1/9 + 4/9 + 1/9) / 2) = sqrt(1/3); se = sd / sqrt(3) = 1/3
+    assert d == pytest.approx(31 / 3) and half == pytest.approx(T975_2 / 3, rel=1e-6)
+    assert half < stats.diff_ci(a, b)[1] / 2  # the seeds' shared noise cancels: far narrower than Welch's
+    assert stats.paired_diff_ci([1.0, 2.0], [0.0, 1.0]) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="one b per a"):
+        stats.paired_diff_ci(a, b[:2])
+
+
+def fake_run(folder: Path, name: str, final: float, student="distill_vit_tiny", distill="none", teacher=None,
+             seed=0, aug_seed="no config.yaml"):
     d = folder / name
     d.mkdir(parents=True)
+    if aug_seed != "no config.yaml":
+        (d / "config.yaml").write_text(f"seed: {seed}\ndata:\n  aug_seed: {'null' if aug_seed is None else aug_seed}\n")
     summary = {"name": name, "best_top1": final + 1, "final_top1": final, "params": 3.2e6, "gflops": 0.108,
                "train_img_per_s": 390.0, "wall_s": 100.0, "student": student, "distill_type": distill,
-               "teacher": teacher, "seed": 0, "world_size": 1, "git_commit": "abc", "torch": "2", "timm": "1",
+               "teacher": teacher, "seed": seed, "world_size": 1, "git_commit": "abc", "torch": "2", "timm": "1",
                "accelerate": "1", "hardware": "cpu"}
     if distill != "none":
         summary["teacher_agreement"] = 90.0
@@ -44,12 +63,29 @@ def test_report_groups_seeds_and_compares_with_plain(tmp_path):
     rows = {r["variant"]: r for r in variant_rows(__import__("distill.compare").compare.group(load_runs(dirs)))}
     assert rows["plain"]["n"] == 3 and rows["plain"]["final_mean"] == 72.0 and rows["plain"]["final_std"] == 2.0
     assert rows["hard"]["baseline"] == "plain" and rows["hard"]["delta"] == 10.0
-    assert rows["hard"]["delta_ci"] == pytest.approx(2.776 * math.sqrt(8 / 3))
+    assert rows["hard"]["delta_ci"] == pytest.approx(T975_4 * math.sqrt(8 / 3), rel=1e-6)
+    assert rows["hard"]["test"] == "Welch t"  # every fake run says seed 0: nothing to pair
     report = write_report(load_runs(dirs), tmp_path / "report")
     text = report.read_text()
-    assert "+10.00 ± 4.53" in text and "72.00 ± 2.00" in text
+    assert "| +10.00 ± 4.53 | Welch t |" in text and "72.00 ± 2.00" in text
     for png in ("top1_per_epoch.png", "plain_vs_distilled.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("plain_aug_seed,test", [(0, "paired t"), (None, "Welch t")])
+def test_report_pairs_runs_by_seed_on_the_same_views(tmp_path, plain_aug_seed, test):
+    """Seeds 0-2 in both variants; the distilled runs fix data.aug_seed=0. The plain runs pair with them when
+    they fix it too; with aug_seed unset each plain run's views follow its seed, so they do not pair."""
+    dirs = [fake_run(tmp_path, f"plain_s{s}", v, seed=s, aug_seed=plain_aug_seed) for s, v in enumerate([70, 72, 74])]
+    dirs += [fake_run(tmp_path, f"kd_s{s}", v, distill="kd", teacher="resnet18", seed=s, aug_seed=0)
+             for s, v in zip([2, 0, 1], [84, 80, 83])]  # listed out of seed order: pairing goes by seed
+    rows = {r["variant"]: r for r in variant_rows(__import__("distill.compare").compare.group(load_runs(dirs)))}
+    assert rows["kd"]["test"] == test and rows["kd"]["delta"] == pytest.approx(31 / 3)
+    if test == "paired t":  # differences 10, 11, 10: half-width t_{0.975, 2} / 3, as in test_paired_interval_by_hand
+        assert rows["kd"]["delta_ci"] == pytest.approx(T975_2 / 3, rel=1e-6)
+        assert "| +10.33 ± 1.43 | paired t |" in write_report(load_runs(dirs), tmp_path / "r").read_text()
+    else:
+        assert rows["kd"]["delta_ci"] == pytest.approx(stats.diff_ci([80, 83, 84], [70, 72, 74])[1])
 
 
 def write_study(tmp_path: Path, runs: str) -> Path:
