@@ -222,9 +222,8 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
         acc.register_for_checkpointing(ema)
     progress = ckpt.Progress()
     acc.register_for_checkpointing(progress)
-    criterion = DistillationLoss(build_criterion(augment.mixup is not None, cfg.data.label_smoothing),
-                                 cfg.distill.type, cfg.distill.alpha, cfg.distill.tau,
-                                 cfg.distill.kl_reduction)
+    criterion = DistillationLoss.from_config(build_criterion(augment.mixup is not None, cfg.data.label_smoothing),
+                                             cfg.distill)
     cache = None
     if cfg.distill.cache:
         cache = LogitCache(cache_root(cfg), cache_key(cfg, acc.num_processes, acc.mixed_precision),
