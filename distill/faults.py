@@ -34,13 +34,14 @@ class Preempted(Exception):
 class StopRequest:
     """SIGTERM and SIGINT ask for a checkpoint and a clean exit; `poll` says when all processes agree."""
 
-    def __init__(self, accelerator):
+    def __init__(self, accelerator, handle_signals: bool = True):
         self.accelerator = accelerator
         self.requested: Optional[str] = None  # the name of the signal that arrived in this process
         self.agreed = False  # all processes know: stop at this step
         self._first_sigint = None
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        if handle_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         name = signal.Signals(signum).name

@@ -19,9 +19,9 @@ from distill.build import build_run, make_accelerator
 from distill.config import Config
 from distill.engine import evaluate
 from distill.errors import DivergenceError
+from distill.faults import Preempted, StopRequest
 from distill.loader import eval_shard
 from distill.rundir import create_run_dir, resolve_run_dir
-from distill.faults import Preempted, StopRequest
 from distill.timing import IntervalRate
 
 
@@ -41,7 +41,7 @@ class Trainer:
         self.run = build_run(cfg, acc, skip_nonfinite=skip)
         if not dry_run:
             create_run_dir(acc, cfg, self.run_dir)
-        self.stop = StopRequest(acc)
+        self.stop = StopRequest(acc, handle_signals=not dry_run)  # a bench keeps Ctrl-C's usual meaning
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
