@@ -44,8 +44,9 @@ def test_bench_times_the_step_it_reports():
 
 
 def test_bench_cached_distillation_records_then_replays(tmp_path):
-    args = ["recipes/fashion_mnist/hard_tiny.yaml", *SMALL, "data.train_subset=512", "teacher.checkpoint=null", "teacher.model=resnet10t",
-            "teacher.small_input_stem=false", "distill.cache=true", f"output_dir={tmp_path}", *STEPS]
+    args = ["recipes/fashion_mnist/hard_tiny.yaml", *SMALL, "data.train_subset=512", "teacher.checkpoint=null",
+            "teacher.model=resnet10t", "teacher.small_input_stem=false", "distill.cache=true",
+            f"output_dir={tmp_path}", *STEPS]
     res = run_cli("bench", *args, "--out", tmp_path / "cached.json")
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads((tmp_path / "cached.json").read_text())
