@@ -31,21 +31,9 @@ from distill.datasets import STATS
 from distill.errors import ConfigError
 from distill.runlog import CONFIG
 from students import DistillViT
+from teachers import strip_prefixes
 
 WEIGHTS, EMA_WEIGHTS = "student.safetensors", "student_ema.safetensors"
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's wrappers
-
-
-def strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Keys as the bare model names them: `module._orig_mod.head.weight` -> `head.weight`."""
-    out = {}
-    for key, value in state.items():
-        while key.startswith(WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
-    return out
-
-
 def classes_and_channels(state: Dict[str, torch.Tensor], model_name: str) -> Tuple[int, int]:
     """(num_classes, in_chans) read from the classifier and first conv weights, so no dataset is needed."""
     classifier = get_pretrained_cfg_value(model_name, "classifier") or "head"

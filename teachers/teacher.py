@@ -129,12 +129,17 @@ def _read_state_dict(path: Path) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise TeacherError(f"teacher checkpoint {path} holds no state dict (looked for a dict of tensors, "
                            f"or one under {'/'.join(_WRAPPER_KEYS)})")
-    state = {}
-    for key, value in obj.items():
-        for prefix in _PREFIXES:
-            key = key[len(prefix):] if key.startswith(prefix) else key
-        state[key] = value
-    return state
+    return strip_prefixes(obj)
+
+
+def strip_prefixes(state: dict) -> dict:
+    """Keys as the bare model names them: `module._orig_mod.head.weight` -> `head.weight`."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
 
 
 def _classifier_names(model: nn.Module) -> list:
