@@ -38,8 +38,10 @@ def _write_one(job):
     Image.fromarray(pixels).resize((size, size), Image.BICUBIC).convert("RGB").save(path, quality=90)
 
 
-def write_folder(folder: Path, size: int = 224, n_val: int = 1000) -> None:
-    """Fashion-MNIST (Debian's files) as JPEGs, upscaled to `size`; skipped when already there."""
+def write_folder(folder: Path, size: int = 224, n_val: int = 1000, n_train: int = None, src_root: str = "data",
+                 processes: int = 2) -> None:
+    """Fashion-MNIST (Debian's files, or `src_root`) as JPEGs upscaled to `size`, the first `n_train`
+    training images (all by default); skipped when already there."""
     from distill.config import DataConfig
     from distill.datasets import load_split
 
@@ -47,11 +49,11 @@ def write_folder(folder: Path, size: int = 224, n_val: int = 1000) -> None:
         return
     jobs = []
     for train, split in ((True, "train"), (False, "val")):
-        src = load_split(DataConfig(name="fashion_mnist", img_size=28), train=train)
-        n = len(src) if train else n_val
+        src = load_split(DataConfig(name="fashion_mnist", root=src_root, img_size=28), train=train)
+        n = (n_train or len(src)) if train else n_val
         jobs += [(folder / split / str(int(src.labels[i])) / f"{i:05d}.jpg", src.images[i, 0].numpy(), size)
                  for i in range(n)]
-    with Pool(2) as pool:
+    with Pool(processes) as pool:
         pool.map(_write_one, jobs, chunksize=256)
     (folder / "done").write_text("ok\n")
 

@@ -14,31 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from multiprocessing import Pool
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def _write(job):
-    from PIL import Image
-
-    path, pixels = job
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).resize((224, 224), Image.BICUBIC).convert("RGB").save(path, quality=90)
-
-
-def write_folder(src_root: str, out: Path, n_train: int, n_val: int = 512) -> None:
-    from distill.config import DataConfig
-    from distill.datasets import load_split
-
-    jobs = []
-    for train, split, n in ((True, "train", n_train), (False, "val", n_val)):
-        src = load_split(DataConfig(name="fashion_mnist", root=src_root, img_size=28), train=train)
-        jobs += [(out / split / str(int(src.labels[i])) / f"{i:05d}.jpg", src.images[i, 0].numpy()) for i in range(n)]
-    with Pool(16) as pool:
-        pool.map(_write, jobs, chunksize=256)
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_data import write_folder  # noqa: E402  (the same JPEG folder as the CPU data bench)
 
 
 def main() -> None:
@@ -50,8 +31,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=30)
     args = p.parse_args()
-    if not (args.folder / "train").is_dir():
-        write_folder(args.fmnist, args.folder, args.images)
+    write_folder(args.folder, n_val=512, n_train=args.images, src_root=args.fmnist, processes=16)
     import torch
 
     from distill.bench import run_bench
