@@ -26,7 +26,6 @@ class Progress:
         self.epoch = 0  # the epoch in progress
         self.step = 0  # micro-batches of that epoch already done
         self.best_top1 = 0.0
-        self.last_eval = {}  # the last evaluation's metrics: the summary's, even if a resume starts after it
         self.skipped_steps = 0  # non-finite steps skipped (train.on_nonfinite=skip)
         self.wall_s = 0.0  # training time before this process started (resumed runs)
         self.partial_sums = {}  # loss sums of the epoch in progress, so its metrics line is whole

@@ -118,10 +118,12 @@ def epoch_record(epoch: int, terms: dict, lr: float, metrics: dict, img_s: float
             "lr": lr, **metrics, "train_img_per_s": img_s, "epoch_s": epoch_s}
 
 
-def run_summary(cfg, run, history: list, last_eval: dict, wall_s: float, extra: dict, device, world_size) -> dict:
+def run_summary(cfg, run, history: list, wall_s: float, extra: dict, device, world_size) -> dict:
     """summary.json: the run's final and best accuracy, cost, identity and provenance.
 
-    `run` is the `distill.build.Run`; `last_eval` the last evaluation's metrics; `extra` more keys."""
+    `run` is the `distill.build.Run`; `history` the lines of metrics.jsonl, whose last evaluated epoch
+    gives the final accuracy (also after a resume that starts past it); `extra` more keys."""
+    last_eval = next((r for r in reversed(history) if "top1" in r), {})
     return {
         "name": cfg.name, "best_top1": max((r["top1"] for r in history if "top1" in r), default=None),
         "final_top1": last_eval.get("top1"), "final_top5": last_eval.get("top5"), "epochs": cfg.train.epochs,

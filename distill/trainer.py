@@ -149,7 +149,7 @@ class Trainer:
         if r.ema is not None and run_eval:
             metrics["ema_top1"] = self._evaluate(r.ema.module)["top1"]
         if metrics:
-            p.best_top1, p.last_eval = max(p.best_top1, metrics["top1"]), metrics
+            p.best_top1 = max(p.best_top1, metrics["top1"])
         img_s = n_steps * r.global_batch / self.cfg.train.grad_accum_steps / max(train_s, 1e-9)
         record = runlog.epoch_record(p.epoch, terms, self._lr(), metrics, img_s, time.perf_counter() - epoch_t0)
         if acc.is_main_process:
@@ -183,7 +183,7 @@ class Trainer:
             ckpt.save_weights_atomic(r.model.state_dict(), self.run_dir / "student.safetensors")
             if r.ema is not None:
                 ckpt.save_weights_atomic(r.ema.module.state_dict(), self.run_dir / "student_ema.safetensors")
-            summary = runlog.run_summary(self.cfg, r, runlog.read_metrics(self.run_dir), r.progress.last_eval,
+            summary = runlog.run_summary(self.cfg, r, runlog.read_metrics(self.run_dir),
                                          wall_s, extra, self.device, self.world_size)
             runlog.write_json_atomic(self.run_dir / runlog.SUMMARY, summary)
         with runlog.tracker_writes(self.run_dir):
