@@ -21,6 +21,7 @@ import torch
 
 from distill.config import Config
 from distill.errors import ConfigError
+from distill.loader import DeviceBatches
 from distill.timing import peak_memory_mb, sync, timed
 
 
@@ -42,6 +43,10 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
         raise ConfigError("--reference compares plain training: pass a plain recipe")
     trainer = Trainer(cfg, dry_run=True)  # builds the run; writes no folder and no checkpoint
     dev, run = trainer.device, trainer.run
+    if reference and not isinstance(run.train_batches, DeviceBatches):
+        raise ConfigError("--reference times a common loop over an in-memory dataset; this recipe streams "
+                          f"data.name={cfg.data.name} from disk: drop --reference (scripts/bench_data.py "
+                          "compares the on-disk data path with timm's loader)")
     if warmup + steps > run.steps_per_epoch:
         raise ConfigError(f"bench needs warmup + steps = {warmup + steps} <= {run.steps_per_epoch} steps per epoch; "
                           "pass smaller --steps/--warmup or a larger data.train_subset")

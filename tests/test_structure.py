@@ -216,3 +216,18 @@ def test_compiled_run_saves_the_bare_student_and_evaluates(tmp_path):
     res = run_cli("eval", tmp_path / "c")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout)["top1"] == json.loads((tmp_path / "c" / "summary.json").read_text())["final_top1"]
+
+
+@needs_fmnist
+def test_bench_reference_on_a_streamed_dataset_is_one_line(tmp_path):
+    """`--reference` reads an in-memory split; on an image folder it ended in an AttributeError traceback."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for i in range(40):
+            path = tmp_path / "imgs" / split / str(i % 2) / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), (i, 2 * i, 3 * i)).save(path)
+    res = run_cli("bench", PLAIN, "data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.batch_size=8",
+                  "data.num_workers=0", f"output_dir={tmp_path}", "--steps", "1", "--warmup", "1", "--reference")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--reference" in res.stderr, res.stderr[-2000:]
