@@ -65,7 +65,7 @@ class StopRequest:
 
 
 # Communication failures of a collective whose peer is gone: gloo's and NCCL's words for it.
-_LOST_PEER = re.compile(r"Connection (reset|closed|refused)|Broken pipe|Timed out|timed out|"
+_LOST_PEER = re.compile(r"Connection (reset|closed|refused)|Broken pipe|timed out|"
                         r"NCCL communicator was aborted|ProcessGroup.*(abort|timeout)", re.I)
 
 
