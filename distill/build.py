@@ -25,6 +25,7 @@ from distill.cache import LogitCache, cache_key, cache_root, resolve_topk
 from distill.config import Config, DataConfig, StudentConfig, TrainConfig
 from distill.datasets import load_split
 from distill.errors import ConfigError
+from distill.features import FeatureStudent, TeacherFeatures
 from distill.loader import DeviceBatches, LoaderBatches, ShardedBatches
 from distill.losses import DistillationLoss, build_criterion
 from distill.profile import count_params, forward_gflops
@@ -36,7 +37,8 @@ from teachers import create_model, load_teacher
 @dataclass
 class Run:
     """Everything a run is made of. `model` is the student itself (never compiled or wrapped: what
-    is saved, evaluated and averaged); `student` is the prepared module that trains."""
+    is saved, evaluated and averaged); `student` is the prepared module that trains (for feature
+    distillation, the student with its projection: `distill.features.FeatureStudent`)."""
 
     train_batches: object
     test_batches: object
@@ -209,12 +211,17 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
         with acc.main_process_first():  # one rank reads or downloads the weights first
             teacher = load_teacher(cfg.teacher, num_classes, in_chans, train_set.mean, train_set.std)
         teacher.to(acc.device)  # frozen and in eval mode; never passed to prepare (no DDP)
+    trainable, step_teacher = model, teacher
+    if cfg.distill.type == "feature":  # the projection trains, checkpoints and resumes with the student
+        step_teacher = TeacherFeatures(teacher, cfg.distill.teacher_feature_layer)
+        trainable = FeatureStudent(model, cfg.distill.feature_layer, step_teacher.width(in_chans, cfg.data.img_size),
+                                   in_chans, cfg.data.img_size).to(acc.device)
     global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum_steps
     lr = scaled_lr(cfg.train, global_batch)
-    optimizer = build_optimizer(model, cfg.train, lr)
+    optimizer = build_optimizer(trainable, cfg.train, lr)
     scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch // cfg.train.grad_accum_steps,
                                 acc.num_processes)
-    student = torch.compile(model) if cfg.train.compile else model
+    student = torch.compile(trainable) if cfg.train.compile else trainable
     student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
     ema = None
     if cfg.train.ema:
@@ -229,7 +236,7 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
         cache = LogitCache(cache_root(cfg), cache_key(cfg, acc.num_processes, acc.mixed_precision),
                            acc.process_index, acc.num_processes, steps_per_epoch,
                            resolve_topk(cfg.distill.cache_topk, num_classes), num_classes)
-    step = build_step(cfg.train, acc, model, student, teacher, criterion, augment, optimizer, skip_nonfinite)
+    step = build_step(cfg.train, acc, trainable, student, step_teacher, criterion, augment, optimizer, skip_nonfinite)
     return Run(train_batches, test_batches, len(test_set), normalize, augment, aug_seed, model, student, teacher,
                TeacherLogits(teacher, cache, acc.autocast), optimizer, scheduler, ema, progress, step, num_classes,
                params, gflops, global_batch, lr, steps_per_epoch)

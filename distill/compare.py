@@ -144,6 +144,8 @@ def write_report(runs: list, out: Path) -> Path:
     variants = group(runs)
     rows = variant_rows(variants)
     figures = [plots.curves(variants, out), plots.bars(rows, out)]
+    if any("delta" in r for r in rows):
+        figures.append(plots.gains(rows, out))
     students = {r["student"] for r in rows if r["student"].startswith("distill_vit")}
     if len(students) > 1:
         figures += plots.scaling(rows, out)

@@ -78,12 +78,12 @@ class TeacherConfig:
     std: Optional[List[float]] = None
 
 
-DISTILL_TYPES = ("none", "soft", "hard", "kd", "dkd")  # distill.losses composes one term per type
+DISTILL_TYPES = ("none", "soft", "hard", "kd", "dkd", "feature")  # distill.losses composes one term per type
 
 
 @dataclass
 class DistillConfig:
-    type: str = "none"  # none | soft | hard (DeiT) | kd (Hinton, no token) | dkd (decoupled KD)
+    type: str = "none"  # none | soft | hard (DeiT) | kd (Hinton, no token) | dkd (decoupled KD) | feature
     alpha: float = 0.5  # weight of the distillation term; (1 - alpha) on the label term
     tau: float = 1.0  # temperature of soft, kd and dkd
     kl_reduction: str = "batchmean"  # soft term: per-sample KL (batchmean) or DeiT's sum / (B * classes) (deit)
@@ -91,6 +91,8 @@ class DistillConfig:
     cache_topk: Optional[int] = None  # store only the top-k classes per view (fp16 + int16); None/0 = every logit
     dkd_alpha: float = 1.0  # dkd: weight of TCKD, the target-vs-rest term
     dkd_beta: float = 8.0  # dkd: weight of NCKD, the among-non-targets term (paper: 8 on CIFAR-100)
+    feature_layer: int = -1  # feature: the student block whose pooled tokens are matched (negative: from the end)
+    teacher_feature_layer: int = -1  # feature: the teacher's intermediate (timm forward_intermediates index)
 
 
 @dataclass
@@ -209,12 +211,15 @@ def _check_values(cfg: Config) -> None:
     distilling = ", ".join(t for t in DISTILL_TYPES if t != "none")
     if cfg.distill.cache and cfg.distill.type == "none":
         raise ConfigError(f"distill.cache=true needs a teacher: distill.type={{{distilling}}} (a plain run has none)")
-    if cfg.student.distilled and cfg.distill.type in ("none", "kd"):
+    if cfg.student.distilled and cfg.distill.type in ("none", "kd", "feature"):
         raise ConfigError(f"student.distilled=true needs distill.type=soft, hard or dkd (got {cfg.distill.type}: "
-                          "kd is classic single-head KD; set student.distilled=false)")
-    if cfg.distill.kl_reduction != "batchmean" and cfg.distill.type in ("kd", "dkd"):
-        raise ConfigError(f"distill.kl_reduction={cfg.distill.kl_reduction} applies to distill.type=soft only "
-                          f"(kd and dkd use the per-sample KL); remove it or set distill.type=soft")
+                          "kd and feature train the class head alone; set student.distilled=false)")
+    if cfg.distill.cache and cfg.distill.type == "feature":
+        raise ConfigError("distill.cache=true stores teacher logits, but distill.type=feature matches the teacher's "
+                          "features, which it computes live; set distill.cache=false")
+    if cfg.distill.kl_reduction != "batchmean" and cfg.distill.type in ("kd", "dkd", "feature"):
+        raise ConfigError(f"distill.kl_reduction={cfg.distill.kl_reduction} applies to distill.type=soft only; "
+                          "remove it or set distill.type=soft")
     mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0 or cfg.data.cutmix_minmax is not None
     if mixing and cfg.data.batch_size % 2:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be even under Mixup/CutMix "

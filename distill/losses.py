@@ -4,7 +4,8 @@ DeiT semantics: the base criterion scores the class head against the labels; the
 term scores the distillation head (or, for a student without one, the same output) against the
 teacher. The loss never owns the teacher: the trainer runs it and passes its logits in.
 
-Methods (`distill.type`): soft and hard (DeiT), kd (Hinton et al. 2015), dkd (Zhao et al. 2022).
+Methods (`distill.type`): soft and hard (DeiT), kd (Hinton et al. 2015), dkd (Zhao et al. 2022),
+feature (pooled intermediate features through a learned projection; `distill.features`).
 """
 from __future__ import annotations
 
@@ -88,6 +89,12 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     return tckd, nckd
 
 
+def feature_distillation(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the student's projected features and the teacher's, (B, C) each,
+    averaged over batch and channels (timm's `FeatureDistillationTask`)."""
+    return F.mse_loss(student_features.float(), teacher_features.float())
+
+
 def class_ids(targets: torch.Tensor) -> torch.Tensor:
     """Class ids from targets: (B,) ids as they are; (B, K) soft vectors (Mixup/CutMix, with their
     smoothing) by their argmax, i.e. the class holding the larger share of the mix."""
@@ -108,8 +115,10 @@ class DistillationLoss(nn.Module):
 
     Args:
         base_criterion: scores the class head against the (possibly soft) targets.
-        distill_type: none | soft | hard | kd | dkd. kd needs a student without a distillation token;
-            soft, hard and dkd act on the distillation head when there is one (DeiT).
+        distill_type: none | soft | hard | kd | dkd | feature. kd and feature need a student without a
+            distillation token; soft, hard and dkd act on the distillation head when there is one (DeiT).
+            feature takes (logits, projected features) from `FeatureStudent` and the teacher's pooled
+            features in place of its logits.
         alpha: weight of the distillation term; the base term gets (1 - alpha).
         tau: temperature of soft, kd and dkd.
         kl_reduction: batchmean | deit, the soft term's reduction (see `soft_distillation`).
@@ -145,6 +154,13 @@ class DistillationLoss(nn.Module):
         Returns {'loss': total, 'base': label term, 'distill': teacher term (when distilling)}, and the
         teacher term's parts: 'kd' for kd, 'dkd_tckd' and 'dkd_nckd' (unweighted) for dkd.
         """
+        if self.distill_type == "feature":  # (logits, projected features) from `FeatureStudent`
+            cls_logits, features = outputs
+            base = self.base_criterion(cls_logits, targets)
+            if teacher_logits is None:
+                raise ValueError("distill.type=feature needs the teacher's features: pass them as teacher_logits")
+            distill = feature_distillation(features, teacher_logits)
+            return {"loss": (1 - self.alpha) * base + self.alpha * distill, "base": base, "distill": distill}
         if isinstance(outputs, (tuple, list)):
             if self.distill_type in ("none", "kd"):
                 why = ("a distillation token needs a teacher; set distill.type=soft|hard|dkd"

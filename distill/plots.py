@@ -19,25 +19,47 @@ def _save(fig, path: Path) -> Path:
 
 
 def curves(variants: dict, out: Path) -> Path:
-    """Top-1 per epoch for each variant: the mean over seeds, with a band of +-1 std."""
+    """Test top-1 against training images seen, per student variant: the mean over seeds with a band
+    of +-1 std. A variant that taught the others (its model is their teacher) is a dashed line at its
+    final accuracy."""
+    taught_by = {r["summary"].get("teacher") for runs in variants.values() for r in runs} - {None}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, runs in variants.items():
-        by_epoch = {}
+        by_seen = {}
         for run in runs:
+            per_epoch = run["summary"].get("epoch_images")
             for rec in run["metrics"]:
-                if "top1" in rec:
-                    by_epoch.setdefault(rec["epoch"] + 1, []).append(rec["top1"])
-        if not by_epoch:
+                if "top1" in rec:  # images seen at the end of the epoch; epochs where no size was recorded
+                    by_seen.setdefault((rec["epoch"] + 1) * (per_epoch or 1), []).append(rec["top1"])
+        if not by_seen:
             continue
-        epochs = sorted(by_epoch)
-        m = [mean(by_epoch[e]) for e in epochs]
-        s = [std(by_epoch[e]) for e in epochs]
-        ax.plot(epochs, m, marker="o" if len(epochs) < 15 else None, label=f"{name} (n={len(runs)})")
-        ax.fill_between(epochs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.2)
-    ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="Top-1 per epoch (mean, band: +-1 std over seeds)")
+        if runs[0]["summary"].get("student") in taught_by:
+            ax.axhline(mean(by_seen[max(by_seen)]), ls="--", color="0.3", lw=1, label=f"teacher: {name}")
+            continue
+        seen = sorted(by_seen)
+        m = [mean(by_seen[e]) for e in seen]
+        s = [std(by_seen[e]) for e in seen]
+        ax.plot(seen, m, marker="o" if len(seen) < 15 else None, label=f"{name} (n={len(runs)})")
+        ax.fill_between(seen, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.2)
+    known = all(r["summary"].get("epoch_images") for runs in variants.values() for r in runs)
+    ax.set(xlabel="training images seen" if known else "epoch", ylabel="test top-1 (%)",
+           title="Test top-1 during training (mean, band: +-1 std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out / "top1_per_epoch.png")
+
+
+def gains(rows: list, out: Path) -> Path:
+    """Each method's difference in final top-1 from its plain baseline, with its 95% interval."""
+    rows = [r for r in rows if "delta" in r]
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(rows) + 1.6))
+    y = list(range(len(rows)))[::-1]
+    ax.errorbar([r["delta"] for r in rows], y, xerr=[r["delta_ci"] for r in rows], fmt="o", capsize=5)
+    ax.axvline(0.0, color="0.3", lw=1)
+    ax.set_yticks(y, [f"{r['variant']} (n={r['n']}, {r['test']})" for r in rows])
+    ax.set(xlabel="final top-1 minus plain (points), 95% interval", title="Gain over the plain student")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out / "gain_vs_plain.png")
 
 
 def bars(rows: list, out: Path) -> Path:

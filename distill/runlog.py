@@ -128,7 +128,7 @@ def run_summary(cfg, run, history: list, wall_s: float, extra: dict, device, wor
         "name": cfg.name, "best_top1": max((r["top1"] for r in history if "top1" in r), default=None),
         "final_top1": last_eval.get("top1"), "final_top5": last_eval.get("top5"), "epochs": cfg.train.epochs,
         "params": run.params, "gflops": run.gflops, "world_size": world_size, "global_batch": run.global_batch,
-        "lr": run.lr, "wall_s": wall_s,
+        "lr": run.lr, "wall_s": wall_s, "epoch_images": run.steps_per_epoch * run.global_batch // cfg.train.grad_accum_steps,
         "train_img_per_s": sum(r["train_img_per_s"] for r in history) / max(len(history), 1),
         "student": cfg.student.model, "teacher": cfg.teacher.model if run.teacher is not None else None,
         "distill_type": cfg.distill.type, "seed": cfg.seed, "dataset": cfg.data.name,

@@ -254,6 +254,18 @@ class Teacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_data, H, W) normalised as the data -> (B, num_classes) teacher logits."""
+        with torch.no_grad():  # a teacher never needs a graph, whoever calls it
+            return self.model(self._inputs(x))
+
+    def pooled_features(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """(B, C_data, H, W) -> (B, C_i): intermediate `index` of timm's `forward_intermediates`
+        (a stage of a CNN, a block of a ViT), averaged over its spatial positions."""
+        with torch.no_grad():
+            feature_map = self.model.forward_intermediates(self._inputs(x), indices=[index], intermediates_only=True)[0]
+            return feature_map.mean(dim=(2, 3))  # (B, C_i, h, w) -> (B, C_i)
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's batch as the teacher's model takes it: its channels, normalisation and size."""
         resize = self.img_size is not None and tuple(x.shape[-2:]) != (self.img_size, self.img_size)
         # Per-channel affine maps commute with bilinear resizing: adapt at the smaller size.
         if resize and x.shape[-1] > self.img_size:
@@ -263,8 +275,7 @@ class Teacher(nn.Module):
             x = self._resize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():  # a teacher never needs a graph, whoever calls it
-            return self.model(x)
+        return x
 
 
 def load_teacher(cfg, num_classes: int, in_chans: int, data_mean: Sequence[float], data_std: Sequence[float],

@@ -250,3 +250,27 @@ def test_from_config_reads_every_key():
     assert (loss.distill_type, loss.alpha, loss.tau, loss.dkd_alpha, loss.dkd_beta) == ("dkd", 0.3, 2.0, 0.5, 2.0)
     with pytest.raises(ConfigError, match="dkd_beta"):
         DistillationLoss(build_criterion(False, 0.0), "dkd", dkd_beta=-1.0)
+
+
+F_S = [[1.0, -2.0], [0.5, 3.0]]  # projected student features, 2 samples x 2 channels
+F_T = [[0.0, 0.0], [2.5, 1.0]]  # teacher features
+
+
+def test_feature_term_is_the_mean_squared_error_by_hand():
+    by_hand = ((1 - 0) ** 2 + (-2 - 0) ** 2 + (0.5 - 2.5) ** 2 + (3 - 1) ** 2) / 4  # = 13 / 4
+    assert by_hand == 3.25
+    out = DistillationLoss(build_criterion(False, 0.0), "feature", alpha=0.3)((tensor(S), tensor(F_S)), LABELS,
+                                                                              tensor(F_T))
+    assert set(out) == {"loss", "base", "distill"}
+    assert out["distill"].item() == pytest.approx(by_hand, rel=1e-6)
+    assert out["base"].item() == pytest.approx(ce(S, Y), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(0.7 * ce(S, Y) + 0.3 * by_hand, rel=1e-6)
+
+
+def test_feature_term_gradient_reaches_the_features_by_hand():
+    feats = tensor(F_S, grad=True)
+    out = DistillationLoss(build_criterion(False, 0.0), "feature", alpha=1.0)((tensor(S), feats), LABELS, tensor(F_T))
+    out["loss"].backward()
+    # d/ds mean((s - t)^2) = 2 (s - t) / numel
+    expected = [[2 * (s - t) / 4 for s, t in zip(rs, rt)] for rs, rt in zip(F_S, F_T)]
+    assert torch.allclose(feats.grad, torch.tensor(expected))

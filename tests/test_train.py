@@ -1,5 +1,6 @@
 """Real training runs on Fashion-MNIST subsets, through the CLI as a user runs them."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,30 @@ def test_ema_and_gradient_accumulation(teacher_run):
     assert 0 <= last["ema_top1"] <= 100
     ema, raw = (load_file(str(teacher_run / f)) for f in ("student_ema.safetensors", "student.safetensors"))
     assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in raw)  # a real average
+
+
+def test_feature_distillation_trains_checkpoints_and_resumes_its_projection(teacher_run, tmp_path):
+    """The projection is a trained weight of the run: in the checkpoint, changed by training, not in the
+    exported student, and restored on resume (resumed from epoch 1, the run ends with the same weights)."""
+    t = [f"teacher.checkpoint={teacher_run}", "teacher.model=resnet10t", "data.train_subset=1024"]
+    train(tmp_path, "feature_tiny", *t)
+    run = tmp_path / "fashion_mnist_feature_tiny"
+    assert json.loads((run / "summary.json").read_text())["final_top1"] > 20.0
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["loss_distill"] > 0 for m in metrics)
+    first, last = sorted((run / "checkpoints").iterdir())  # after epochs 1 and 2
+    proj = [load_file(str(c / "model.safetensors"))["projection.weight"] for c in (first, last)]
+    assert proj[0].shape == (512, 256)  # resnet10t's last stage <- the Tiny student's width
+    assert not torch.equal(proj[0], proj[1]), "the projection trains"
+    assert not any(k.startswith("projection") for k in load_file(str(run / "student.safetensors")))
+
+    resumed = tmp_path / "resumed" / run.name
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / last.name)
+    (resumed / "summary.json").unlink()
+    res = run_cli("train", "recipes/fashion_mnist/feature_tiny.yaml", f"output_dir={resumed.parent}", *QUICK, *t,
+                  "train.resume=auto")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from {resumed / 'checkpoints' / first.name}" in res.stdout + res.stderr
+    a, b = load_file(str(run / "student.safetensors")), load_file(str(resumed / "student.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
