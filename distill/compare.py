@@ -86,6 +86,7 @@ def variant_rows(variants: dict) -> list:
                      "best_mean": mean(best), "best_std": std(best), "final_mean": mean(final), "final_std": std(final),
                      "params": s[0].get("params"), "gflops": s[0].get("gflops"),
                      "img_per_s": mean([x["train_img_per_s"] for x in s]), "wall_s": mean([x["wall_s"] for x in s]),
+                     "images": s[0]["epochs"] * s[0]["epoch_images"] if s[0].get("epoch_images") else None,
                      "agreement": mean(agree) if agree else None})
     for row in rows:
         base = next((b for b in rows if b["distill_type"] == "none" and b["student"] == row["student"]
@@ -109,14 +110,14 @@ def _md(head: list, rows: list) -> str:
 
 def variant_table(rows: list) -> str:
     head = ["variant", "seeds", "best top-1 %", "final top-1 %", "vs plain (95% CI)", "test", "params (M)", "GFLOPs",
-            "train img/s", "wall (s)", "agrees with teacher %"]
+            "images trained", "train img/s", "wall (s)", "agrees with teacher %"]
     body = []
     for r in rows:
         delta = (f"{r['delta']:+.2f} ± {r['delta_ci']:.2f}" if "delta" in r else "-")
         body.append([r["variant"], r["n"], f"{r['best_mean']:.2f} ± {r['best_std']:.2f}",
                      f"{r['final_mean']:.2f} ± {r['final_std']:.2f}", delta, r.get("test", "-"),
                      _f(r["params"] and r["params"] / 1e6),
-                     _f(r["gflops"], ".3f"), _f(r["img_per_s"], ".0f"), _f(r["wall_s"], ".0f"), _f(r["agreement"])])
+                     _f(r["gflops"], ".3f"), _f(r["images"], ","), _f(r["img_per_s"], ".0f"), _f(r["wall_s"], ".0f"), _f(r["agreement"])])
     return _md(head, body)
 
 

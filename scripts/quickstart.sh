@@ -19,16 +19,16 @@ out="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
 short="output_dir=$out data.cutmix_alpha=0 train.warmup_epochs=0.1 train.mixed_precision=bf16 train.log_every=100 data.aug_seed=0"
 student="$short data.train_subset=10000 train.epochs=8 train.eval_every=2 train.lr=1e-3
   data.crop_padding=0 data.hflip=false data.label_smoothing=0"
-teacher_run="$out/fashion_mnist_teacher_resnet18"
+teacher_run="$out/fashion_mnist_teacher_resnet10t"
 
 start=$(date +%s)
-"$PY" -m distill train recipes/fashion_mnist/teacher_resnet18.yaml $short \
+"$PY" -m distill train recipes/fashion_mnist/teacher_resnet18.yaml $short name=fashion_mnist_teacher_resnet10t \
   student.model=resnet10t student.small_input_stem=false train.epochs=3 train.lr=2e-3
 "$PY" -m distill train recipes/fashion_mnist/plain_tiny.yaml $student
 "$PY" -m distill train recipes/fashion_mnist/hard_tiny.yaml $student \
   teacher.checkpoint="$teacher_run" teacher.model=resnet10t teacher.small_input_stem=false
 echo
-"$PY" -m distill compare "$out"/fashion_mnist_teacher_resnet18 "$out"/fashion_mnist_plain_tiny \
+"$PY" -m distill compare "$teacher_run" "$out"/fashion_mnist_plain_tiny \
   "$out"/fashion_mnist_hard_tiny --out "$out"
 echo
 echo "quickstart: $(( $(date +%s) - start )) s in all; runs and report.md in $out"

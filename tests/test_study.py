@@ -123,11 +123,13 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys):
 def test_plan_wires_teacher_seeds_and_overrides(tmp_path):
     jobs = plan(ROOT / "recipes/studies/fashion_mnist_cpu.yaml", ["train.epochs=1"])
     names = [j.run_dir.name for j in jobs]
-    assert names == ["teacher_s0", "plain_tiny_s0", "plain_tiny_s1", "plain_tiny_s2",
-                     "hard_tiny_s0", "hard_tiny_s1", "hard_tiny_s2"]
-    hard = jobs[4]
+    five, three = range(5), range(3)
+    assert names == ["teacher_s0", *[f"{v}_s{s}" for v in ("plain", "hard", "soft", "kd") for s in five],
+                     *[f"{v}_s{s}" for v in ("dkd", "feature") for s in three]]
+    hard = jobs[6]
     assert f"teacher.checkpoint={jobs[0].run_dir}" in hard.cmd and "seed=0" in hard.cmd
-    assert hard.cmd.index("train.epochs=1") > hard.cmd.index("train.epochs=3")  # the command line wins
+    assert hard.cmd.index("train.epochs=1") > hard.cmd.index("train.epochs=8")  # the command line wins
+    assert jobs[0].cmd.index("train.epochs=3") > jobs[0].cmd.index("train.epochs=8")  # the run's own beat the study's
 
 
 @pytest.mark.parametrize("study", sorted((ROOT / "recipes/studies").glob("*.yaml")), ids=lambda p: p.name)
