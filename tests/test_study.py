@@ -128,8 +128,8 @@ def test_plan_wires_teacher_seeds_and_overrides(tmp_path):
                      *[f"{v}_s{s}" for v in ("dkd", "feature") for s in three]]
     hard = jobs[6]
     assert f"teacher.checkpoint={jobs[0].run_dir}" in hard.cmd and "seed=0" in hard.cmd
-    assert hard.cmd.index("train.epochs=1") > hard.cmd.index("train.epochs=8")  # the command line wins
-    assert jobs[0].cmd.index("train.epochs=3") > jobs[0].cmd.index("train.epochs=8")  # the run's own beat the study's
+    assert hard.cmd.index("train.epochs=1") > hard.cmd.index("train.epochs=16")  # the command line wins
+    assert jobs[0].cmd.index("train.epochs=3") > jobs[0].cmd.index("train.epochs=16")  # the run's own beat the study's
 
 
 @pytest.mark.parametrize("study", sorted((ROOT / "recipes/studies").glob("*.yaml")), ids=lambda p: p.name)
