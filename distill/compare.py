@@ -8,6 +8,7 @@ and PNG plots there.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -113,9 +114,11 @@ def variant_table(rows: list) -> str:
             "images trained", "train img/s", "wall (s)", "agrees with teacher %"]
     body = []
     for r in rows:
-        delta = (f"{r['delta']:+.2f} ± {r['delta_ci']:.2f}" if "delta" in r else "-")
+        delta = "-" if "delta" not in r else (f"{r['delta']:+.2f} ± {r['delta_ci']:.2f}" if math.isfinite(r["delta_ci"])
+                                               else f"{r['delta']:+.2f} (one seed: no interval)")
         body.append([r["variant"], r["n"], f"{r['best_mean']:.2f} ± {r['best_std']:.2f}",
-                     f"{r['final_mean']:.2f} ± {r['final_std']:.2f}", delta, r.get("test", "-"),
+                     f"{r['final_mean']:.2f} ± {r['final_std']:.2f}", delta,
+                     r.get("test", "-") if math.isfinite(r.get("delta_ci", 0.0)) else "-",
                      _f(r["params"] and r["params"] / 1e6),
                      _f(r["gflops"], ".3f"), _f(r["images"], ","), _f(r["img_per_s"], ".0f"), _f(r["wall_s"], ".0f"), _f(r["agreement"])])
     return _md(head, body)

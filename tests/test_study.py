@@ -68,8 +68,14 @@ def test_report_groups_seeds_and_compares_with_plain(tmp_path):
     report = write_report(load_runs(dirs), tmp_path / "report")
     text = report.read_text()
     assert "| +10.00 ± 4.53 | Welch t |" in text and "72.00 ± 2.00" in text
-    for png in ("top1_per_epoch.png", "plain_vs_distilled.png"):
+    for png in ("top1_per_epoch.png", "plain_vs_distilled.png", "gain_vs_plain.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
+
+
+def test_one_seed_each_gives_the_difference_without_an_interval(tmp_path):
+    dirs = [fake_run(tmp_path, "plain", 82.32), fake_run(tmp_path, "hard", 82.90, distill="hard", teacher="resnet10t")]
+    text = write_report(load_runs(dirs), tmp_path / "report").read_text()
+    assert "| +0.58 (one seed: no interval) | - |" in text and "inf" not in text
 
 
 @pytest.mark.parametrize("plain_aug_seed,test", [(0, "paired t"), (None, "Welch t")])
