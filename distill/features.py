@@ -20,12 +20,14 @@ def _pooled(feature_map: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureStudent(nn.Module):
-    """The student plus its projection; training-mode forward returns (logits, projected features).
+    """The student plus its projection; forward returns (logits, projected features).
 
     Args:
         student: a timm-style model with `forward_intermediates` and `forward_head`.
-        layer: the student's intermediate to match (its block index; negative from the end).
+        layer: the student's intermediate to match: a block index (negative from the end), its output
+            before the final norm, patch tokens averaged (prefix tokens left out).
         teacher_dim: channels of the teacher's pooled features, the projection's output.
+        in_chans, img_size: the input, for the one forward that measures the student's width.
     """
 
     def __init__(self, student: nn.Module, layer: int, teacher_dim: int, in_chans: int, img_size: int):
