@@ -49,14 +49,15 @@ def views_seed(run_dir: Path, seed) -> object:
 def pairs(runs: list, base_runs: list):
     """(finals, base finals), in the same seed order, where the two variants pair; else None.
 
-    They pair when both ran the same set of distinct seeds (the same initialisations) and each
-    seed's two runs saw the same views (the same effective `data.aug_seed`)."""
+    They pair when every seed of `runs` (distinct, at least 2) also ran in the baseline (the same
+    initialisations) and each seed's two runs saw the same views (the same effective
+    `data.aug_seed`). Baseline seeds beyond those of `runs` are left out of the pairs."""
     def by_seed(rs):
         seeds = [r["summary"].get("seed") for r in rs]
         return None if None in seeds or len(set(seeds)) < len(seeds) else dict(zip(seeds, rs))
 
     a, b = by_seed(runs), by_seed(base_runs)
-    if a is None or b is None or set(a) != set(b) or len(a) < 2:
+    if a is None or b is None or not set(a) <= set(b) or len(a) < 2:
         return None
     if any(a[s]["views"] is None or a[s]["views"] != b[s]["views"] for s in a):
         return None
@@ -95,7 +96,7 @@ def variant_rows(variants: dict) -> list:
         if row["distill_type"] != "none" and base is not None:
             row["baseline"] = base["variant"]
             paired = pairs(variants[row["variant"]], variants[base["variant"]])
-            row["test"] = PAIRED if paired else WELCH
+            row["test"] = WELCH if not paired else PAIRED if row["n"] == base["n"] else f"{PAIRED}, {row['n']} pairs"
             row["delta"], row["delta_ci"] = paired_diff_ci(*paired) if paired else diff_ci(row["final"], base["final"])
     return rows
 
@@ -157,8 +158,10 @@ def write_report(runs: list, out: Path) -> Path:
     text = ["# Comparison", "",
             "Mean ± standard deviation over seeds; 'vs plain' is the difference in final top-1 from the plain "
             "run of the same student, with its 95% t-interval (± half-width). 'test' says which interval: "
-            f"'{PAIRED}' (scipy.stats.ttest_rel, the per-seed differences) where both variants ran the same seeds "
-            f"on the same views (data.aug_seed), '{WELCH}' (scipy.stats.ttest_ind, equal_var=False) otherwise.", "",
+            f"'{PAIRED}' (scipy.stats.ttest_rel, the per-seed differences) where every seed of the variant also ran "
+            "in the plain baseline on the same views (data.aug_seed; 'k pairs' when the baseline ran more seeds, "
+            "which are then left out of the difference), "
+            f"'{WELCH}' (scipy.stats.ttest_ind, equal_var=False) otherwise.", "",
             variant_table(rows), "", "## Runs", "", markdown_table(summaries), "",
             "## Plots", "", *[f"![{f.stem}]({f.name})" for f in figures], "",
             "## Provenance", "", provenance_table(summaries), ""]

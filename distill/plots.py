@@ -34,7 +34,8 @@ def curves(variants: dict, out: Path) -> Path:
         if not by_seen:
             continue
         if runs[0]["summary"].get("student") in taught_by:
-            ax.axhline(mean(by_seen[max(by_seen)]), ls="--", color="0.3", lw=1, label=f"teacher: {name}")
+            ax.axhline(mean(by_seen[max(by_seen)]), ls="--", color="0.3", lw=1,
+                       label=f"teacher {runs[0]['summary']['student']} ({name})")
             continue
         seen = sorted(by_seen)
         m = [mean(by_seen[e]) for e in seen]

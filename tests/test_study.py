@@ -94,6 +94,19 @@ def test_report_pairs_runs_by_seed_on_the_same_views(tmp_path, plain_aug_seed, t
         assert rows["kd"]["delta_ci"] == pytest.approx(stats.diff_ci([80, 83, 84], [70, 72, 74])[1])
 
 
+def test_fewer_seeds_pair_with_the_baselines_same_seeds(tmp_path):
+    """A variant on seeds 0-2 against a baseline on seeds 0-4: paired on 0-2, the other baseline runs left out."""
+    dirs = [fake_run(tmp_path, f"plain_s{s}", v, seed=s, aug_seed=0) for s, v in enumerate([70, 72, 74, 90, 50])]
+    dirs += [fake_run(tmp_path, f"dkd_s{s}", v, distill="dkd", teacher="resnet18", seed=s, aug_seed=0)
+             for s, v in enumerate([80, 83, 84])]
+    rows = {r["variant"]: r for r in variant_rows(__import__("distill.compare").compare.group(load_runs(dirs)))}
+    assert rows["dkd"]["test"] == "paired t, 3 pairs" and rows["dkd"]["delta"] == pytest.approx(31 / 3)
+    assert rows["dkd"]["delta_ci"] == pytest.approx(T975_2 / 3, rel=1e-6)
+    extra = fake_run(tmp_path, "dkd_s7", 85, distill="dkd", teacher="resnet18", seed=7, aug_seed=0)  # no plain seed 7
+    rows = {r["variant"]: r for r in variant_rows(__import__("distill.compare").compare.group(load_runs([*dirs, extra])))}
+    assert rows["dkd"]["test"] == "Welch t"
+
+
 def write_study(tmp_path: Path, runs: str) -> Path:
     path = tmp_path / "study.yaml"
     path.write_text(f"name: s\noutput_dir: {tmp_path}/out\nseeds: [0, 1]\nruns:\n{runs}")
