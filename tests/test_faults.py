@@ -221,12 +221,14 @@ def test_ctrl_c_stops_two_processes_at_an_agreed_step(tmp_path):
     proc = launch(tmp_path, 29583, nproc=2, extra=FAULTS, session=True)
     run_dir = tmp_path / NAME
     _wait_for_checkpoint(run_dir, 16, proc)
+    sent_after = latest_checkpoint(run_dir).name
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     hint = [x for x in err.splitlines() if "train.resume=auto" in x]
-    assert len(hint) == 1 and "stopped by SIGINT" in hint[0], err[-2000:]
+    # failed once in 15 runs (CI, 2026-11-25: exit 0, no hint); the signal's position and stdout say more next time
+    assert len(hint) == 1 and "stopped by SIGINT" in hint[0], (sent_after, out[-1500:], err[-1500:])
     step = int(latest_checkpoint(run_dir).name.split("_")[1])
     assert f"step {step % 128}" in hint[0] and not (run_dir / "summary.json").exists()
     assert not _left_running(tmp_path)
