@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import ROOT
 from distill.config import ConfigError, load_config
 from distill.features import FeatureStudent, TeacherFeatures
 from teachers import create_model
@@ -47,4 +48,4 @@ def test_teacher_features_are_the_pooled_timm_intermediate():
     ("distill.cache=true", "computes live"), ("student.distilled=true", "class head alone")])
 def test_feature_refuses_what_it_cannot_do(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("recipes/fashion_mnist/feature_tiny.yaml", [override])
+        load_config(str(ROOT / "recipes/fashion_mnist/feature_tiny.yaml"), [override])
