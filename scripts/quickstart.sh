@@ -9,8 +9,8 @@
 # same three over 5 seeds beside soft, kd, dkd and feature distillation:
 # - teacher: timm resnet10t with its ImageNet stem on all 60,000 training images, 3 epochs, bf16
 #   (about 2,000 images/s here; resnet18 with the CIFAR stem trains at 51);
-# - students: the same 5,000-image subset for 16 epochs, no augmentation, AdamW 1e-3 with a 0.1-epoch
-#   warm-up and cosine decay, bf16. Students this short learn most from the teacher when their own
+# - students: the same 5,000-image subset for 16 epochs, no augmentation, label smoothing 0.1, AdamW
+#   1e-3 with a 0.1-epoch warm-up and cosine decay, bf16. Students this short learn most from the teacher when their own
 #   data is limited; on all 60,000 images for 2 epochs, hard distillation measured +0.18 points.
 # The full 200-epoch recipes are the same files without these overrides (see README).
 set -euo pipefail
@@ -20,7 +20,7 @@ out="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
 
 short="output_dir=$out data.cutmix_alpha=0 train.warmup_epochs=0.1 train.mixed_precision=bf16 train.log_every=100 data.aug_seed=0"
 student="$short data.train_subset=5000 train.epochs=16 train.eval_every=4 train.checkpoint_every=4 train.lr=1e-3
-  data.crop_padding=0 data.hflip=false data.label_smoothing=0"
+  data.crop_padding=0 data.hflip=false data.label_smoothing=0.1"
 teacher_run="$out/fashion_mnist_teacher_resnet10t"
 
 start=$(date +%s)
