@@ -10,8 +10,9 @@
 # - teacher: timm resnet10t with its ImageNet stem on all 60,000 training images, 3 epochs, bf16
 #   (about 2,000 images/s here; resnet18 with the CIFAR stem trains at 51);
 # - students: the same 5,000-image subset for 16 epochs, no augmentation, label smoothing 0.1, AdamW
-#   1e-3 with a 0.1-epoch warm-up and cosine decay, bf16. Students this short learn most from the teacher when their own
-#   data is limited; on all 60,000 images for 2 epochs, hard distillation measured +0.18 points.
+#   1e-3 with a 0.1-epoch warm-up and cosine decay, bf16. Students this short learn most from the
+#   teacher when their own data is limited; on all 60,000 images for 2 epochs, hard distillation
+#   measured +0.18 points. One seed: over 5 (docs/example_study) hard gains +0.69 +- 0.79, kd +1.52 +- 0.60.
 # The full 200-epoch recipes are the same files without these overrides (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
