@@ -9,7 +9,7 @@ from teachers import create_model
 
 pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 
-RUN = ["data.train_subset=2048", "data.test_subset=500", "data.batch_size=32", "train.epochs=2",
+RUN = ["data.train_subset=1024", "data.test_subset=500", "data.batch_size=32", "train.epochs=2",
        "train.warmup_epochs=0.2", "train.log_every=16", "teacher.model=resnet10t", "teacher.small_input_stem=false",
        "distill.cache=true", "data.aug_seed=0"]  # CutMix stays on: its mixed views are cached too
 
@@ -77,7 +77,7 @@ def test_replay_reads_the_cache_and_a_stale_cache_is_an_error(tmp_path, teacher_
 def test_topk_cache_hard_replay_is_the_live_run(tmp_path, teacher_dir):
     """k=3 of 10 classes: the replayed logits keep the teacher's argmax, so hard distillation is bit for bit
     the live run that recorded them (soft distillation differs: tests/test_cache_topk.py)."""
-    extra = ["train.epochs=1", "distill.cache_topk=3", "data.train_subset=1024"]  # 32 steps keep it short
+    extra = ["train.epochs=1", "distill.cache_topk=3"]  # 32 steps keep it short
     live = distilled(tmp_path, teacher_dir, "live_k3", *extra)
     assert live.returncode == 0, live.stderr[-2000:]
     (key,) = [p for p in (teacher_dir / "logit_cache").glob("*/key.json") if '"topk": 3' in p.read_text()]
