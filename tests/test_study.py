@@ -154,3 +154,17 @@ def test_plan_wires_teacher_seeds_and_overrides(tmp_path):
 @pytest.mark.parametrize("study", sorted((ROOT / "recipes/studies").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_study_loads(study):
     assert load_study(study).runs and plan(study)
+
+
+def test_quickstart_trains_its_students_as_the_cpu_study_does():
+    """scripts/quickstart.sh is seed 0 of recipes/studies/fashion_mnist_cpu.yaml, its settings written out
+    for a shell script: the two copies must not drift, or the quickstart's numbers stop matching the study's."""
+    import re
+    import shlex
+
+    script = (ROOT / "scripts/quickstart.sh").read_text()
+    words = [w for name in ("short", "student") for w in shlex.split(re.search(rf'^{name}="(.*?)"', script,
+                                                                                re.S | re.M).group(1))]
+    quickstart = dict(w.split("=", 1) for w in words if not w.startswith(("output_dir=", "$short")))
+    study = dict(o.split("=", 1) for o in load_study(ROOT / "recipes/studies/fashion_mnist_cpu.yaml").overrides)
+    assert quickstart == study
