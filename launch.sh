@@ -66,7 +66,7 @@ if (( NPROC == 1 && NNODES == 1 )); then
   exec "$PYTHON" -m distill train "$@"
 fi
 # Several processes: run the launcher (not exec) so that, if the job fails, one line after its
-# report names the rank that ended first and the checkpoint to resume from (distill/faults.py).
+# report names the rank that ended first and the checkpoint to resume from (distill/runs/peers.py).
 run_job() {
   local log status child
   log="$(mktemp "${TMPDIR:-/tmp}/distill-launch.XXXXXX")"
@@ -84,7 +84,7 @@ run_job() {
     kill -0 "$child" 2>/dev/null || break  # wait returned for a trapped signal: keep waiting
   done
   if (( status != 0 )); then
-    "$PYTHON" -m distill.faults "$log" "${args[@]}" || true
+    "$PYTHON" -m distill.runs.peers "$log" "${args[@]}" || true
   fi
   rm -f "$log"
   exit "$status"

@@ -1,4 +1,4 @@
-"""`distill` command line: train, eval, bench, compare, study, config.
+"""`distill` command line: train, eval, export, bench, compare, study, methods, config.
 
 Errors a user can fix print one line, `error: ...`, and exit with status 2.
 """
@@ -9,8 +9,18 @@ import json
 import sys
 from pathlib import Path
 
+from distill.commands.bench import format_table, run_bench
+from distill.commands.evaluate import evaluate_run
+from distill.commands.export import export_run
 from distill.config import load_config, to_yaml
 from distill.errors import ConfigError, UserError
+from distill.methods import METHODS
+from distill.report.compare import load_runs, markdown_table, write_report
+from distill.report.study import plan, run_study
+from distill.runs.folder import RunComplete
+from distill.runs.peers import lost_peer_message
+from distill.runs.signals import Preempted
+from distill.train.trainer import Trainer
 
 USAGE_ERRORS = 2
 INTERRUPTED = 130  # the shell's status for a run stopped by SIGINT
@@ -22,10 +32,6 @@ def cmd_config(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from distill.faults import Preempted, lost_peer_message
-    from distill.rundir import RunComplete
-    from distill.trainer import Trainer
-
     cfg = load_config(args.recipe, args.overrides)
     run_dir = Path(cfg.output_dir) / cfg.name
     try:
@@ -55,15 +61,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from distill.evaluate import evaluate_run
-
     print(json.dumps(evaluate_run(Path(args.run_dir), args.overrides, ema=args.ema), indent=2))
     return 0
 
 
 def cmd_compare(args) -> int:
-    from distill.compare import load_runs, markdown_table, write_report
-
     runs = load_runs(args.run_dirs)
     print(markdown_table([r["summary"] for r in runs]))
     if args.out:
@@ -72,8 +74,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from distill.bench import format_table, run_bench
-
     cfg = load_config(args.recipe, args.overrides)
     result = run_bench(cfg, steps=args.steps, warmup=args.warmup, rounds=args.rounds, reference=args.reference)
     print(format_table({k: v for k, v in result.items() if k != "per_round"}))
@@ -84,8 +84,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from distill.study import plan, run_study
-
     if args.dry_run:
         for job in plan(Path(args.study), args.overrides):
             print(" ".join(job.cmd))
@@ -94,9 +92,19 @@ def cmd_study(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from distill.export import export_run
-
     print(export_run(Path(args.run_dir), Path(args.out), ema=args.ema))
+    return 0
+
+
+def cmd_methods(args) -> int:
+    """One block per registered method: what it is, its paper, its keys, what it works with."""
+    for m in METHODS.values():
+        own = [f"distill.{k} ({spec.default!r}: {spec.help})" for k, spec in m.keys.items()]
+        supports = [w for w, ok in [("distillation token", m.token), ("logit cache", m.cache),
+                                    ("top-k cache", m.topk_cache), ("Mixup/CutMix", m.mixup)] if ok]
+        print(f"{m.name:8s} {m.summary}\n{'':8s} paper: {m.paper}\n"
+              f"{'':8s} keys: {', '.join([f'distill.{k}' for k in m.reads] + own) or '-'}\n"
+              f"{'':8s} works with: {', '.join(supports) or '-'}{'' if m.needs_teacher else ' (no teacher)'}")
     return 0
 
 
@@ -144,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: <study folder>/report)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("methods", help="list the distillation methods (distill.type), their papers and keys")
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("config", help="print the fully resolved config")
     p.add_argument("recipe", nargs="?", help="YAML recipe (none: the defaults)")

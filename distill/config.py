@@ -5,54 +5,70 @@ and handed out as plain dataclasses; each component receives the sub-config it n
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from distill.errors import ConfigError  # noqa: F401  (raised here; re-exported)
+
+from distill.data.sources import SOURCES
+from distill.data.transforms import check_auto_augment
+from distill.errors import ConfigError
+from distill.methods import METHODS
+
+# Field metadata, read by the code that needs the list, so that no second list can drift:
+VIEWS = "views"  # the key decides the training views (part of the logit cache's key; value: its group there)
+MAY_DIFFER = "may_differ"  # a resumed run may change the key (the run's identity is everything else)
+
+
+def _key(default, **metadata):
+    """A dataclass field with metadata (`views=...`, `may_differ=True`); a list default is copied per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | imagefolder | hf
-    root: str = "data"  # folder of the dataset; for `hf`, a hub id or a save_to_disk folder
+    name: str = _key("fashion_mnist", views="data")  # fashion_mnist | cifar10 | cifar100 | imagefolder | hf
+    root: str = _key("data", views="views", may_differ=True)  # folder of the dataset; for `hf`, a hub id or a save_to_disk folder
     download: bool = True  # fetch cifar10/100 into `root` when missing (needs network)
-    train_subset: Optional[int] = None  # first N images of a fixed permutation of the train split
+    train_subset: Optional[int] = _key(None, views="data")  # first N images of a fixed permutation of the train split
     test_subset: Optional[int] = None
-    img_size: int = 32  # smaller images are zero-padded (centred), larger ones resized
-    batch_size: int = 128  # per process; the global batch is batch_size x world_size
+    img_size: int = _key(32, views="data")  # smaller images are zero-padded (centred), larger ones resized
+    batch_size: int = _key(128, views="data")  # per process; the global batch is batch_size x world_size
     eval_batch_size: int = 512
-    crop_padding: int = 4  # random crop of img_size from the image padded by this much
-    hflip: bool = True
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    mixup_prob: float = 1.0
-    label_smoothing: float = 0.1
-    aug_seed: Optional[int] = None  # sample order and augmentation; None = `seed` (set it to share a logit cache)
-    device_resident: bool = True  # hold in-memory sets whole on the training device
-    num_workers: int = 4  # DataLoader workers, for sets decoded per item (imagefolder, streamed hf, crop=rrc)
+    crop_padding: int = _key(4, views="data")  # random crop of img_size from the image padded by this much
+    hflip: bool = _key(True, views="data")
+    mixup_alpha: float = _key(0.0, views="data")
+    cutmix_alpha: float = _key(0.0, views="data")
+    mixup_prob: float = _key(1.0, views="data")
+    label_smoothing: float = _key(0.1, views="data")
+    aug_seed: Optional[int] = None  # sample order and augmentation; None = `seed`, resolved at load (set it to share a logit cache)
+    device_resident: bool = _key(True, may_differ=True)  # hold in-memory sets whole on the training device
+    num_workers: int = _key(4, may_differ=True)  # DataLoader workers, for sets decoded per item (imagefolder, streamed hf, crop=rrc)
     # --- real images (issue 12); names mirror timm's train.py flags
-    in_memory: Optional[bool] = None  # hf/imagefolder decoded whole up front; None = auto (small hf sets, crop=pad)
-    mean: Optional[List[float]] = None  # per channel in [0, 1]; None = the dataset's (hf: from ~1000 train images)
-    std: Optional[List[float]] = None
-    crop: str = "pad"  # pad: pad-crop + flip on the device | rrc: timm's per-sample transforms in workers
-    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # rrc: area range of RandomResizedCrop
-    ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # rrc: aspect-ratio range
-    interpolation: str = "bicubic"  # rrc: bilinear | bicubic | nearest | lanczos | ... | random (as DeiT)
-    auto_augment: Optional[str] = None  # rrc: timm string (rand-m9-mstd0.5-inc1, augmix, v0, 3a) or trivialaugment
-    color_jitter: float = 0.4  # rrc: brightness/contrast/saturation factor; timm drops it under auto_augment
-    reprob: float = 0.0  # rrc: random-erasing probability (DeiT: 0.25)
-    remode: str = "pixel"  # rrc: random-erasing fill: pixel | rand | const
-    recount: int = 1  # rrc: random-erasing regions per image
+    in_memory: Optional[bool] = _key(None, views="views")  # hf/imagefolder decoded whole up front; None = auto (small hf sets, crop=pad)
+    mean: Optional[List[float]] = _key(None, views="views")  # per channel in [0, 1]; None = the dataset's (hf: from ~1000 train images)
+    std: Optional[List[float]] = _key(None, views="views")
+    crop: str = _key("pad", views="views")  # pad: pad-crop + flip on the device | rrc: timm's per-sample transforms in workers
+    scale: List[float] = _key([0.08, 1.0], views="views")  # rrc: area range of RandomResizedCrop
+    ratio: List[float] = _key([3 / 4, 4 / 3], views="views")  # rrc: aspect-ratio range
+    interpolation: str = _key("bicubic", views="views")  # rrc: bilinear | bicubic | nearest | lanczos | ... | random (as DeiT)
+    auto_augment: Optional[str] = _key(None, views="views")  # rrc: timm string (rand-m9-mstd0.5-inc1, augmix, v0, 3a) or trivialaugment
+    color_jitter: float = _key(0.4, views="views")  # rrc: brightness/contrast/saturation factor; timm drops it under auto_augment
+    reprob: float = _key(0.0, views="views")  # rrc: random-erasing probability (DeiT: 0.25)
+    remode: str = _key("pixel", views="views")  # rrc: random-erasing fill: pixel | rand | const
+    recount: int = _key(1, views="views")  # rrc: random-erasing regions per image
     crop_pct: float = 0.875  # rrc evaluation: resize to img_size / crop_pct, centre-crop img_size
-    aug_repeats: int = 1  # repeated augmentation (DeiT: 3): each image r times per epoch, epoch length kept
-    mixup_switch_prob: float = 0.5  # chance of CutMix over Mixup when both are on
-    mixup_mode: str = "batch"  # batch | pair | elem: one draw per batch, per pair, per sample
-    cutmix_minmax: Optional[List[float]] = None  # CutMix box side as fractions [min, max]; forces CutMix
+    aug_repeats: int = _key(1, views="views")  # repeated augmentation (DeiT: 3): each image r times per epoch, epoch length kept
+    mixup_switch_prob: float = _key(0.5, views="views")  # chance of CutMix over Mixup when both are on
+    mixup_mode: str = _key("batch", views="views")  # batch | pair | elem: one draw per batch, per pair, per sample
+    cutmix_minmax: Optional[List[float]] = _key(None, views="views")  # CutMix box side as fractions [min, max]; forces CutMix
 
 
 @dataclass
@@ -78,26 +94,27 @@ class TeacherConfig:
     std: Optional[List[float]] = None
 
 
-DISTILL_TYPES = ("none", "soft", "hard", "kd", "dkd", "feature")  # distill.losses composes one term per type
-
-
 @dataclass
-class DistillConfig:
-    type: str = "none"  # none | soft | hard (DeiT) | kd (Hinton, no token) | dkd (decoupled KD) | feature
-    alpha: float = 0.5  # weight of the distillation term; (1 - alpha) on the label term
-    tau: float = 1.0  # temperature of soft, kd and dkd
-    kl_reduction: str = "batchmean"  # soft term: per-sample KL (batchmean) or DeiT's sum / (B * classes) (deit)
-    cache: bool = False  # record the teacher's logits once per view, replay them in later runs (distill.cache)
+class _DistillCommon:
+    type: str = "none"  # a registered method: `distill methods` lists them (distill/methods/)
+    alpha: float = 0.5  # weight of the teacher's term; (1 - alpha) on the label term
+    tau: float = 1.0  # temperature of the methods that soften logits (soft, kd, dkd)
+    cache: bool = _key(False, may_differ=True)  # record the teacher's logits once per view, replay them later
     cache_topk: Optional[int] = None  # store only the top-k classes per view (fp16 + int16); None/0 = every logit
-    dkd_alpha: float = 1.0  # dkd: weight of TCKD, the target-vs-rest term
-    dkd_beta: float = 8.0  # dkd: weight of NCKD, the among-non-targets term (paper: 8 on CIFAR-100)
-    feature_layer: int = -1  # feature: the student block whose pooled tokens are matched (negative: from the end)
-    teacher_feature_layer: int = -1  # feature: the teacher's intermediate (timm forward_intermediates index)
+
+
+# The common keys, then each method's own (`Method.keys`, in registration order): a new method's keys
+# arrive with its file.
+DistillConfig = dataclasses.make_dataclass(
+    "DistillConfig", [(name, Optional[spec.type] if spec.default is None else spec.type, field(default=spec.default))
+                      for method in METHODS.values() for name, spec in method.keys.items()],
+    bases=(_DistillCommon,), namespace={"__doc__": "distill.*: the method, its weights, the logit cache.",
+                                        "__module__": __name__})
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
+    epochs: int = _key(200, may_differ=True)
     lr: float = 3e-4  # at a global batch of lr_base_batch; scaled linearly (DeiT rule)
     lr_base_batch: int = 512
     min_lr: float = 1e-6
@@ -109,24 +126,24 @@ class TrainConfig:
     mixed_precision: Optional[str] = None  # no | fp16 | bf16; None = Accelerate's config
     ema: bool = False
     ema_decay: float = 0.9998
-    resume: str = ""  # "" = new run, "auto" = latest checkpoint of this run name, or a path
-    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
-    checkpoint_every: int = 1  # epochs between checkpoints (and after the last)
-    checkpoint_every_steps: int = 0  # also mid-epoch, every N steps; 0 = off
-    keep_checkpoints: int = 2
-    log_every: int = 50  # steps between progress updates (each one syncs with the device)
+    resume: str = _key("", may_differ=True)  # "" = new run, "auto" = latest checkpoint of this run name, or a path
+    eval_every: int = _key(1, may_differ=True)  # epochs between evaluations (the last epoch is always evaluated)
+    checkpoint_every: int = _key(1, may_differ=True)  # epochs between checkpoints (and after the last)
+    checkpoint_every_steps: int = _key(0, may_differ=True)  # also mid-epoch, every N steps; 0 = off
+    keep_checkpoints: int = _key(2, may_differ=True)
+    log_every: int = _key(50, may_differ=True)  # steps between progress updates (each one syncs with the device)
     on_nonfinite: str = "stop"  # stop | skip (skipping syncs with the device every step)
     compile: bool = False
     cuda_graphs: bool = False  # capture the whole step in a CUDA graph (1 GPU, in-memory data)
     deterministic: bool = False
-    dist_timeout_s: float = 600.0  # a collective waits this long for a lost process before the job ends
+    dist_timeout_s: float = _key(600.0, may_differ=True)  # a collective waits this long for a lost process before the job ends
 
 
 @dataclass
 class Config:
     name: Optional[str] = None  # run folder name; defaults to the recipe file's stem
     seed: int = 0
-    output_dir: str = "runs"
+    output_dir: str = _key("runs", may_differ=True)  # a run folder may be moved, then resumed
     data: DataConfig = field(default_factory=DataConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -135,13 +152,13 @@ class Config:
 
 
 CHOICES = {
-    "data.name": ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "hf"),
+    "data.name": tuple(SOURCES),
     "data.crop": ("pad", "rrc"),
     "data.interpolation": ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random"),
     "data.remode": ("pixel", "rand", "const"),
     "data.mixup_mode": ("batch", "pair", "elem"),
-    "distill.type": DISTILL_TYPES,
-    "distill.kl_reduction": ("batchmean", "deit"),
+    "distill.type": tuple(METHODS),
+    **{f"distill.{k}": spec.choices for m in METHODS.values() for k, spec in m.keys.items() if spec.choices},
     "train.mixed_precision": (None, "no", "fp16", "bf16"),
     "train.on_nonfinite": ("stop", "skip"),
 }
@@ -151,7 +168,8 @@ POSITIVE = ("data.img_size", "data.batch_size", "data.eval_batch_size", "train.e
             "train.log_every", "train.dist_timeout_s", "distill.tau")
 NON_NEGATIVE = ("data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.num_workers", "data.color_jitter",
                 "train.min_lr", "train.warmup_epochs", "train.weight_decay",
-                "train.checkpoint_every_steps", "student.drop_path_rate", "distill.dkd_alpha", "distill.dkd_beta")
+                "train.checkpoint_every_steps", "student.drop_path_rate",
+                *(f"distill.{k}" for m in METHODS.values() for k, spec in m.keys.items() if spec.min == 0))
 UNIT_INTERVAL = ("distill.alpha", "data.label_smoothing", "data.mixup_prob", "train.ema_decay", "data.reprob",
                  "data.mixup_switch_prob", "data.crop_pct")
 
@@ -205,21 +223,7 @@ def _check_values(cfg: Config) -> None:
     if cfg.distill.cache_topk is not None and cfg.distill.cache_topk < 0:
         raise ConfigError(f"distill.cache_topk={cfg.distill.cache_topk} must be >= 0 (0 or null: dense storage)")
     _check_data(cfg.data)
-    if cfg.distill.type != "none" and not cfg.teacher.model:
-        raise ConfigError(f"distill.type={cfg.distill.type} needs a teacher: "
-                          "set teacher.model (and teacher.checkpoint)")
-    distilling = ", ".join(t for t in DISTILL_TYPES if t != "none")
-    if cfg.distill.cache and cfg.distill.type == "none":
-        raise ConfigError(f"distill.cache=true needs a teacher: distill.type={{{distilling}}} (a plain run has none)")
-    if cfg.student.distilled and cfg.distill.type in ("none", "kd", "feature"):
-        raise ConfigError(f"student.distilled=true needs distill.type=soft, hard or dkd (got {cfg.distill.type}: "
-                          "kd and feature train the class head alone; set student.distilled=false)")
-    if cfg.distill.cache and cfg.distill.type == "feature":
-        raise ConfigError("distill.cache=true stores teacher logits, but distill.type=feature matches the teacher's "
-                          "features, which it computes live; set distill.cache=false")
-    if cfg.distill.kl_reduction != "batchmean" and cfg.distill.type in ("kd", "dkd", "feature"):
-        raise ConfigError(f"distill.kl_reduction={cfg.distill.kl_reduction} applies to distill.type=soft only; "
-                          "remove it or set distill.type=soft")
+    METHODS[cfg.distill.type].check(cfg)  # the method's own rules: teacher, token, cache, its keys
     mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0 or cfg.data.cutmix_minmax is not None
     if mixing and cfg.data.batch_size % 2:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be even under Mixup/CutMix "
@@ -251,8 +255,6 @@ def _check_data(d: DataConfig) -> None:
     if d.crop == "pad" and (d.auto_augment or d.reprob > 0):
         raise ConfigError("data.auto_augment and data.reprob act on per-sample transforms: set data.crop=rrc")
     if d.auto_augment:
-        from distill.transforms import check_auto_augment  # imports timm: only when a string is given
-
         check_auto_augment(d.auto_augment)
 
 
@@ -272,6 +274,8 @@ def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
         raise ConfigError(f"{key}: {msg}{hint}") from None
     if cfg.name is None:
         cfg.name = Path(recipe).stem if recipe else "run"
+    if cfg.data.aug_seed is None:  # resolved once: every part of the run, and config.yaml, read one number
+        cfg.data.aug_seed = cfg.seed
     if cfg.train.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false: Accelerate's "no"
         cfg.train.mixed_precision = "no"
     _check_values(cfg)
@@ -280,3 +284,27 @@ def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _fields(obj, prefix: str = ""):
+    """(dotted key, dataclass field) of every leaf key of a config class, in order."""
+    for f in dataclasses.fields(obj):
+        if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):  # a section
+            yield from _fields(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def view_keys(cfg: DataConfig) -> Dict[str, dict]:
+    """The data keys that decide the training views, by their group in the logit cache's key
+    ({"data": {...}, "views": {...}}; the groups only keep the hash of caches written before)."""
+    groups: Dict[str, dict] = {}
+    for f in dataclasses.fields(DataConfig):
+        if VIEWS in f.metadata:
+            groups.setdefault(f.metadata[VIEWS], {})[f.name] = getattr(cfg, f.name)
+    return groups
+
+
+def may_differ_on_resume() -> set:
+    """Dotted keys a resumed run may change (`train.epochs`, `data.root`, ...)."""
+    return {key for key, f in _fields(Config) if f.metadata.get(MAY_DIFFER)}

@@ -37,3 +37,10 @@ class CacheError(UserError):
 
 class OutOfSpaceError(UserError):
     """A write failed because its filesystem is full (or the user's quota is spent)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type's name if it has none): what a
+    one-line `error:` can quote of a library's multi-line error."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

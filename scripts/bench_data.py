@@ -8,7 +8,7 @@
    (`data.crop=rrc`: timm's transform, seeded per view) and of `timm.data.create_loader` with the
    same augmentation (RandomResizedCrop bicubic, flip, rand-m9-mstd0.5-inc1, random erasing 0.25)
    on the same folder, in alternating rounds so that a machine whose speed drifts slows both alike.
-   timm's loader gets the same posterize guard (`distill.transforms.guard_posterize`): without it,
+   timm's loader gets the same posterize guard (`distill.data.transforms.guard_posterize`): without it,
    Pillow 13 stops it about once every 500 images.
 3. Memory: `distill bench` (a few training steps of a run) over the first N images of the folder,
    for each N given; the peak of the summed PSS of the process and its DataLoader workers, beside
@@ -43,7 +43,7 @@ def write_folder(folder: Path, size: int = 224, n_val: int = 1000, n_train: int 
     """Fashion-MNIST (Debian's files, or `src_root`) as JPEGs upscaled to `size`, the first `n_train`
     training images (all by default); skipped when already there."""
     from distill.config import DataConfig
-    from distill.datasets import load_split
+    from distill.data.sources import load_split
 
     if (folder / "done").exists():
         return
@@ -60,9 +60,9 @@ def write_folder(folder: Path, size: int = 224, n_val: int = 1000, n_train: int 
 
 def distill_loader(folder: Path, batch: int, workers: int):
     from distill.config import DataConfig
-    from distill.datasets import load_split
-    from distill.loader import LoaderBatches, ShardedBatches
-    from distill.transforms import TrainViews, train_transform
+    from distill.data.sources import load_split
+    from distill.data.loader import LoaderBatches, ShardedBatches
+    from distill.data.transforms import TrainViews, train_transform
 
     cfg = DataConfig(name="imagefolder", root=str(folder), img_size=224, crop="rrc", num_workers=workers, **AUG)
     split = load_split(cfg, train=True)
@@ -73,7 +73,7 @@ def distill_loader(folder: Path, batch: int, workers: int):
 def timm_loader(folder: Path, batch: int, workers: int):
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_dataset, create_loader
 
-    from distill.transforms import guard_posterize
+    from distill.data.transforms import guard_posterize
 
     dataset = create_dataset("", root=str(folder / "train"), split="train", is_training=True)
     loader = create_loader(dataset, (3, 224, 224), batch, is_training=True, use_prefetcher=False,

@@ -34,8 +34,8 @@ def main() -> None:
     write_folder(args.folder, n_val=512, n_train=args.images, src_root=args.fmnist, processes=16)
     import torch
 
-    from distill.bench import run_bench
-    from distill.bench_reference import CeilingLoop
+    from distill.commands.bench import run_bench
+    from distill.commands.bench_reference import CeilingLoop
     from distill.config import load_config
 
     for compile_ in (False, True):

@@ -1,7 +1,12 @@
 import torch
 
-from distill.augment import BatchAugment, Normalize, crop_flip, sample_draws
-from distill.loader import ShardedBatches, epoch_order, eval_shard
+from distill.data.augment import BatchAugment, Normalize, crop_flip
+from distill.data.loader import ShardedBatches, eval_shard
+from distill.data.views import epoch_order, epoch_salt, view_draws
+
+
+def sample_draws(seed, epoch, index, n):
+    return view_draws(index, epoch_salt(seed, epoch), n)
 
 
 def test_draws_depend_only_on_seed_epoch_index():

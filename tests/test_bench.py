@@ -15,8 +15,8 @@ STEPS = ["--steps", "4", "--warmup", "2"]
 
 SLOW_STEP = """
 import json, sys, time
-import distill.step
-from distill.bench import run_bench
+import distill.train.step
+from distill.commands.bench import run_bench
 from distill.config import load_config
 
 original = distill.step.TrainStep.__call__

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from distill.cache import LogitCache, resolve_topk, topk_decode, topk_encode
+from distill.train.cache import LogitCache, resolve_topk, topk_decode, topk_encode
 from distill.config import ConfigError, load_config
 from distill.errors import CacheError
 
@@ -116,15 +116,16 @@ def test_replay_check_compares_top_k_values_and_classes(tmp_path):
 
 
 def test_hard_loss_is_unchanged_and_soft_loss_is_the_rules():
-    """Through DistillationLoss: hard on the reconstruction equals hard on the logits; soft is the KL to
+    """Through the registered methods: hard on the reconstruction equals hard on the logits; soft is the KL to
     the rest-mass rule's distribution, which differs from the KL to the teacher's own."""
-    from distill.losses import DistillationLoss, build_criterion
+    from distill.config import DistillConfig
+    from distill.methods import build_criterion, build_method
     torch.manual_seed(0)
     student, teacher, labels = torch.randn(16, 10), torch.randn(16, 10) * 3, torch.randint(0, 10, (16,))
     decoded = topk_decode(*topk_encode(teacher, 3), 10)
-    hard = DistillationLoss(build_criterion(False, 0.0), "hard")
+    hard = build_method(DistillConfig(type="hard"), build_criterion(False, 0.0))
     assert torch.equal(hard(student, labels, decoded)["loss"], hard(student, labels, teacher)["loss"])
-    soft = DistillationLoss(build_criterion(False, 0.0), "soft", tau=1.0)
+    soft = build_method(DistillConfig(type="soft", tau=1.0), build_criterion(False, 0.0))
     rule = decoded.softmax(-1)  # by hand: KL(rule || student), batch mean
     by_hand = (rule * (rule.log() - student.log_softmax(-1))).sum(-1).mean()
     assert soft(student, labels, decoded)["distill"].item() == pytest.approx(by_hand.item(), rel=1e-5)

@@ -9,11 +9,14 @@ import torch
 from PIL import Image
 
 from conftest import needs_fmnist
-from distill import datasets as D
 from distill.config import DataConfig
-from distill.augment import BatchAugment, Normalize
-from distill.datasets import DataError, FolderSplit, ImageSplit, load_split
-from distill.loader import DeviceBatches, LoaderBatches, ShardedBatches
+from distill.data import splits as D
+from distill.data.augment import BatchAugment, Normalize
+from distill.data.loader import DeviceBatches, LoaderBatches, ShardedBatches
+from distill.data.sources import fashion_mnist, load_split
+from distill.data.sources.imagefolder import FolderSplit
+from distill.data.splits import ImageSplit
+from distill.errors import DataError
 
 
 def write_idx(path, array):
@@ -40,7 +43,7 @@ def make_fmnist(folder, n_train=12, n_test=5, gz=True):
 @pytest.fixture
 def no_debian(monkeypatch, tmp_path):
     """Hide the machine's real Fashion-MNIST so lookups only see tmp_path."""
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
 
 def test_fashion_mnist_idx_round_trip_and_padding(tmp_path, no_debian):

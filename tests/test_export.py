@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from distill.build import build_student
+from distill.train.build import build_student
 from distill.cli import main
 from distill.config import load_config, to_yaml
 from distill.errors import ConfigError
-from distill.export import export_run
+from distill.commands.export import export_run
 
 from conftest import ROOT
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import PLAIN as RECIPE
 from conftest import QUICK, ROOT, needs_fmnist, run_cli
-from distill.checkpoint import complete_checkpoints, latest_checkpoint
+from distill.runs.checkpoint import complete_checkpoints, latest_checkpoint
 
 pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 
@@ -270,7 +270,7 @@ def test_a_stalled_machine_ends_the_job_within_the_timeout(tmp_path):
 
 def test_second_ctrl_c_stops_at_once(monkeypatch):
     """The terminal's and torchrun's copies of one keypress count once; a later press interrupts."""
-    from distill import faults
+    from distill.runs import peers as faults
 
     class Acc:
         num_processes = 1

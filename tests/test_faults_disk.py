@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from conftest import PLAIN as RECIPE
 from conftest import QUICK, needs_fmnist, run_cli
-from distill import durable, runlog
-from distill.cache import LogitCache
-from distill.checkpoint import complete_checkpoints
+from distill.runs import durable, records as runlog
+from distill.train.cache import LogitCache
+from distill.runs.checkpoint import complete_checkpoints
 from distill.errors import OutOfSpaceError
 
 NAME = "fashion_mnist_plain_tiny"

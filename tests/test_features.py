@@ -5,7 +5,7 @@ import torch
 
 from conftest import ROOT
 from distill.config import ConfigError, load_config
-from distill.features import FeatureStudent, TeacherFeatures
+from distill.methods.feature import FeatureStudent, TeacherFeatures
 from teachers import create_model
 from teachers.teacher import Teacher
 
@@ -45,7 +45,7 @@ def test_teacher_features_are_the_pooled_timm_intermediate():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("distill.cache=true", "computes live"), ("student.distilled=true", "class head alone")])
+    ("distill.cache=true", "output live"), ("student.distilled=true", "class head alone")])
 def test_feature_refuses_what_it_cannot_do(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(str(ROOT / "recipes/fashion_mnist/feature_tiny.yaml"), [override])

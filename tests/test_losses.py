@@ -5,10 +5,17 @@ import pytest
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from distill.config import ConfigError
-from distill.config import DistillConfig
-from distill.losses import (DistillationLoss, build_criterion, dkd_terms, hard_distillation, kd_distillation,
-                            soft_distillation)
+from distill.config import ConfigError, DistillConfig, load_config
+from distill.methods import build_criterion, build_method
+from distill.methods.dkd import dkd_terms
+from distill.methods.hard import hard_distillation
+from distill.methods.kd import kd_distillation
+from distill.methods.soft import soft_distillation
+
+
+def method(base, kind="none", alpha=0.5, tau=1.0, **keys):
+    """The registered method `kind` around the label term `base`, as a run builds it."""
+    return build_method(DistillConfig(type=kind, alpha=alpha, tau=tau, **keys), base)
 
 S = [[1.0, 2.0, 0.0], [0.5, -1.0, 1.5]]  # student logits, 2 samples x 3 classes
 D = [[0.0, 1.0, 1.0], [2.0, 0.0, -1.0]]  # a distillation head's logits
@@ -53,14 +60,14 @@ LABELS = torch.tensor(Y)
 
 
 def test_plain_cross_entropy():
-    out = DistillationLoss(build_criterion(False, 0.0))(tensor(S), LABELS)
+    out = method(build_criterion(False, 0.0))(tensor(S), LABELS)
     assert set(out) == {"loss", "base"}
     assert out["loss"].item() == pytest.approx(ce(S, Y), rel=1e-6)
     assert out["base"].item() == pytest.approx(ce(S, Y), rel=1e-6)
 
 
 def test_label_smoothing():
-    out = DistillationLoss(build_criterion(False, 0.1))(tensor(S), LABELS)
+    out = method(build_criterion(False, 0.1))(tensor(S), LABELS)
     assert out["loss"].item() == pytest.approx(smoothed_ce(S, Y, 0.1), rel=1e-6)
     assert out["loss"].item() != pytest.approx(ce(S, Y), rel=1e-3)
 
@@ -82,7 +89,7 @@ def test_hard_distillation_uses_teacher_argmax():
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_alpha_mix(kind):
     alpha, tau = 0.3, 2.0
-    out = DistillationLoss(build_criterion(False, 0.0), kind, alpha=alpha, tau=tau)(tensor(S), LABELS, tensor(T))
+    out = method(build_criterion(False, 0.0), kind, alpha=alpha, tau=tau)(tensor(S), LABELS, tensor(T))
     distill = kl(S, T, tau) if kind == "soft" else ce(S, [0, 2])
     assert out["base"].item() == pytest.approx(ce(S, Y), rel=1e-6)
     assert out["distill"].item() == pytest.approx(distill, rel=1e-6)
@@ -91,7 +98,7 @@ def test_alpha_mix(kind):
 
 def test_tuple_path_class_head_on_labels_dist_head_on_teacher():
     alpha, tau = 0.5, 1.0
-    out = DistillationLoss(build_criterion(False, 0.0), "soft", alpha, tau)((tensor(S), tensor(D)), LABELS, tensor(T))
+    out = method(build_criterion(False, 0.0), "soft", alpha, tau)((tensor(S), tensor(D)), LABELS, tensor(T))
     assert out["base"].item() == pytest.approx(ce(S, Y), rel=1e-6)
     assert out["distill"].item() == pytest.approx(kl(D, T, tau), rel=1e-6)
     assert out["loss"].item() == pytest.approx(0.5 * ce(S, Y) + 0.5 * kl(D, T, tau), rel=1e-6)
@@ -100,7 +107,7 @@ def test_tuple_path_class_head_on_labels_dist_head_on_teacher():
 def test_gradients_reach_both_heads_with_hand_values():
     alpha, tau = 0.25, 2.0
     cls, dist = tensor(S, grad=True), tensor(D, grad=True)
-    loss = DistillationLoss(build_criterion(False, 0.0), "soft", alpha, tau)((cls, dist), LABELS, tensor(T))["loss"]
+    loss = method(build_criterion(False, 0.0), "soft", alpha, tau)((cls, dist), LABELS, tensor(T))["loss"]
     loss.backward()
     for i in range(2):
         p = [math.exp(v) for v in log_softmax(S[i])]
@@ -116,7 +123,7 @@ def test_soft_target_cross_entropy_with_mixed_targets():
     expected = sum(-sum(q * l for q, l in zip(t, log_softmax(r))) for r, t in zip(S, targets)) / 2
     criterion = build_criterion(True, 0.1)  # smoothing is folded into Mixup's targets, not applied again
     assert isinstance(criterion, SoftTargetCrossEntropy)
-    out = DistillationLoss(criterion)(tensor(S), tensor(targets))
+    out = method(criterion)(tensor(S), tensor(targets))
     assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -125,22 +132,22 @@ def test_build_criterion_choices():
     assert isinstance(build_criterion(False, 0.0), torch.nn.CrossEntropyLoss)
 
 
-def test_tuple_without_teacher_is_a_config_error():
-    with pytest.raises(ConfigError, match="distill.type=none"):
-        DistillationLoss(build_criterion(False, 0.0))((tensor(S), tensor(D)), LABELS)
+def test_tuple_without_teacher_is_refused():
+    with pytest.raises(ValueError, match="distill.type=none"):
+        method(build_criterion(False, 0.0))((tensor(S), tensor(D)), LABELS)
 
 
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_missing_teacher_logits(kind):
-    with pytest.raises(ValueError, match="needs teacher logits"):
-        DistillationLoss(build_criterion(False, 0.0), kind)(tensor(S), LABELS)
+    with pytest.raises(ValueError, match="needs the teacher's logits"):
+        method(build_criterion(False, 0.0), kind)(tensor(S), LABELS)
 
 
 def test_teacher_class_count_mismatch_and_bad_type():
     with pytest.raises(ValueError, match="same classes"):
-        DistillationLoss(build_criterion(False, 0.0), "soft")(tensor(S), LABELS, torch.zeros(2, 5))
-    with pytest.raises(ConfigError, match="not one of"):
-        DistillationLoss(build_criterion(False, 0.0), "fitnet")
+        method(build_criterion(False, 0.0), "soft")(tensor(S), LABELS, torch.zeros(2, 5))
+    with pytest.raises(ConfigError, match="distill.type='fitnet' is not one of: none, soft, hard, kd, dkd, feature"):
+        load_config(None, ["distill.type=fitnet"])
 
 
 @pytest.mark.parametrize("tau", [1.0, 2.0])
@@ -151,11 +158,11 @@ def test_deit_kl_reduction_is_sum_over_numel(tau):
     expected = summed * tau ** 2 / 6  # numel = B * C = 2 * 3
     assert soft_distillation(tensor(S), tensor(T), tau, "deit").item() == pytest.approx(expected, rel=1e-6)
     assert soft_distillation(tensor(S), tensor(T), tau).item() == pytest.approx(3 * expected, rel=1e-6)  # ours: x C
-    out = DistillationLoss(build_criterion(False, 0.0), "soft", 0.5, tau, kl_reduction="deit")(tensor(S), LABELS,
+    out = method(build_criterion(False, 0.0), "soft", 0.5, tau, kl_reduction="deit")(tensor(S), LABELS,
                                                                                                tensor(T))
     assert out["distill"].item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ConfigError, match="kl_reduction"):
-        DistillationLoss(build_criterion(False, 0.0), "soft", kl_reduction="mean")
+        load_config(None, ["distill.kl_reduction=mean"])
 
 
 # --- classic KD and DKD
@@ -166,15 +173,15 @@ def test_kd_is_the_batch_mean_kl_times_tau_squared(tau):
     got = kd_distillation(tensor(S), tensor(T), tau).item()
     assert got == pytest.approx({1.0: 1.0, 4.0: 16.0}[tau] * kl_per_sample(S, T, tau), rel=1e-6)  # tau^2 written out
     alpha = 0.9
-    out = DistillationLoss(build_criterion(False, 0.0), "kd", alpha=alpha, tau=tau)(tensor(S), LABELS, tensor(T))
+    out = method(build_criterion(False, 0.0), "kd", alpha=alpha, tau=tau)(tensor(S), LABELS, tensor(T))
     assert set(out) == {"loss", "base", "distill", "kd"}
     assert out["kd"].item() == out["distill"].item() == pytest.approx(kl(S, T, tau), rel=1e-6)
     assert out["loss"].item() == pytest.approx((1 - alpha) * ce(S, Y) + alpha * kl(S, T, tau), rel=1e-6)
 
 
 def test_kd_refuses_a_distillation_token():
-    with pytest.raises(ConfigError, match="kd is classic single-head KD"):
-        DistillationLoss(build_criterion(False, 0.0), "kd")((tensor(S), tensor(D)), LABELS, tensor(T))
+    with pytest.raises(ValueError, match="distill.type=kd trains one head"):
+        method(build_criterion(False, 0.0), "kd")((tensor(S), tensor(D)), LABELS, tensor(T))
 
 
 def test_dkd_fully_written_out():
@@ -217,7 +224,7 @@ def test_dkd_terms_by_hand_and_the_kd_decomposition(tau):
 
 def test_dkd_weights_keys_and_distillation_head():
     alpha, tau, a, b = 0.5, 2.0, 1.5, 8.0
-    loss = DistillationLoss(build_criterion(False, 0.0), "dkd", alpha, tau, dkd_alpha=a, dkd_beta=b)
+    loss = method(build_criterion(False, 0.0), "dkd", alpha, tau, dkd_alpha=a, dkd_beta=b)
     out = loss((tensor(S), tensor(D)), LABELS, tensor(T))  # with a token: DKD on the distillation head
     assert set(out) == {"loss", "base", "distill", "dkd_tckd", "dkd_nckd"}
     h_tckd, h_nckd = dkd_by_hand(D, T, Y, tau)
@@ -229,7 +236,7 @@ def test_dkd_weights_keys_and_distillation_head():
 
 def test_dkd_under_mixup_takes_the_argmax_of_the_soft_targets():
     mixed = [[0.05, 0.65, 0.30], [0.35, 0.05, 0.60]]  # argmax 1 and 2 = Y
-    loss = DistillationLoss(build_criterion(True, 0.0), "dkd", 0.5, 2.0)
+    loss = method(build_criterion(True, 0.0), "dkd", 0.5, 2.0)
     out = loss(tensor(S), tensor(mixed), tensor(T))
     h_tckd, h_nckd = dkd_by_hand(S, T, Y, 2.0)
     assert out["dkd_tckd"].item() == pytest.approx(h_tckd, rel=1e-5)
@@ -239,17 +246,15 @@ def test_dkd_under_mixup_takes_the_argmax_of_the_soft_targets():
 
 def test_dkd_gradients_are_finite_through_the_mask():
     student = tensor(S, grad=True)
-    out = DistillationLoss(build_criterion(False, 0.0), "dkd", 0.5, 4.0)(student, LABELS, tensor(T))
+    out = method(build_criterion(False, 0.0), "dkd", 0.5, 4.0)(student, LABELS, tensor(T))
     out["loss"].backward()
     assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
 
 
-def test_from_config_reads_every_key():
+def test_the_method_reads_every_key_of_its_config():
     cfg = DistillConfig(type="dkd", alpha=0.3, tau=2.0, dkd_alpha=0.5, dkd_beta=2.0)
-    loss = DistillationLoss.from_config(build_criterion(False, 0.0), cfg)
-    assert (loss.distill_type, loss.alpha, loss.tau, loss.dkd_alpha, loss.dkd_beta) == ("dkd", 0.3, 2.0, 0.5, 2.0)
-    with pytest.raises(ConfigError, match="dkd_beta"):
-        DistillationLoss(build_criterion(False, 0.0), "dkd", dkd_beta=-1.0)
+    loss = build_method(cfg, build_criterion(False, 0.0))
+    assert (loss.name, loss.alpha, loss.tau, loss.dkd_alpha, loss.dkd_beta) == ("dkd", 0.3, 2.0, 0.5, 2.0)
 
 
 F_S = [[1.0, -2.0], [0.5, 3.0]]  # projected student features, 2 samples x 2 channels
@@ -259,7 +264,7 @@ F_T = [[0.0, 0.0], [2.5, 1.0]]  # teacher features
 def test_feature_term_is_the_mean_squared_error_by_hand():
     by_hand = ((1 - 0) ** 2 + (-2 - 0) ** 2 + (0.5 - 2.5) ** 2 + (3 - 1) ** 2) / 4  # = 13 / 4
     assert by_hand == 3.25
-    out = DistillationLoss(build_criterion(False, 0.0), "feature", alpha=0.3)((tensor(S), tensor(F_S)), LABELS,
+    out = method(build_criterion(False, 0.0), "feature", alpha=0.3)((tensor(S), tensor(F_S)), LABELS,
                                                                               tensor(F_T))
     assert set(out) == {"loss", "base", "distill"}
     assert out["distill"].item() == pytest.approx(by_hand, rel=1e-6)
@@ -269,7 +274,7 @@ def test_feature_term_is_the_mean_squared_error_by_hand():
 
 def test_feature_term_gradient_reaches_the_features_by_hand():
     feats = tensor(F_S, grad=True)
-    out = DistillationLoss(build_criterion(False, 0.0), "feature", alpha=1.0)((tensor(S), feats), LABELS, tensor(F_T))
+    out = method(build_criterion(False, 0.0), "feature", alpha=1.0)((tensor(S), feats), LABELS, tensor(F_T))
     out["loss"].backward()
     # d/ds mean((s - t)^2) = 2 (s - t) / numel
     expected = [[2 * (s - t) / 4 for s, t in zip(rs, rt)] for rs, rt in zip(F_S, F_T)]

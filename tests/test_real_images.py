@@ -16,10 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, needs_fmnist, run_cli
-from distill.checkpoint import latest_checkpoint
+from distill.runs.checkpoint import latest_checkpoint
 from distill.cli import main
 from distill.config import DataConfig
-from distill.datasets import load_split
+from distill.data.sources import load_split
 from teachers import create_model
 
 pytestmark = needs_fmnist
@@ -75,7 +75,7 @@ def weights(run_dir):
 
 def test_hf_set_streams_from_arrow(fm):
     """Nothing decoded up front: an HFSplit over the Arrow table; the same pixels as the JPEG folder."""
-    from distill.datasets_hf import HFSplit
+    from distill.data.sources.hf import HFSplit
 
     cfg = DataConfig(name="hf", root=str(fm / "hf"), in_memory=False, img_size=64)
     split = load_split(cfg, train=False)

@@ -12,16 +12,18 @@ from safetensors.torch import load_file
 from timm.loss import SoftTargetCrossEntropy
 
 from conftest import PLAIN, QUICK, ROOT, needs_fmnist, run_cli
-from distill.augment import BatchAugment, Normalize
-from distill.build import build_optimizer
-from distill.cache import LogitCache
+from distill.data.augment import BatchAugment, Normalize
+from distill.data.views import epoch_salt
+from distill.train.build import build_optimizer
+from distill.train.cache import LogitCache
 from distill.config import TrainConfig
 from distill.errors import CacheError, UserError
-from distill.loader import DeviceBatches, ShardedBatches
-from distill.losses import DistillationLoss
-from distill.step import TrainStep, accelerate_hooks, graph_hooks
-from distill.teacher_logits import TeacherLogits
-from distill.timing import IntervalRate
+from distill.data.loader import DeviceBatches, ShardedBatches
+from distill.config import DistillConfig
+from distill.methods import build_method
+from distill.train.step import TrainStep, accelerate_hooks, graph_hooks
+from distill.train.teacher_logits import TeacherLogits
+from distill.train.timing import IntervalRate
 from teachers import create_model
 
 TINY = ["data.train_subset=256", "data.test_subset=100", "data.batch_size=32", "train.epochs=1",
@@ -37,7 +39,7 @@ def _parts(device="cpu", distilled=True, seed=0):
     torch.manual_seed(1)
     teacher = create_model("resnet10t", num_classes=10, in_chans=1).to(device).eval().requires_grad_(False)
     augment = BatchAugment(Normalize([0.3], [0.3]).to(device), 2, True, 10, cutmix_alpha=1.0, label_smoothing=0.1)
-    criterion = DistillationLoss(SoftTargetCrossEntropy(), "hard" if distilled else "none")  # CutMix: soft targets
+    criterion = build_method(DistillConfig(type="hard" if distilled else "none"), SoftTargetCrossEntropy())  # CutMix: soft targets
     g = torch.Generator().manual_seed(2)
     batch = (torch.randint(0, 256, (8, 1, 16, 16), generator=g, dtype=torch.uint8).to(device),
              torch.randint(0, 10, (8,), generator=g).to(device), torch.arange(8, device=device))
@@ -48,7 +50,7 @@ def _run_steps(step, augment, batch, n=3):
     images, labels, index = batch
     for s in range(n):
         mix = augment.mix_params(0, 0, s, images.shape).to(images.device)
-        out = step(images, labels, index, augment.salt(0, 0), mix)
+        out = step(images, labels, index, epoch_salt(0, 0), mix)
     return out
 
 
@@ -74,7 +76,7 @@ def test_one_step_function_with_accelerate_and_graph_hooks_agrees_on_cpu():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
 def test_graphed_step_matches_eager_on_gpu():
-    from distill.graphed import GraphedStep, make_capturable
+    from distill.train.graphed import GraphedStep, make_capturable
 
     weights = []
     for graphed in (False, True):

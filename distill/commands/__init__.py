@@ -1,0 +1,1 @@
+"""The commands beyond training (`distill eval`, `export`, `bench`); `distill.cli` parses them all."""

@@ -1,0 +1,90 @@
+"""Image folders (`data.name=imagefolder`): `root/train/<class>/*` and `root/val/` (or `root/test/`),
+decoded one image per item in the DataLoader workers, or whole up front with `data.in_memory=true`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, List, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from distill.data.sources.registry import register_source
+from distill.data.splits import STATS, ImageSplit, StreamedSplit, select_subset
+from distill.errors import DataError, first_line
+
+if TYPE_CHECKING:
+    from distill.config import DataConfig
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+def _scan(folder: Path, classes: List[str]) -> List[Tuple[Path, int]]:
+    samples = []
+    for label, name in enumerate(classes):
+        if (folder / name).is_dir():
+            found = [(p, label) for p in sorted((folder / name).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not found:
+                raise DataError(f"imagefolder: {folder / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))});"
+                                f" add some or remove the folder")
+            samples += found
+    return samples
+
+class FolderSplit(StreamedSplit):
+    """Images under `root/<split>/<class>/`, decoded per item.
+
+    Paths are held as one numpy bytes array relative to the split's folder (tens of bytes an image,
+    no Python object per file), so workers share the pages instead of copying them on touch.
+    """
+
+    def __init__(self, samples: List[Tuple[Path, int]], classes: List[str], img_size: int):
+        self.folder = Path(samples[0][0]).parent.parent if samples else Path(".")
+        self.paths = np.array([os.fsencode(Path(p).relative_to(self.folder)) for p, _ in samples], dtype=bytes)
+        self.classes, self.img_size = classes, img_size
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        self.mean, self.std = STATS["imagenet"]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    def pil(self, i: int) -> Image.Image:
+        path = self.folder / os.fsdecode(self.paths[i])
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except OSError as e:  # unreadable, truncated, not an image (UnidentifiedImageError)
+            raise DataError(f"{path}: cannot decode image ({first_line(e)}); remove or replace it") from None
+
+
+@register_source("imagefolder", streams=True)
+def load_imagefolder(cfg: "DataConfig", train: bool) -> Union[FolderSplit, ImageSplit]:
+    """`root/train/<class>/*` and `root/val/` (or `root/test/`); classes sorted from train."""
+    root = Path(cfg.root)
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DataError(f"imagefolder: {train_dir} not found; lay images out as {root}/train/<class>/*.png "
+                        f"and {root}/val/<class>/*.png")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    folder = train_dir
+    if not train:
+        folder = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+        if folder is None:
+            raise DataError(f"imagefolder: neither {root}/val nor {root}/test exists; add a test split")
+        extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
+        if extra:
+            raise DataError(f"imagefolder: {folder} has classes not in {train_dir}: {', '.join(extra)}")
+    samples = _scan(folder, classes)
+    if not samples:
+        raise DataError(f"imagefolder: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}/<class>/")
+    idx = select_subset(len(samples), cfg, train, f"imagefolder {folder.name}")
+    if idx is not None:
+        samples = [samples[i] for i in idx.tolist()]
+    split = FolderSplit(samples, classes, cfg.img_size)
+    if cfg.in_memory:  # decoded once, held whole: the fast path for small folders
+        images = torch.stack([split[i][0] for i in range(len(split))])
+        return ImageSplit(images, split.labels, classes, split.mean, split.std)
+    return split

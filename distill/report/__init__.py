@@ -1,0 +1,1 @@
+"""Reports: comparisons, studies, statistics, fits and plots."""

@@ -1,0 +1,83 @@
+"""The training step: one function, run eagerly through Accelerate or captured as a CUDA graph.
+
+`TrainStep` is augment -> student -> teacher logits -> loss -> backward -> clip -> update on one
+micro-batch. What differs between the two ways of running it is passed in as hooks:
+
+- eager (`accelerate_hooks`): the prepared student and optimizer, `accelerator.backward` (fp16
+  scaling, gradient accumulation) and `clip_grad_norm_` on the update's micro-batch only;
+- graphed (`graph_hooks`): the bare module and optimizer, plain `backward`, and autocast with its
+  weight-cast cache off (a cache inside a graph would hold stale casts).
+
+The loop calls both the same way: `step(images, labels, index, salt, mix, cached_logits)`.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass
+class StepHooks:
+    autocast: Callable  # () -> context manager around the forwards
+    backward: Callable  # (loss) -> None
+    clip: Callable  # () -> None; clips the gradients when the recipe asks for it
+    skip_nonfinite: Optional[Callable] = None  # (loss) -> True to skip this step (all ranks agree)
+    grads_to_none: bool = True  # False keeps gradient tensors at fixed addresses (CUDA graphs)
+
+
+def accelerate_hooks(accelerator, model, clip_grad: Optional[float], skip_nonfinite=None) -> StepHooks:
+    def clip():
+        if clip_grad and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), clip_grad)
+
+    return StepHooks(accelerator.autocast, accelerator.backward, clip, skip_nonfinite)
+
+
+def graph_hooks(model, clip_grad: Optional[float], amp_dtype: Optional[torch.dtype]) -> StepHooks:
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", amp_dtype, cache_enabled=False)
+
+    def clip():
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad, foreach=True)
+
+    return StepHooks(autocast, lambda loss: loss.backward(), clip, None, grads_to_none=False)
+
+
+class TrainStep:
+    """One micro-batch of training; returns (loss terms, teacher output), or None if skipped.
+
+    Args:
+        model: the module that trains (prepared by Accelerate when eager, bare when graphed).
+        augment: `distill.data.augment.BatchAugment`; views and Mixup/CutMix from (salt, mix).
+        criterion: the run's `distill.methods.Method`, returning a dict of terms.
+        teacher: the frozen teacher, or None; used when no cached logits are given.
+    """
+
+    def __init__(self, model, augment, criterion, teacher, optimizer, hooks: StepHooks):
+        self.model, self.augment, self.criterion = model, augment, criterion
+        self.teacher, self.optimizer, self.hooks = teacher, optimizer, hooks
+
+    def __call__(self, images, labels, index, salt, mix, cached_logits=None):
+        h = self.hooks
+        x, targets = self.augment.apply(images, labels, index, salt, mix)
+        with h.autocast():
+            outputs = self.model(x)
+            teacher_out = cached_logits  # logits, or what the method's teacher returns (feature: features)
+            if teacher_out is None and self.teacher is not None:
+                with torch.no_grad():
+                    teacher_out = self.teacher(x)
+        terms = self.criterion(outputs, targets, teacher_out)
+        if h.skip_nonfinite is not None and h.skip_nonfinite(terms["loss"]):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        h.backward(terms["loss"])
+        h.clip()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=h.grads_to_none)
+        return {k: v.detach() for k, v in terms.items()}, teacher_out
