@@ -28,11 +28,12 @@ runs=(teacher plain_cutmix hard_live kd_replay feature_live)
 if [ -n "$old" ]; then
   $py -m distill train recipes/fashion_mnist/kd_tiny.yaml "${common[@]}" name=kd_old_cache \
       teacher.model=resnet10t teacher.checkpoint="$old/teacher" distill.cache=true >/dev/null
-  cp -r "$old/plain_cutmix" "$out/plain_old_resume"
-  rm "$out/plain_old_resume/summary.json" "$out/plain_old_resume/student.safetensors"
-  rm -r "$(ls -d "$out"/plain_old_resume/checkpoints/step_* | tail -1)"  # resume from epoch 1's checkpoint
-  $py -m distill train recipes/fashion_mnist/plain_tiny.yaml "${common[@]}" name=plain_old_resume \
-      data.cutmix_alpha=1.0 train.resume=auto >/dev/null
+  mkdir -p "$out/old_resume" && cp -r "$old/plain_cutmix" "$out/old_resume/"
+  rm "$out/old_resume/plain_cutmix/summary.json" "$out/old_resume/plain_cutmix/student.safetensors"
+  rm -r "$(ls -d "$out"/old_resume/plain_cutmix/checkpoints/step_* | tail -1)"  # resume from epoch 1's checkpoint
+  $py -m distill train recipes/fashion_mnist/plain_tiny.yaml "${common[@]}" output_dir="$out/old_resume" \
+      name=plain_cutmix data.cutmix_alpha=1.0 train.resume=auto >/dev/null
+  ln -s old_resume/plain_cutmix "$out/plain_old_resume"
   runs+=(kd_old_cache plain_old_resume)
 fi
 for run in "${runs[@]}"; do

@@ -6,20 +6,11 @@ import yaml
 from conftest import ROOT, run_cli
 from dataclasses import fields
 
-from distill.config import Config, ConfigError, DataConfig, _read_yaml, load_config
+from distill.config import Config, ConfigError, DataConfig, _read_yaml, load_config, to_yaml
 
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "studies" not in p.parts)  # studies: test_study
-# The data keys issue 12 names for the streamed real-image path; recipes/imagenet/_deit_data.yaml uses them.
-DATA_PATH_KEYS = {"crop", "scale", "ratio", "interpolation", "auto_augment", "color_jitter", "reprob", "remode",
-                  "recount", "crop_pct", "aug_repeats", "mixup_switch_prob", "mixup_mode"}
-MISSING_DATA_KEYS = sorted(DATA_PATH_KEYS - {f.name for f in fields(DataConfig)})
-needs_data_keys = pytest.mark.xfail(bool(MISSING_DATA_KEYS), raises=ConfigError, strict=False,
-                                    reason=f"needs the data-path keys data.{{{', '.join(MISSING_DATA_KEYS)}}}")
-
-
 def _recipe_param(p: Path):
-    marks = [needs_data_keys] if DATA_PATH_KEYS & set(_read_yaml(p).get("data", {})) else []
-    return pytest.param(p, marks=marks, id=p.relative_to(ROOT / "recipes").as_posix())
+    return pytest.param(p, id=p.relative_to(ROOT / "recipes").as_posix())
 
 
 def test_recipes_exist():
@@ -134,15 +125,12 @@ IMAGENET = sorted((ROOT / "recipes/imagenet").glob("[!_]*.yaml"))
 
 @pytest.mark.parametrize("recipe", IMAGENET, ids=lambda p: p.stem)
 def test_imagenet_recipes_hold_deits_settings(recipe, tmp_path):
-    """The merged YAML (before typing, so it runs without the data-path keys): DeiT's recipe throughout;
-    everything but those keys also loads into the typed config."""
+    """The merged YAML holds DeiT's recipe throughout, and loads into the typed config."""
     raw = _read_yaml(recipe)
-    rest = {**raw, "data": {k: v for k, v in raw["data"].items() if k not in DATA_PATH_KEYS}}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rest))
-    cfg = load_config(str(tmp_path / "r.yaml"))
+    cfg = load_config(str(recipe))
     assert cfg.train.lr == 5e-4 and cfg.data.name == "imagefolder" and cfg.name == raw["name"]
     data, train, student = raw["data"], raw["train"], raw["student"]
-    assert set(data) - {f.name for f in fields(DataConfig)} <= DATA_PATH_KEYS  # nothing beyond issue 12's keys
+    assert set(data) <= {f.name for f in fields(DataConfig)}
     assert (data["name"], data["img_size"], data["auto_augment"], data["reprob"]) == (
         "imagefolder", 224, "rand-m9-mstd0.5-inc1", 0.25)
     assert (data["crop"], data["aug_repeats"], data["mixup_alpha"], data["cutmix_alpha"]) == ("rrc", 3, 0.8, 1.0)
@@ -160,3 +148,24 @@ def test_imagenet_recipes_hold_deits_settings(recipe, tmp_path):
         assert student["patch_size"] == 16 and student["model"] == f"distill_vit_{recipe.stem.split('_')[1]}"
     else:
         assert student["model"] == f"distill_vit_deit_{recipe.stem.split('_')[1]}"
+
+
+def test_aug_seed_is_resolved_once_at_load_and_saved_resolved():
+    assert load_config(None, ["seed=3"]).data.aug_seed == 3
+    assert load_config(None, ["seed=3", "data.aug_seed=7"]).data.aug_seed == 7
+    assert "aug_seed: 3" in to_yaml(load_config(None, ["seed=3"]))
+
+
+def test_cache_key_and_resume_rules_come_from_the_fields_metadata():
+    """No hand list: a DataConfig field marked `views` enters the cache key, `may_differ` the resume rule."""
+    from distill.config import VIEWS, may_differ_on_resume, view_keys
+
+    groups = view_keys(DataConfig())
+    assert set(groups) == {"data", "views"}
+    marked = {f.name for f in fields(DataConfig) if VIEWS in f.metadata}
+    assert set(groups["data"]) | set(groups["views"]) == marked
+    assert {"crop", "auto_augment", "batch_size", "mixup_alpha"} <= marked
+    assert not {"num_workers", "eval_batch_size", "aug_seed"} & marked  # aug_seed: its own entry in the key
+    may = may_differ_on_resume()
+    assert {"train.epochs", "train.resume", "distill.cache", "output_dir", "data.root"} <= may
+    assert not {"train.lr", "seed", "data.crop", "distill.type"} & may
