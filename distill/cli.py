@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("bench", help="steady-state training/inference speed of a recipe (see distill/bench.py)")
+    p = sub.add_parser("bench", help="steady-state training/inference speed of a recipe (see distill/commands/bench.py)")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--steps", type=int, default=50, help="timed training steps")

@@ -6,7 +6,7 @@
 2. End to end: `distill bench` of recipes/imagenet/deit_tiny.yaml (RandomResizedCrop, rand-m9-mstd0.5-inc1,
    random erasing 0.25, 3 repeats, Mixup/CutMix; files decoded by DataLoader workers), bf16.
 3. Ceiling: the same model, precision and fused AdamW on one batch already on the GPU
-   (`distill.bench_reference.CeilingLoop`), timed in the same process.
+   (`distill.commands.bench_reference.CeilingLoop`), timed in the same process.
 Both eager and with `train.compile=true`. Prints one JSON line per setting.
 """
 from __future__ import annotations

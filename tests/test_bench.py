@@ -19,11 +19,11 @@ import distill.train.step
 from distill.commands.bench import run_bench
 from distill.config import load_config
 
-original = distill.step.TrainStep.__call__
+original = distill.train.step.TrainStep.__call__
 def slow(self, *args, **kwargs):
     time.sleep(0.15)
     return original(self, *args, **kwargs)
-distill.step.TrainStep.__call__ = slow
+distill.train.step.TrainStep.__call__ = slow
 cfg = load_config(sys.argv[1], sys.argv[2:])
 print(json.dumps(run_bench(cfg, steps=4, warmup=2, rounds=2, reference=True)))
 """

@@ -5,7 +5,7 @@
   workers, timm's `VisionTransformer` of the student's dimensions, AdamW, label-smoothed CE, fp32.
 - `CeilingLoop`: the student's training steps (its precision, fused AdamW, `torch.compile` when the
   recipe asks for it) on one batch already in memory: no data path at all. No loop that feeds real data can beat it by much.
-Both keep their model and optimizer between calls, so that `distill.bench` can interleave short
+Both keep their model and optimizer between calls, so that `distill.commands.bench` can interleave short
 timed blocks of them with the framework's; `timed(steps, warmup)` returns seconds, measured
 between two device synchronisations like the framework's own.
 """

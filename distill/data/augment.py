@@ -62,7 +62,7 @@ class BatchAugment:
     `cutmix_bbox_and_lam`), drawn on the host from numpy's RNG seeded by (seed, epoch, step); they
     are applied with tensor ops (a per-pixel weight of each sample against the batch reversed)
     instead of timm's in-place slicing with Python ints, so that the same code runs eagerly and
-    inside a CUDA graph (`distill.graphed`). Samples pair with the local batch reversed, as in timm.
+    inside a CUDA graph (`distill.train.graphed`). Samples pair with the local batch reversed, as in timm.
     timm's `pair` and `elem` modes draw per pair / per sample; their parameters are one row per
     sample, applied by the same tensor ops.
     """

@@ -148,7 +148,7 @@ def build_batches(cfg: DataConfig, split, device, sampler: Optional[ShardedBatch
     In-memory sets are indexed where they are stored (on the device, or on the host with
     `data.device_resident=false`); on-disk sets are decoded by DataLoader workers. Under
     `data.crop=rrc` the workers also run timm's per-sample transforms, seeded per view by the
-    sampler's seed (`distill.transforms`), and hand out normalised float views."""
+    sampler's seed (`distill.data.transforms`), and hand out normalised float views."""
     batch = 0 if sampler is not None else cfg.eval_batch_size
     if cfg.crop == "rrc":
         if sampler is not None:

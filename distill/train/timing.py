@@ -1,6 +1,6 @@
 """Clocks for the GPU and the CPU alike: device syncs, timed blocks, peak memory, interval rates.
 
-Shared by the trainer's progress log, `distill bench` and its yardsticks (`distill.bench_reference`),
+Shared by the trainer's progress log, `distill bench` and its yardsticks (`distill.commands.bench_reference`),
 so that every figure is measured the same way.
 """
 from __future__ import annotations
