@@ -146,7 +146,7 @@ def test_missing_teacher_logits(kind):
 def test_teacher_class_count_mismatch_and_bad_type():
     with pytest.raises(ValueError, match="same classes"):
         method(build_criterion(False, 0.0), "soft")(tensor(S), LABELS, torch.zeros(2, 5))
-    with pytest.raises(ConfigError, match="distill.type='fitnet' is not one of: none, soft, hard, kd, dkd, feature"):
+    with pytest.raises(ConfigError, match="distill.type='fitnet' is not one of: none, soft, hard, kd, dkd, dist, feature"):
         load_config(None, ["distill.type=fitnet"])
 
 
