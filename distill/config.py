@@ -79,6 +79,9 @@ class StudentConfig:
     drop_path_rate: float = 0.0
     distilled: bool = False  # add a DeiT distillation token and head
     patch_size: Optional[int] = None  # override the size's patch size
+    embed_dim: Optional[int] = None  # override the size's width (distill_vit_*: a scaling ladder's rungs)
+    depth: Optional[int] = None  # override the size's number of blocks
+    num_heads: Optional[int] = None  # override the size's attention heads (must divide embed_dim)
     pretrained: bool = False
     small_input_stem: bool = False  # CNNs: 3x3 stride-1 first conv, no max-pool (CIFAR-style)
 
@@ -98,7 +101,7 @@ class TeacherConfig:
 class _DistillCommon:
     type: str = "none"  # a registered method: `distill methods` lists them (distill/methods/)
     alpha: float = 0.5  # weight of the teacher's term; (1 - alpha) on the label term
-    tau: float = 1.0  # temperature of the methods that soften logits (soft, kd, dkd)
+    tau: float = 1.0  # temperature of the methods that soften logits (soft, kd, dkd, dist)
     cache: bool = _key(False, may_differ=True)  # record the teacher's logits once per view, replay them later
     cache_topk: Optional[int] = None  # store only the top-k classes per view (fp16 + int16); None/0 = every logit
 
@@ -123,7 +126,7 @@ class TrainConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     clip_grad: Optional[float] = None  # max global grad norm; None = no clipping
     grad_accum_steps: int = 1
-    mixed_precision: Optional[str] = None  # no | fp16 | bf16; None = Accelerate's config
+    mixed_precision: Optional[str] = None  # no | fp16 | bf16 | auto (what the device computes natively); None = Accelerate's config
     ema: bool = False
     ema_decay: float = 0.9998
     resume: str = _key("", may_differ=True)  # "" = new run, "auto" = latest checkpoint of this run name, or a path
@@ -159,7 +162,7 @@ CHOICES = {
     "data.mixup_mode": ("batch", "pair", "elem"),
     "distill.type": tuple(METHODS),
     **{f"distill.{k}": spec.choices for m in METHODS.values() for k, spec in m.keys.items() if spec.choices},
-    "train.mixed_precision": (None, "no", "fp16", "bf16"),
+    "train.mixed_precision": (None, "no", "fp16", "bf16", "auto"),
     "train.on_nonfinite": ("stop", "skip"),
 }
 POSITIVE = ("data.img_size", "data.batch_size", "data.eval_batch_size", "train.epochs",
@@ -217,7 +220,8 @@ def _check_values(cfg: Config) -> None:
     for key in UNIT_INTERVAL:
         if not 0.0 <= get(key) <= 1.0:
             raise ConfigError(f"{key}={get(key)} must be in [0, 1]")
-    for key in ("data.train_subset", "data.test_subset", "teacher.img_size", "student.patch_size"):
+    for key in ("data.train_subset", "data.test_subset", "teacher.img_size", "student.patch_size",
+                "student.embed_dim", "student.depth", "student.num_heads"):
         if get(key) is not None and get(key) <= 0:
             raise ConfigError(f"{key}={get(key)} must be > 0 (or null for none)")
     if cfg.distill.cache_topk is not None and cfg.distill.cache_topk < 0:

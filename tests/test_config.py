@@ -116,7 +116,7 @@ def test_kd_and_dkd_settings():
     assert load_config(str(ROOT / "recipes/fashion_mnist/dkd_tiny.yaml"), ["student.distilled=true"]).student.distilled
     with pytest.raises(ConfigError, match=r"distill\.dkd_beta=-1\.0 must be >= 0"):
         load_config(None, ["distill.dkd_beta=-1"])
-    with pytest.raises(ConfigError, match=r"distill.cache=true needs a teacher: distill.type=\{soft, hard, kd, dkd\}"):
+    with pytest.raises(ConfigError, match=r"distill.cache=true needs a teacher: distill.type=\{soft, hard, kd, dkd, dist\}"):
         load_config(None, ["distill.cache=true"])
 
 

@@ -55,15 +55,14 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
               "world_size": trainer.world_size, "batch_size": cfg.data.batch_size, "global_batch": run.global_batch,
               "mixed_precision": trainer.accelerator.mixed_precision, "compile": cfg.train.compile, "steps": steps,
               "warmup": warmup, "rounds": rounds, "distill_type": cfg.distill.type,
-              "teacher_cached": cache is not None, "params": run.params}
+              "teacher_cached": cache is not None, "params": run.cost.params}
     train_s = _time_training(trainer, steps, warmup, rounds, reference, result)
     run.data.train_batches.sampler.set_epoch(2)
     pool = [b for _, b in zip(range(8), run.data.train_batches)]
     if run.teacher is not None and cache is None:
         result.update(_teacher_share(trainer, pool, steps, warmup, train_s))
-    # model FLOPs per trained image: forward + backward (about twice the forward), i.e. 3 x forward
-    result["gflops_forward"] = run.gflops
-    result["train_tflops"] = 3 * run.gflops * result["train_img_per_s"] / 1e3
+    result["gflops_forward"] = run.cost.gflops
+    result["train_tflops"] = run.cost.train_gflops * result["train_img_per_s"] / 1e3  # counted fwd + bwd
     peak = peak_bf16_tflops(result["device"])
     if peak and dev.type == "cuda":
         result["peak_bf16_tflops"] = peak

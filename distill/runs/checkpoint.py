@@ -30,12 +30,13 @@ class Progress:
         self.wall_s = 0.0  # training time before this process started (resumed runs)
         self.partial_sums = {}  # loss sums of the epoch in progress, so its metrics line is whole
         self.partial_steps = 0
+        self.teacher_views = 0  # views the teacher ran on (live, or recording the cache; the replay's checks)
 
     def state_dict(self) -> dict:
         return dict(vars(self))
 
     def load_state_dict(self, state: dict) -> None:
-        vars(self).update(state)
+        vars(self).update({"teacher_views": 0, **state})  # checkpoints written before the count began
 
 
 def complete_checkpoints(run_dir: Path) -> list:

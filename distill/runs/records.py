@@ -118,17 +118,36 @@ def epoch_record(epoch: int, terms: dict, lr: float, metrics: dict, img_s: float
             "lr": lr, **metrics, "train_img_per_s": img_s, "epoch_s": epoch_s}
 
 
-def run_summary(cfg, run, history: list, wall_s: float, extra: dict, device, world_size) -> dict:
+def compute(cfg, run, epoch_images: int) -> dict:
+    """The run's training compute in FLOPs (`torch.utils.flop_counter` counts, per image, times images):
+    the student's forward and backward over every image trained, and the teacher's forwards this run
+    actually ran (`teacher_views`: all views live or while recording the logit cache, the replay
+    check's few otherwise). `logit_cache` names the cache folder, so a report can share the cost of
+    a recording among the runs that replay it."""
+    images = cfg.train.epochs * epoch_images
+    cache = run.teacher_logits.cache
+    return {"images": images, "train_gflops_per_image": run.cost.train_gflops,
+            "flops": run.cost.train_gflops * 1e9 * images, "teacher_gflops_per_image": run.cost.teacher_gflops,
+            "teacher_views": run.progress.teacher_views,
+            "teacher_flops": run.cost.teacher_gflops * 1e9 * run.progress.teacher_views,
+            "logit_cache": cache.dir.name if cache is not None else None}
+
+
+def run_summary(cfg, run, history: list, wall_s: float, extra: dict, device, world_size,
+                mixed_precision: str = "no") -> dict:
     """summary.json: the run's final and best accuracy, cost, identity and provenance.
 
     `run` is the `distill.train.build.Run`; `history` the lines of metrics.jsonl, whose last evaluated epoch
     gives the final accuracy (also after a resume that starts past it); `extra` more keys."""
     last_eval = next((r for r in reversed(history) if "top1" in r), {})
+    epoch_images = run.data.steps_per_epoch * run.global_batch // cfg.train.grad_accum_steps
     return {
         "name": cfg.name, "best_top1": max((r["top1"] for r in history if "top1" in r), default=None),
-        "final_top1": last_eval.get("top1"), "final_top5": last_eval.get("top5"), "epochs": cfg.train.epochs,
-        "params": run.params, "gflops": run.gflops, "world_size": world_size, "global_batch": run.global_batch,
-        "lr": run.lr, "wall_s": wall_s, "epoch_images": run.data.steps_per_epoch * run.global_batch // cfg.train.grad_accum_steps,
+        "final_top1": last_eval.get("top1"), "final_top5": last_eval.get("top5"),
+        "test_loss": last_eval.get("test_loss"), "epochs": cfg.train.epochs,
+        "params": run.cost.params, "gflops": run.cost.gflops, "world_size": world_size,
+        "global_batch": run.global_batch, "lr": run.lr, "wall_s": wall_s, "epoch_images": epoch_images,
+        **compute(cfg, run, epoch_images), "mixed_precision": mixed_precision,
         "train_img_per_s": sum(r["train_img_per_s"] for r in history) / max(len(history), 1),
         "student": cfg.student.model, "teacher": cfg.teacher.model if run.teacher is not None else None,
         "distill_type": cfg.distill.type, "seed": cfg.seed, "dataset": cfg.data.name,

@@ -7,6 +7,7 @@ sub-config it needs.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from distill.errors import ConfigError
 from distill.methods import Method, build_criterion, build_method
 from distill.runs.checkpoint import Progress
 from distill.train.cache import LogitCache, cache_key, cache_root, resolve_topk
-from distill.train.cost import count_params, forward_gflops
+from distill.train.cost import count_params, forward_gflops, train_gflops
 from distill.train.graphed import GraphedStep, make_capturable
 from distill.train.step import TrainStep, accelerate_hooks, graph_hooks
 from distill.train.teacher_logits import TeacherLogits
@@ -54,6 +55,16 @@ class RunData:
 
 
 @dataclass
+class RunCost:
+    """What one image costs, counted by `torch.utils.flop_counter` (`distill.train.cost`)."""
+
+    params: int  # the student's
+    gflops: float  # the student's forward, eval mode
+    train_gflops: float  # the module that trains: forward in training mode and backward
+    teacher_gflops: float  # what the step runs of the teacher (its forward; feature: up to its layer); 0 without
+
+
+@dataclass
 class Run:
     """Everything a run is made of. `model` is the student itself (never compiled or wrapped: what
     is saved, evaluated and averaged); `student` is the prepared module that trains (for feature
@@ -70,10 +81,22 @@ class Run:
     ema: Optional[ModelEmaV3]
     progress: Progress
     step: Union[TrainStep, GraphedStep]
-    params: int
-    gflops: float
+    cost: RunCost
     global_batch: int
     lr: float
+
+
+def native_precision(cuda: bool) -> str:
+    """`train.mixed_precision=auto`: bf16 where the device computes it natively (a CUDA GPU with bf16;
+    a CPU with AVX-512 BF16 or AMX), fp16 on older GPUs, fp32 ("no") on other CPUs, where bf16 is
+    emulated (a bf16 matmul measured 75x slower than fp32 on an AVX2-only EPYC)."""
+    if cuda:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to tell, so the safe choice
+        return "no"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
 
 
 def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
@@ -81,8 +104,12 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
 
     The process group's timeout bounds how long a collective waits for a process that died (a
     lost node): NCCL's default is ten minutes, gloo's thirty; `train.dist_timeout_s` sets both."""
+    precision = cfg.train.mixed_precision
+    if precision == "auto":
+        cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+        precision = native_precision(cuda)
     return Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
+        mixed_precision=precision,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
@@ -90,18 +117,21 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
     )
 
 
+ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads")  # StudentConfig keys passed to distill_vit_*
+
+
 def build_student(cfg: StudentConfig, num_classes: int, in_chans: int, img_size: int) -> torch.nn.Module:
     """The trained model: a `distill_vit_*` student, or any timm model (e.g. a CNN teacher run)."""
     kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path_rate)
     if cfg.model.startswith("distill_vit_"):
         kwargs.update(img_size=img_size, distilled=cfg.distilled)
-        if cfg.patch_size:
-            kwargs["patch_size"] = cfg.patch_size
-    elif cfg.distilled:
-        raise ConfigError(f"student.distilled=true needs a distill_vit_* student, not {cfg.model}")
+        kwargs.update({k: getattr(cfg, k) for k in ARCH_KEYS if getattr(cfg, k)})  # a ladder's rung
+    elif cfg.distilled or any(getattr(cfg, k) for k in ARCH_KEYS):
+        key = "distilled=true" if cfg.distilled else next(f"{k}={getattr(cfg, k)}" for k in ARCH_KEYS if getattr(cfg, k))
+        raise ConfigError(f"student.{key} needs a distill_vit_* student, not {cfg.model}")
     try:
         model = create_model(cfg.model, pretrained=cfg.pretrained, small_input_stem=cfg.small_input_stem, **kwargs)
-    except ValueError as e:  # sizes the architecture cannot take (img_size vs patch_size, ...)
+    except (ValueError, AssertionError) as e:  # sizes the architecture cannot take (patch_size, num_heads, ...)
         raise ConfigError(f"student.model={cfg.model}: {str(e).splitlines()[0]}") from None
     if cfg.distilled:
         model.set_distilled_training(True)  # training-mode forward returns (class, distillation) logits
@@ -212,8 +242,7 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
 
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     model = build_student(cfg.student, data.num_classes, in_chans, img_size)
-    params = count_params(model)
-    gflops = forward_gflops(model, (in_chans, img_size, img_size))
+    shape = (in_chans, img_size, img_size)
     method = build_method(cfg.distill, build_criterion(data.augment.mixup is not None, cfg.data.label_smoothing))
     teacher = None
     if method.needs_teacher:
@@ -222,6 +251,8 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
         teacher.to(acc.device)  # frozen and in eval mode; never passed to prepare (no DDP)
     trainable, step_teacher = method.wrap(model, teacher, in_chans, img_size)  # feature: student + projection
     trainable.to(acc.device)
+    cost = RunCost(count_params(model), forward_gflops(model, shape), train_gflops(trainable, shape),
+                   forward_gflops(step_teacher, shape) if step_teacher is not None else 0.0)
     global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum_steps
     lr = scaled_lr(cfg.train, global_batch)
     optimizer = build_optimizer(trainable, cfg.train, lr)
@@ -243,4 +274,4 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
     step = build_step(cfg.train, acc, trainable, student, step_teacher, method, data.augment, optimizer,
                       skip_nonfinite)
     return Run(data, model, student, teacher, TeacherLogits(teacher, cache, acc.autocast), method, optimizer,
-               scheduler, ema, progress, step, params, gflops, global_batch, lr)
+               scheduler, ema, progress, step, cost, global_batch, lr)

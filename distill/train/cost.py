@@ -1,10 +1,11 @@
-"""Model size and cost: parameters and forward FLOPs, as reported by PyTorch's own counter."""
+"""Model size and cost: parameters, forward and training FLOPs, as reported by PyTorch's own counter."""
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -40,3 +41,28 @@ def forward_gflops(model: torch.nn.Module, input_size: Optional[Sequence[int]] =
     finally:
         model.train(was_training)
     return counter.get_total_flops() / shape[0] / 1e9
+
+
+# The backward of CPU attention, which the counter would also count as 0.
+_CUSTOM[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+    lambda grad_out_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs:
+    sdpa_backward_flop_count(grad_out_shape, q_shape, k_shape, v_shape))
+
+
+def train_gflops(model: torch.nn.Module, input_size: Sequence[int], batch: int = 2) -> float:
+    """Training GFLOPs per image: one forward in training mode and its backward, counted by
+    `torch.utils.flop_counter` (multiply-add = 2 FLOPs; matmuls, convolutions, attention), per image.
+
+    Counted on a copy of `model` under a forked RNG, so the run's weights, gradients, BatchNorm
+    statistics and random streams are exactly as they were. The optimizer's update is element-wise
+    and not counted, as in Kaplan's C = 6 N D (forward 2 N D, backward 4 N D per token).
+    """
+    p = next(model.parameters())
+    clone = copy.deepcopy(model).train()
+    x = torch.zeros((batch, *input_size), device=p.device, dtype=p.dtype)
+    with torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []):
+        with FlopCounterMode(display=False, custom_mapping=_CUSTOM) as counter:
+            out = clone(x)
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            sum(o.float().sum() for o in outs).backward()
+    return counter.get_total_flops() / batch / 1e9

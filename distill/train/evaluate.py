@@ -19,7 +19,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, normalize, reduce=None,
     """Accuracy in percent of `model` (the unwrapped module) over this process's `batches`.
 
     A model with a distillation token is scored on its class head, its distillation head and
-    their mean (`top1`/`top5` are the mean, the model's output at inference). With `teacher`,
+    their mean (`top1`/`top5` are the mean, the model's output at inference). `test_loss` is the
+    mean cross-entropy of those logits against the labels (nats per image, no label smoothing). With `teacher`,
     also the share of samples where the student's prediction agrees with the teacher's.
     `reduce(tensor)` sums the counters over processes (e.g. `accelerator.reduce(t, "sum")`).
     """
@@ -37,7 +38,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, normalize, reduce=None,
                 logits = model(x)
             t_logits = teacher(x) if teacher is not None else None
         logits = logits.float()
-        counts = [torch.tensor(len(labels), device=x.device), _hits(logits, labels, 1), _hits(logits, labels, 5)]
+        nll = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")  # the test loss, summed
+        counts = [torch.tensor(len(labels), device=x.device), _hits(logits, labels, 1), _hits(logits, labels, 5), nll]
         if distilled:
             counts += [_hits(cls.float(), labels, 1), _hits(dist.float(), labels, 1)]
         if t_logits is not None:
@@ -46,13 +48,13 @@ def evaluate(model: torch.nn.Module, batches: Iterable, normalize, reduce=None,
         sums = step if sums is None else sums + step
     model.train(was_training)
     if sums is None:  # this process's shard is empty; it still has to join the reduction
-        width = 3 + 2 * distilled + (teacher is not None)
+        width = 4 + 2 * distilled + (teacher is not None)
         sums = torch.zeros(width, dtype=torch.float64, device=next(model.parameters()).device)
     if reduce is not None:
         sums = reduce(sums)
-    n, *rest = sums.tolist()
-    pct = [100.0 * v / max(n, 1) for v in rest]
-    result = {"top1": pct[0], "top5": pct[1], "eval_samples": int(n)}
+    n, top1, top5, nll, *rest = sums.tolist()
+    pct = [100.0 * v / max(n, 1) for v in [top1, top5, *rest]]
+    result = {"top1": pct[0], "top5": pct[1], "test_loss": nll / max(n, 1), "eval_samples": int(n)}
     if distilled:
         result.update(top1_cls=pct[2], top1_dist=pct[3])
     if teacher is not None:

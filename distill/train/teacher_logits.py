@@ -53,6 +53,11 @@ class TeacherLogits:
         if self.mode == "record":
             self.cache.put(step, logits)
 
+    def views_run(self, epoch_views: int, world_size: int) -> int:
+        """How many views the teacher ran on this epoch, over all processes: every view when it ran
+        live or recorded, the check's few when it replayed, none without a teacher."""
+        return {"none": 0, "replay": CHECK_SAMPLES * world_size}.get(self.mode, epoch_views)
+
     def end_epoch(self, epoch: int) -> None:
         if self.cache is not None:
             self.cache.end_epoch(epoch)

@@ -81,6 +81,8 @@ class Loop:
         bar.close()
         self._check_finite(bad_step)
         r.teacher_logits.end_epoch(epoch)
+        r.progress.teacher_views += r.teacher_logits.views_run(r.data.steps_per_epoch * r.global_batch //
+                                                               cfg.train.grad_accum_steps, self.world_size)
         r.progress.partial_sums, r.progress.partial_steps = {}, 0
         return {k: (v / max(n_steps, 1)).item() for k, v in sums.items()}, step + 1 - start_step
 
@@ -155,7 +157,7 @@ class Trainer(Loop):
         with records.tracker_writes(self.run_dir):  # a full disk there is one line, like every other write
             acc.init_trackers("tensorboard")
         self._resume()
-        acc.print(f"{cfg.name}: {r.params / 1e6:.2f}M params, {self.world_size} process(es) on {self.device.type}, "
+        acc.print(f"{cfg.name}: {r.cost.params / 1e6:.2f}M params, {self.world_size} process(es) on {self.device.type}, "
                   f"global batch {r.global_batch}, lr {r.lr:.2e}, {r.data.steps_per_epoch} steps/epoch")
         start = time.perf_counter() - p.wall_s
         while p.epoch < cfg.train.epochs:
@@ -217,7 +219,7 @@ class Trainer(Loop):
             if r.ema is not None:
                 ckpt.save_weights_atomic(r.ema.module.state_dict(), self.run_dir / "student_ema.safetensors")
             summary = records.run_summary(self.cfg, r, records.read_metrics(self.run_dir),
-                                         wall_s, extra, self.device, self.world_size)
+                                         wall_s, extra, self.device, self.world_size, acc.mixed_precision)
             records.write_json_atomic(self.run_dir / records.SUMMARY, summary)
         with records.tracker_writes(self.run_dir):
             acc.end_training()
