@@ -16,7 +16,9 @@ from distill.config import load_config, to_yaml
 from distill.errors import ConfigError, UserError
 from distill.methods import METHODS
 from distill.report.compare import load_runs, markdown_table, write_report
-from distill.report.study import plan, run_study
+from distill.report.estimate import estimate
+from distill.report.estimate import table as estimate_table
+from distill.report.study import load_study, plan, run_study
 from distill.runs.folder import RunComplete
 from distill.runs.peers import lost_peer_message
 from distill.runs.signals import Preempted
@@ -85,8 +87,10 @@ def cmd_bench(args) -> int:
 
 def cmd_study(args) -> int:
     if args.dry_run:
-        for job in plan(Path(args.study), args.overrides):
+        jobs = plan(Path(args.study), args.overrides)
+        for job in jobs:
             print(" ".join(job.cmd))
+        print("\n" + estimate_table(estimate(jobs, load_study(Path(args.study)))))
         return 0
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 
@@ -150,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study YAML, e.g. recipes/studies/fashion_mnist_cpu.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. to shrink it)")
     p.add_argument("--out", help="report folder (default: <study folder>/report)")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the commands, each run's FLOPs and estimated hours; run nothing")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("methods", help="list the distillation methods (distill.type), their papers and keys")

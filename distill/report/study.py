@@ -19,6 +19,8 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill.errors import ConfigError
+from distill.report import scaling
+from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
 from distill.runs import records
 
@@ -34,6 +36,20 @@ class StudyRun:
 
 
 @dataclass
+class Scaling:
+    """A scaling ladder: every (method, size, budget) becomes the variant `<method>_<size>_e<epochs>`,
+    run for every seed. Runs of the held-out rung go last, after the prediction for them is written."""
+
+    sizes: Dict[str, List[str]] = field(default_factory=dict)  # rung -> overrides (student.embed_dim=..., ...)
+    epochs: List[int] = field(default_factory=list)  # budgets, as epochs over the training set
+    methods: Dict[str, StudyRun] = field(default_factory=dict)  # label -> recipe, overrides, teacher
+    holdout: Optional[str] = None  # the rung predicted before it runs; None: the last (largest)
+    gpu: Optional[str] = None  # docs/bench/<gpu>/: the dry run also estimates that GPU's hours
+    train_images: Optional[int] = None  # the training split's size, for a dry run where the data is absent
+    processes: int = 1  # processes a run uses (GPUs), for the dry run's images per epoch
+
+
+@dataclass
 class Study:
     name: str = MISSING
     output_dir: str = "runs/studies"
@@ -41,6 +57,7 @@ class Study:
     overrides: List[str] = field(default_factory=list)  # for every run
     launcher: str = "python"  # python: one process; launch: ./launch.sh (one process per GPU)
     runs: Dict[str, StudyRun] = field(default_factory=dict)
+    scaling: Optional[Scaling] = None
 
 
 @dataclass
@@ -50,6 +67,27 @@ class Job:
     run_dir: Path
     cmd: List[str]
     needs: Optional[Path] = None
+    holdout: bool = False  # a held-out rung's run: predicted before it starts
+    recipe: str = ""
+    settings: List[str] = field(default_factory=list)  # the key=value overrides of its command
+
+
+def _expand_scaling(study: Study, path: Path) -> None:
+    """Add the ladder's variants to `study.runs`, the held-out rung's last."""
+    sc = study.scaling
+    if not sc.sizes or not sc.epochs or not sc.methods:
+        raise ConfigError(f"study {path}: scaling needs sizes, epochs and methods (see recipes/studies/scaling_cpu.yaml)")
+    sc.holdout = sc.holdout or list(sc.sizes)[-1]
+    if sc.holdout not in sc.sizes:
+        raise ConfigError(f"study {path}: scaling.holdout={sc.holdout!r} is not one of the sizes: {', '.join(sc.sizes)}")
+    if min(sc.epochs) < 1:
+        raise ConfigError(f"study {path}: scaling.epochs={sc.epochs} must be whole epochs >= 1")
+    order = [s for s in sc.sizes if s != sc.holdout] + [sc.holdout]
+    for size in order:
+        for method, run in sc.methods.items():
+            for epochs in sc.epochs:
+                study.runs[ladder_variant(method, size, epochs)] = StudyRun(
+                    run.recipe, run.seeds, [*run.overrides, *sc.sizes[size], f"train.epochs={epochs}"], run.teacher)
 
 
 def load_study(path: Path) -> Study:
@@ -60,6 +98,8 @@ def load_study(path: Path) -> Study:
     except OmegaConfBaseException as e:
         raise ConfigError(f"study {path}: {getattr(e, 'full_key', '') or ''}: "
                           f"{str(getattr(e, 'msg', e)).splitlines()[0]}") from None
+    if study.scaling is not None:
+        _expand_scaling(study, path)
     if study.launcher not in ("python", "launch"):
         raise ConfigError(f"study {path}: launcher={study.launcher!r} is not one of: python, launch")
     for variant, run in study.runs.items():
@@ -75,6 +115,9 @@ def plan(path: Path, overrides=()) -> List[Job]:
     study = load_study(path)
     folder = Path(study.output_dir) / study.name
     first_run = {v: folder / f"{v}_s{(r.seeds or study.seeds)[0]}" for v, r in study.runs.items()}
+    sc, held = study.scaling, set()
+    if sc is not None:
+        held = {ladder_variant(m, sc.holdout, e) for m in sc.methods for e in sc.epochs}
     jobs = []
     for variant, run in study.runs.items():
         for seed in run.seeds or study.seeds:
@@ -86,30 +129,48 @@ def plan(path: Path, overrides=()) -> List[Job]:
             recipe = str((path.parent / run.recipe).resolve())
             launcher = [str(ROOT / "launch.sh")] if study.launcher == "launch" else [sys.executable, "-m", "distill",
                                                                                     "train"]
-            jobs.append(Job(variant, seed, run_dir, [*launcher, recipe, *settings], needs))
+            holdout = variant in held
+            jobs.append(Job(variant, seed, run_dir, [*launcher, recipe, *settings], needs, holdout, recipe, settings))
     return jobs
 
 
+def _run(job: Job, status: dict) -> None:
+    """Run one job unless it is complete or its teacher is not; record what happened."""
+    label = f"{job.variant} seed {job.seed}"
+    if (job.run_dir / records.SUMMARY).exists():
+        status[job.run_dir] = "complete (skipped)"
+    elif job.needs is not None and not (job.needs / records.SUMMARY).exists():
+        status[job.run_dir] = f"not run: its teacher {job.needs.name} is not complete"
+    else:
+        print(f"== study: {label}: {' '.join(job.cmd[-4:])}", flush=True)
+        rc = subprocess.run(job.cmd, cwd=Path.cwd()).returncode
+        done = (job.run_dir / records.SUMMARY).exists()
+        status[job.run_dir] = "ran" if done else f"FAILED (exit {rc})"
+    print(f"== study: {label}: {status[job.run_dir]}", flush=True)
+
+
 def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> int:
-    """Run what is not complete yet, then write the report. Returns 0 if every run is complete."""
-    jobs = plan(path, overrides)
+    """Run what is not complete yet, then write the report. Returns 0 if every run is complete.
+
+    A scaling study runs every rung but the held-out one, writes its prediction for that rung
+    (`prediction.json` in the study folder, kept once made), then runs the held-out rung."""
+    study, jobs = load_study(path), plan(path, overrides)
+    folder = jobs[0].run_dir.parent
     status = {}
-    for job in jobs:
-        label = f"{job.variant} seed {job.seed}"
-        if (job.run_dir / records.SUMMARY).exists():
-            status[job.run_dir] = "complete (skipped)"
-        elif job.needs is not None and not (job.needs / records.SUMMARY).exists():
-            status[job.run_dir] = f"not run: its teacher {job.needs.name} is not complete"
-        else:
-            print(f"== study: {label}: {' '.join(job.cmd[-4:])}", flush=True)
-            rc = subprocess.run(job.cmd, cwd=Path.cwd()).returncode
-            done = (job.run_dir / records.SUMMARY).exists()
-            status[job.run_dir] = "ran" if done else f"FAILED (exit {rc})"
-        print(f"== study: {label}: {status[job.run_dir]}", flush=True)
+    for job in (j for j in jobs if not j.holdout):
+        _run(job, status)
+    if any(j.holdout for j in jobs):
+        prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], study.scaling,
+                                             [j for j in jobs if j.holdout])
+        print(f"== study: prediction for the held-out rung in {prediction}", flush=True)
+    for job in (j for j in jobs if j.holdout):
+        _run(job, status)
     finished = [j.run_dir for j in jobs if (j.run_dir / records.SUMMARY).exists()]
     if finished:
-        out = report_dir or (jobs[0].run_dir.parent / "report")
+        out = report_dir or (folder / "report")
         print(f"== study: report in {write_report(load_runs(finished), out)}")
+        if study.scaling is not None:
+            print(f"== study: scaling report in {scaling.write_scaling_report(load_runs(finished), study.scaling, folder, out)}")
     failed = [str(d) for d, s in status.items() if not (d / records.SUMMARY).exists()]
     for d in failed:
         print(f"== study: incomplete: {d}: {status[Path(d)]}", file=sys.stderr)

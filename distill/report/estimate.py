@@ -1,0 +1,139 @@
+"""`distill study FILE --dry-run`: every run's compute and an estimate of its hours, before any runs.
+
+Per run: the student's training FLOPs (forward and backward per image, `torch.utils.flop_counter`,
+times the images its epochs hold) and the teacher's forward FLOPs (live: every view; with the logit
+cache, the views are recorded once per study and replayed, so the recording is counted once). Hours
+on this device come from timing the student's forward and backward on random images (4 steps after
+one warm-up, at the recipe's precision and batch, fewer images where a step would cost over a
+TFLOP): the data path, evaluation and start-up are not timed. Hours
+on a GPU named by the study (`scaling.gpu`, a folder of `docs/bench/`) divide the FLOPs by the
+training TFLOP/s measured there for the model whose forward GFLOPs are nearest in log scale.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from distill.config import DataConfig, load_config
+from distill.data.sources import load_split
+from distill.errors import DataError
+from distill.train.build import build_student, native_precision
+from distill.train.cost import forward_gflops, train_gflops
+from teachers import create_model
+
+ROOT = Path(__file__).resolve().parents[2]
+STEP_FLOPS = 1e12  # the timed steps' batch: the recipe's, or fewer images where a step would cost more
+
+
+@lru_cache(maxsize=None)
+def _split_shape(data_yaml: str, train_images: Optional[int]):
+    """(train images, classes, channels) of a data config; `train_images` where the data is absent."""
+    data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.create(data_yaml)))
+    try:
+        test = load_split(data, train=False)
+        n = data.train_subset or len(load_split(data, train=True))
+        return n, test.num_classes, test.in_chans
+    except DataError:
+        if train_images is None:
+            raise
+        return data.train_subset or train_images, 1000, 3  # ImageNet's classes and channels
+
+
+def _seconds_per_image(model: torch.nn.Module, shape, precision: str, batch: int) -> float:
+    """Forward and backward of `model` on random images, timed after one warm-up step."""
+    x = torch.randn(batch, *shape)
+    amp = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+    steps = 4
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        with amp:
+            out = model(x)
+        sum(o.float().sum() for o in (out if isinstance(out, (tuple, list)) else (out,))).backward()
+    return (time.perf_counter() - t0) / (steps * batch)
+
+
+def gpu_rate(gpu: str):
+    """TFLOP/s of training measured on `gpu` (docs/bench/<gpu>/*.json), as a function of forward GFLOPs."""
+    points = []
+    for f in sorted((ROOT / "docs" / "bench" / gpu).glob("*.json")):
+        d = json.loads(f.read_text())
+        if d.get("train_tflops") and d.get("gflops_forward"):
+            points.append((math.log(d["gflops_forward"]), d["train_tflops"], f.name))
+    if not points:
+        return None
+    return lambda gflops: min(points, key=lambda p: abs(p[0] - math.log(gflops)))[1:]
+
+
+def estimate(jobs, study) -> List[dict]:
+    """One dict per job: params, images, student and teacher FLOPs, seconds here (and on the GPU)."""
+    sc = study.scaling
+    rate = gpu_rate(sc.gpu) if sc is not None and sc.gpu else None
+    timed, recorded, out = {}, set(), []
+    for job in jobs:
+        cfg = load_config(job.recipe, job.settings)
+        n, classes, chans = _split_shape(_data_yaml(cfg), sc.train_images if sc else None)
+        processes = sc.processes if sc is not None else 1
+        per_step = cfg.data.batch_size * processes
+        images = cfg.train.epochs * (n // per_step) * per_step
+        model = build_student(cfg.student, classes, chans, cfg.data.img_size)
+        shape = (chans, cfg.data.img_size, cfg.data.img_size)
+        gflops = train_gflops(model, shape)
+        key = (json.dumps(cfg.student.__dict__, default=str), shape)
+        if key not in timed:
+            precision = native_precision(False) if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
+            batch = max(1, min(cfg.data.batch_size, int(STEP_FLOPS / (gflops * 1e9))))  # the recipe's, if cheap
+            timed[key] = _seconds_per_image(model, shape, precision or "no", batch)
+        teacher = 0.0
+        if cfg.distill.type != "none" and cfg.teacher.model:
+            epochs = set(range(cfg.train.epochs))
+            if cfg.distill.cache:  # recorded once per view (its key approximated by aug_seed): new epochs only
+                epochs -= {e for s, e in recorded if s == cfg.data.aug_seed}
+                recorded |= {(cfg.data.aug_seed, e) for e in epochs}
+            views = len(epochs) * (images // cfg.train.epochs)
+            teacher = _teacher_gflops(cfg, classes, chans) * 1e9 * views
+        row = {"run": job.run_dir.name, "params": sum(p.numel() for p in model.parameters()), "images": images,
+               "flops": gflops * 1e9 * images, "teacher_flops": teacher, "hours_here": timed[key] * images / 3600}
+        if rate is not None:
+            tflops, source = rate(forward_gflops(model, shape))
+            row.update(hours_gpu=(row["flops"] + row["teacher_flops"]) / (tflops * 1e12) / 3600, gpu_source=source)
+        out.append(row)
+    return out
+
+
+def _data_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg.data))
+
+
+@lru_cache(maxsize=None)
+def _teacher_key(model: str, img_size, classes: int, chans: int, stem: bool) -> float:
+    teacher = create_model(model, num_classes=classes, in_chans=3 if chans == 3 else chans, small_input_stem=stem)
+    return forward_gflops(teacher, (chans, img_size, img_size))
+
+
+def _teacher_gflops(cfg, classes: int, chans: int) -> float:
+    size = cfg.teacher.img_size or cfg.data.img_size
+    return _teacher_key(cfg.teacher.model, size, classes, chans, cfg.teacher.small_input_stem)
+
+
+def table(rows: List[dict]) -> str:
+    """The dry run's printout: one line per run, then the totals."""
+    gpu = any("hours_gpu" in r for r in rows)
+    head = f"{'run':32s} {'params':>9s} {'images':>12s} {'student FLOPs':>14s} {'teacher FLOPs':>14s} {'h here':>8s}"
+    lines = [head + (f" {'h GPU':>8s}" if gpu else "")]
+    for r in rows:
+        line = (f"{r['run']:32s} {r['params'] / 1e6:8.2f}M {r['images']:12,d} {r['flops']:14.3e} "
+                f"{r['teacher_flops']:14.3e} {r['hours_here']:8.3f}")
+        lines.append(line + (f" {r['hours_gpu']:8.3f}" if gpu else ""))
+    total = {k: sum(r.get(k, 0.0) for r in rows) for k in ("flops", "teacher_flops", "hours_here", "hours_gpu")}
+    lines.append(f"{'total (' + str(len(rows)) + ' runs)':32s} {'':9s} {'':12s} {total['flops']:14.3e} "
+                 f"{total['teacher_flops']:14.3e} {total['hours_here']:8.3f}" +
+                 (f" {total['hours_gpu']:8.3f}" if gpu else ""))
+    return "\n".join(lines)
