@@ -169,3 +169,18 @@ def test_cache_key_and_resume_rules_come_from_the_fields_metadata():
     may = may_differ_on_resume()
     assert {"train.epochs", "train.resume", "distill.cache", "output_dir", "data.root"} <= may
     assert not {"train.lr", "seed", "data.crop", "distill.type"} & may
+
+
+def test_a_run_written_before_new_keys_and_a_resolved_aug_seed_resumes(tmp_path):
+    """config.yaml of an earlier version: no distill.dist_beta, no student.embed_dim, aug_seed null.
+    The keys it lacks count as their defaults; a real difference is still refused."""
+    from distill.runs.folder import _check_same_run
+
+    cfg = load_config(None, ["seed=2"])
+    old = yaml.safe_load(to_yaml(cfg))
+    del old["distill"]["dist_beta"], old["student"]["embed_dim"]
+    old["data"]["aug_seed"] = None
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    _check_same_run(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="train.lr=0.1 differs from the run being resumed"):
+        _check_same_run(load_config(None, ["seed=2", "train.lr=0.1"]), tmp_path)

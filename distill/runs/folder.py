@@ -30,6 +30,8 @@ def _check_same_run(cfg: Config, run_dir: Path) -> None:
     if saved.get("data.aug_seed") is None:  # written before aug_seed was resolved at load: it meant `seed`
         saved["data.aug_seed"] = saved.get("seed")
     now, may_differ = _flat(OmegaConf.to_container(OmegaConf.structured(cfg))), may_differ_on_resume()
+    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config)))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}  # keys added since: their default
     diff = [k for k, v in now.items() if k not in may_differ and saved.get(k) != v]
     if diff:
         k = diff[0]
