@@ -4,8 +4,8 @@ Per run: the student's training FLOPs (forward and backward per image, `torch.ut
 times the images its epochs hold) and the teacher's forward FLOPs (live: every view; with the logit
 cache, the views are recorded once per study and replayed, so the recording is counted once). Hours
 on this device come from timing the student's forward and backward on random images (4 steps after
-one warm-up, at the recipe's precision and batch, fewer images where a step would cost over a
-TFLOP): the data path, evaluation and start-up are not timed. Hours
+one warm-up, at the recipe's precision and batch, fewer images where a step would cost over
+0.2 TFLOP): the data path, evaluation and start-up are not timed. Hours
 on a GPU named by the study (`scaling.gpu`, a folder of `docs/bench/`) divide the FLOPs by the
 training TFLOP/s measured there for the model whose forward GFLOPs are nearest in log scale.
 """
@@ -29,21 +29,28 @@ from distill.train.cost import forward_gflops, train_gflops
 from teachers import create_model
 
 ROOT = Path(__file__).resolve().parents[2]
-STEP_FLOPS = 1e12  # the timed steps' batch: the recipe's, or fewer images where a step would cost more
+STEP_FLOPS = 2e11  # the timed steps' batch: the recipe's, or fewer images where a step would cost more
+
+
+# (train images, classes, channels) of the built-in sets: a dry run reads no data and downloads nothing
+KNOWN = {"fashion_mnist": (60000, 10, 1), "cifar10": (50000, 10, 3), "cifar100": (50000, 100, 3)}
 
 
 @lru_cache(maxsize=None)
 def _split_shape(data_yaml: str, train_images: Optional[int]):
-    """(train images, classes, channels) of a data config; `train_images` where the data is absent."""
+    """(train images, classes, channels) of a data config: a built-in set's, else read from the data,
+    else `train_images` (scaling.train_images) with ImageNet's classes and channels."""
     data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.create(data_yaml)))
+    if data.name in KNOWN:
+        n, classes, chans = KNOWN[data.name]
+        return data.train_subset or n, classes, chans
     try:
         test = load_split(data, train=False)
-        n = data.train_subset or len(load_split(data, train=True))
-        return n, test.num_classes, test.in_chans
+        return data.train_subset or len(load_split(data, train=True)), test.num_classes, test.in_chans
     except DataError:
         if train_images is None:
             raise
-        return data.train_subset or train_images, 1000, 3  # ImageNet's classes and channels
+        return data.train_subset or train_images, 1000, 3
 
 
 def _seconds_per_image(model: torch.nn.Module, shape, precision: str, batch: int) -> float:

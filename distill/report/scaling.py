@@ -66,19 +66,15 @@ def teacher_shares(rows: List[dict], runs: list, sc) -> None:
     (the recording and the replays' checks) spread over that group; live runs pay their own."""
     teachers = {r["summary"]["name"]: r["summary"].get("flops") or 0.0 for r in runs}
     taught: Dict[str, int] = {}
-    for m, run in sc.methods.items():
-        if run.teacher:
-            taught[m] = sum(1 for r in rows if r["method"] == m)
+    for m in sc.methods:
+        taught[m] = sum(1 for r in rows if r["method"] == m)
     groups: Dict[str, List[dict]] = {}
     for r in rows:
         if r["logit_cache"]:
             groups.setdefault(r["logit_cache"], []).append(r)
     for r in rows:
-        teacher_run = sc.methods[r["method"]].teacher
-        if not teacher_run:
-            r["teacher_share"] = 0.0
-            continue
-        training = next((f for name, f in teachers.items() if name.startswith(f"{teacher_run}_s")), 0.0)
+        teacher_run = sc.methods[r["method"]].teacher  # None: no teacher, or hub weights (trained elsewhere)
+        training = next((f for name, f in teachers.items() if teacher_run and name.startswith(f"{teacher_run}_s")), 0.0)
         group = groups.get(r["logit_cache"], [r])
         inference = sum(g["teacher_flops"] for g in group) / len(group)
         r["teacher_share"] = training / max(taught[r["method"]], 1) + inference
@@ -170,11 +166,16 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     return path
 
 
+def baseline(sc) -> str:
+    """The method the others are compared with: `plain` if the study has it, else its first."""
+    return "plain" if "plain" in sc.methods else next(iter(sc.methods))
+
+
 def gains(rows: List[dict], sc) -> List[dict]:
     """Each distilled method's gain over plain per (size, budget): top-1 points, paired by seed."""
-    base = next((m for m, run in sc.methods.items() if not run.teacher), None)
+    base = baseline(sc)
     out = []
-    for method in (m for m, run in sc.methods.items() if run.teacher and base):
+    for method in (m for m in sc.methods if m != base):
         for size in sc.sizes:
             for epochs in sc.epochs:
                 def top1(m):
@@ -215,11 +216,11 @@ def optimal_sizes(rows: List[dict], fits: dict) -> List[dict]:
 def breakeven(rows: List[dict], fits: dict, sc) -> List[dict]:
     """Where each distilled method's compute law meets plain's, the teacher's share excluded and
     included (its mean share per run of that method)."""
-    base = next((m for m, run in sc.methods.items() if not run.teacher), None)
+    base = baseline(sc)
     out = []
-    for method in (m for m, run in sc.methods.items() if run.teacher):
-        p, d = fits.get(base, {}).get("error_vs_compute"), fits[method].get("error_vs_compute")
-        if base is None or isinstance(p, str) or isinstance(d, str):
+    for method in (m for m in sc.methods if m != base):
+        p, d = fits[base].get("error_vs_compute"), fits[method].get("error_vs_compute")
+        if isinstance(p, str) or isinstance(d, str):
             continue
         share = mean([r["teacher_share"] for r in rows if r["method"] == method])
         lo, hi = min(r["flops"] for r in rows) / 10, max(r["flops"] for r in rows) * 100

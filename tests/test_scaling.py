@@ -1,0 +1,169 @@
+"""Scaling studies: compute counted against a hand count, the ladder's plan, the prediction made once
+and before the held-out rung runs, the dry run; every rung of the GPU ladders trains a few steps."""
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, needs_fmnist, run_cli
+from distill.config import load_config
+from distill.report.compare import load_runs
+from distill.report.scaling import check_prediction, ladder_rows, predict_holdout
+from distill.report.study import load_study, plan
+from distill.train.build import build_student
+from distill.train.cost import forward_gflops, train_gflops
+from teachers import create_model
+
+CPU_STUDY = ROOT / "recipes/studies/scaling_cpu.yaml"
+
+
+def test_vit_flops_match_a_count_by_hand():
+    """A ViT of L blocks, width d, T tokens (16 patches + class), patch p, K classes, per image:
+    linear layers 24 T d^2 per block (qkv 6, proj 2, MLP 16) + head 2 d K; attention 4 T^2 d per
+    block; patch embedding 2 x 16 x p^2 x d. Training: the forward, twice the linear layers (input
+    and weight gradients), the patch embedding's weight gradient only (the image needs none), and
+    2.5 x the attention (the fused backward recomputes the scores: 5 matmuls against 2)."""
+    L, d, T, p, K = 2, 64, 17, 8, 10
+    linear = L * 24 * T * d * d + 2 * d * K
+    attention = L * 4 * T * T * d
+    patch = 2 * 16 * p * p * d
+    model = create_model("distill_vit_tiny", num_classes=K, in_chans=1, img_size=32, embed_dim=d, depth=L, num_heads=2)
+    assert forward_gflops(model, (1, 32, 32)) * 1e9 == linear + attention + patch
+    assert train_gflops(model, (1, 32, 32)) * 1e9 == 3 * linear + 3.5 * attention + 2 * patch
+
+
+def test_counting_training_flops_changes_nothing_in_the_run():
+    model = create_model("resnet10t", num_classes=10, in_chans=1)  # BatchNorm: training mode would move its stats
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    train_gflops(model, (1, 32, 32))
+    assert torch.equal(torch.rand(3), expected)  # the random stream the run draws from next
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_cpu_ladder_plans_every_cell_and_the_held_out_rung_last():
+    jobs = plan(CPU_STUDY)
+    study = load_study(CPU_STUDY)
+    sc = study.scaling
+    assert len(jobs) == 1 + len(sc.sizes) * len(sc.epochs) * len(sc.methods) * len(study.seeds)
+    held = [j for j in jobs if j.holdout]
+    assert {j.variant.split("_")[1] for j in held} == {"w160d4"} and jobs[-len(held):] == held
+    kd = next(j for j in jobs if j.variant == "kd_w64d2_e16")
+    assert "train.epochs=16" in kd.settings and "student.embed_dim=64" in kd.settings
+    assert kd.needs is not None and kd.needs.name == "teacher_s0"
+    sizes = {}
+    for j in jobs[1:]:
+        sizes.setdefault(j.variant.split("_")[1], j)
+    counts = []
+    for size, job in sizes.items():
+        cfg = load_config(job.recipe, job.settings)
+        counts.append(sum(p.numel() for p in build_student(cfg.student, 10, 1, 32).parameters()))
+    assert counts == sorted(counts) and counts[-1] / counts[0] >= 10  # at least 10x in parameters
+
+
+def _fake_run(folder: Path, name: str, seed: int, params: int, images: int, top1: float):
+    run = folder / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: %d\n" % seed)
+    (run / "summary.json").write_text(json.dumps({
+        "name": name, "seed": seed, "params": params, "flops": 3e3 * params * images, "images": images,
+        "final_top1": top1, "best_top1": top1, "test_loss": 1 - top1 / 100, "teacher_flops": 0.0,
+        "logit_cache": None, "train_img_per_s": 1.0, "wall_s": 1.0, "epochs": 1, "epoch_images": images}))
+
+
+@needs_fmnist
+def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path):
+    """Runs that follow a known joint law exactly: the prediction for the held-out rung is the law's
+    value there; a second call keeps the first prediction; measured runs made after it are compared."""
+    study_file = tmp_path / "s.yaml"
+    study = yaml.safe_load(CPU_STUDY.read_text())
+    study.update(output_dir=str(tmp_path / "runs"))
+    study["runs"]["teacher"]["recipe"] = str(ROOT / "recipes/fashion_mnist/teacher_resnet18.yaml")
+    for m in study["scaling"]["methods"].values():
+        m["recipe"] = str(ROOT / "recipes/fashion_mnist" / Path(m["recipe"]).name)
+    study_file.write_text(yaml.safe_dump(study))
+    sc, jobs = load_study(study_file).scaling, plan(study_file)
+    folder = jobs[0].run_dir.parent
+    n = {"w64d2": 106058, "w96d3": 344650, "w128d4": 805258}
+    images = {4: 19968, 8: 39936, 16: 79872}
+
+    def law(params, imgs, method):  # error = e + A N^-alpha + B D^-beta, kd's floor lower
+        return (0.06 if method == "kd" else 0.08) + 4.0 * params ** -0.3 + 30.0 * imgs ** -0.45
+
+    for j in jobs:
+        if j.holdout or j.variant == "teacher":
+            continue
+        method, size, e = j.variant.split("_")
+        _fake_run(folder, j.run_dir.name, j.seed, n[size], images[int(e[1:])], 100 * (1 - law(n[size], images[int(e[1:])], method)))
+    path = predict_holdout(folder, [j for j in jobs if not j.holdout], sc, [j for j in jobs if j.holdout])
+    pred = json.loads(path.read_text())
+    held_params = pred["holdout_params"]
+    assert 1.2e6 < held_params < 1.3e6
+    for p in pred["predictions"]:
+        truth = 100 * (1 - law(held_params, p["images"], p["method"]))
+        assert abs(p["predicted_top1"] - truth) < 0.05 and p["low"] <= p["predicted_top1"] <= p["high"]
+    assert len(pred["predictions"]) == len(sc.methods) * len(sc.epochs)
+    time.sleep(1.1)
+    assert predict_holdout(folder, [], sc, []).read_text() == path.read_text()  # kept, not made again
+    for j in (j for j in jobs if j.holdout):
+        method, size, e = j.variant.split("_")
+        _fake_run(folder, j.run_dir.name, j.seed, held_params, images[int(e[1:])], 90.0)
+    rows = ladder_rows(load_runs([j.run_dir for j in jobs if j.variant != "teacher"]), sc)
+    checked = check_prediction(folder, rows)
+    assert all(p["measured_top1"] == 90.0 and p["made_before_runs"] for p in checked["predictions"])
+    assert all(abs(p["error_points"] - (p["predicted_top1"] - 90.0)) < 1e-9 for p in checked["predictions"])
+
+
+def test_dry_run_prints_each_runs_flops_by_hand_and_the_total(tmp_path):
+    """FLOPs of a run = training FLOPs per image (the hand count above) x its images; nothing runs."""
+    study = {"name": "dry", "output_dir": str(tmp_path), "seeds": [0],
+             "overrides": ["data.train_subset=300", "data.batch_size=100", "train.mixed_precision=no"],
+             "scaling": {"sizes": {"a": ["student.embed_dim=64", "student.depth=2", "student.num_heads=2"],
+                                   "b": ["student.embed_dim=96", "student.depth=2", "student.num_heads=3"]},
+                         "epochs": [2], "methods": {"plain": {"recipe": str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")}}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    res = run_cli("study", tmp_path / "s.yaml", "--dry-run")
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("plain_a_e2_s0 "))
+    L, d, T, K = 2, 64, 17, 10
+    per_image = 3 * (L * 24 * T * d * d + 2 * d * K) + 3.5 * L * 4 * T * T * d + 2 * 2 * 16 * 64 * d
+    images = 2 * 300  # 2 epochs of 3 full batches of 100
+    assert float(line.split()[3]) == pytest.approx(per_image * images, rel=1e-3)
+    assert f"{images:,}" in line and "total (2 runs)" in res.stdout
+    assert not (tmp_path / "dry").exists()  # a dry run writes nothing
+
+
+LADDERS = [("scaling_cifar10.yaml", ["data.img_size=32"]),
+           ("scaling_imagenet.yaml", ["data.img_size=224", "data.crop=pad", "data.auto_augment=null", "data.reprob=0",
+                                      "data.aug_repeats=1", "data.in_memory=null", "data.mean=null", "data.std=null"])]
+
+
+@needs_fmnist
+@pytest.mark.slow
+@pytest.mark.parametrize("study, data", LADDERS, ids=[s for s, _ in LADDERS])
+def test_every_rung_of_the_gpu_ladders_trains_a_few_steps(study, data):
+    """Each size up to Base, as its study builds it, takes two steps on Fashion-MNIST at the ladder's
+    resolution (no CIFAR or ImageNet here): finite losses, logits of the dataset's shape."""
+    from distill.train.trainer import Loop
+
+    jobs = [j for j in plan(ROOT / "recipes/studies" / study) if j.variant.startswith("plain_")]
+    rungs = {j.variant.split("_")[1]: j for j in jobs}
+    assert list(rungs) == ["tiny", "small", "medium", "base"]
+    for size, job in rungs.items():
+        cfg = load_config(job.recipe, [*job.settings, "data.name=fashion_mnist", *data, "data.train_subset=4",
+                                       "data.test_subset=2", "data.batch_size=2", "data.num_workers=0",
+                                       "train.mixed_precision=no", "data.mixup_alpha=0", "data.cutmix_alpha=0",
+                                       "train.epochs=1", "train.warmup_epochs=0", "train.compile=false",
+                                       f"output_dir={ROOT / 'runs' / 'never'}"])
+        loop = Loop(cfg)
+        terms, steps = loop.train_epoch(0)
+        assert steps == 2 and all(torch.isfinite(torch.tensor(v)) for v in terms.values()), (size, terms)
+        x = torch.zeros(1, 1, cfg.data.img_size, cfg.data.img_size)
+        assert loop.run.model.eval()(x).shape == (1, 10), size
