@@ -7,7 +7,7 @@ on this device come from timing the student's forward and backward on random ima
 one warm-up, at the recipe's precision and batch, fewer images where a step would cost over
 0.2 TFLOP): the data path, evaluation and start-up are not timed. Hours
 on a GPU named by the study (`scaling.gpu`, a folder of `docs/bench/`) divide the FLOPs by the
-training TFLOP/s measured there for the model whose forward GFLOPs are nearest in log scale.
+training TFLOP/s measured there, interpolated in log-log between the measured models' forward GFLOPs.
 """
 from __future__ import annotations
 
@@ -68,36 +68,47 @@ def _seconds_per_image(model: torch.nn.Module, shape, precision: str, batch: int
 
 
 def gpu_rate(gpu: str):
-    """TFLOP/s of training measured on `gpu` (docs/bench/<gpu>/*.json), as a function of forward GFLOPs."""
-    points = []
+    """Training TFLOP/s measured on `gpu` (docs/bench/<gpu>/*.json) as a function of a model's forward
+    GFLOPs: the best measurement at each size (graphed, compiled or eager), interpolated linearly in
+    log-log between sizes and held constant beyond them; None without measurements."""
+    best = {}
     for f in sorted((ROOT / "docs" / "bench" / gpu).glob("*.json")):
         d = json.loads(f.read_text())
         if d.get("train_tflops") and d.get("gflops_forward"):
-            points.append((math.log(d["gflops_forward"]), d["train_tflops"], f.name))
-    if not points:
+            key = round(math.log(d["gflops_forward"]), 1)
+            if d["train_tflops"] > best.get(key, (0, ""))[0]:
+                best[key] = (d["train_tflops"], f.name)
+    if not best:
         return None
-    return lambda gflops: min(points, key=lambda p: abs(p[0] - math.log(gflops)))[1:]
+    xs = sorted(best)
+
+    def rate(gflops: float):
+        x = min(max(math.log(gflops), xs[0]), xs[-1])
+        hi = next(i for i, v in enumerate(xs) if v >= x)
+        lo = max(hi - 1, 0)
+        w = 0.0 if xs[hi] == xs[lo] else (x - xs[lo]) / (xs[hi] - xs[lo])
+        tflops = math.exp((1 - w) * math.log(best[xs[lo]][0]) + w * math.log(best[xs[hi]][0]))
+        return tflops, "+".join(sorted({best[xs[lo]][1], best[xs[hi]][1]}))
+
+    return rate
 
 
 def estimate(jobs, study) -> List[dict]:
     """One dict per job: params, images, student and teacher FLOPs, seconds here (and on the GPU)."""
     sc = study.scaling
     rate = gpu_rate(sc.gpu) if sc is not None and sc.gpu else None
-    timed, recorded, out = {}, set(), []
+    measured, recorded, out = {}, set(), []
     for job in jobs:
         cfg = load_config(job.recipe, job.settings)
         n, classes, chans = _split_shape(_data_yaml(cfg), sc.train_images if sc else None)
         processes = sc.processes if sc is not None else 1
         per_step = cfg.data.batch_size * processes
         images = cfg.train.epochs * (n // per_step) * per_step
-        model = build_student(cfg.student, classes, chans, cfg.data.img_size)
         shape = (chans, cfg.data.img_size, cfg.data.img_size)
-        gflops = train_gflops(model, shape)
-        key = (json.dumps(cfg.student.__dict__, default=str), shape)
-        if key not in timed:
-            precision = native_precision(False) if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
-            batch = max(1, min(cfg.data.batch_size, int(STEP_FLOPS / (gflops * 1e9))))  # the recipe's, if cheap
-            timed[key] = _seconds_per_image(model, shape, precision or "no", batch)
+        key = (json.dumps(vars(cfg.student), default=str), shape, classes, cfg.train.mixed_precision, cfg.data.batch_size)
+        if key not in measured:  # one model per rung: seeds, budgets and methods share it
+            measured[key] = _measure(cfg, classes, shape)
+        params, gflops, forward, seconds = measured[key]
         teacher = 0.0
         if cfg.distill.type != "none" and cfg.teacher.model:
             epochs = set(range(cfg.train.epochs))
@@ -106,13 +117,23 @@ def estimate(jobs, study) -> List[dict]:
                 recorded |= {(cfg.data.aug_seed, e) for e in epochs}
             views = len(epochs) * (images // cfg.train.epochs)
             teacher = _teacher_gflops(cfg, classes, chans) * 1e9 * views
-        row = {"run": job.run_dir.name, "params": sum(p.numel() for p in model.parameters()), "images": images,
-               "flops": gflops * 1e9 * images, "teacher_flops": teacher, "hours_here": timed[key] * images / 3600}
+        row = {"run": job.run_dir.name, "params": params, "images": images,
+               "flops": gflops * 1e9 * images, "teacher_flops": teacher, "hours_here": seconds * images / 3600}
         if rate is not None:
-            tflops, source = rate(forward_gflops(model, shape))
+            tflops, source = rate(forward)
             row.update(hours_gpu=(row["flops"] + row["teacher_flops"]) / (tflops * 1e12) / 3600, gpu_source=source)
         out.append(row)
     return out
+
+
+def _measure(cfg, classes: int, shape) -> tuple:
+    """(params, training GFLOPs per image, forward GFLOPs, seconds per image here) of a run's student."""
+    model = build_student(cfg.student, classes, shape[0], cfg.data.img_size)
+    gflops = train_gflops(model, shape)
+    precision = native_precision(False) if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
+    batch = max(1, min(cfg.data.batch_size, int(STEP_FLOPS / (gflops * 1e9))))  # the recipe's, if cheap
+    seconds = _seconds_per_image(model, shape, precision or "no", batch)
+    return sum(p.numel() for p in model.parameters()), gflops, forward_gflops(model, shape), seconds
 
 
 def _data_yaml(cfg) -> str:
