@@ -103,7 +103,7 @@ def cmd_export(args) -> int:
 def cmd_methods(args) -> int:
     """One block per registered method: what it is, its paper, its keys, what it works with."""
     for m in METHODS.values():
-        own = [f"distill.{k} ({spec.default!r}: {spec.help})" for k, spec in m.keys.items()]
+        own = [f"distill.{k} (default {spec.default!r}; {spec.help})" for k, spec in m.keys.items()]
         supports = [w for w, ok in [("distillation token", m.token), ("logit cache", m.cache),
                                     ("top-k cache", m.topk_cache), ("Mixup/CutMix", m.mixup)] if ok]
         print(f"{m.name:8s} {m.summary}\n{'':8s} paper: {m.paper}\n"

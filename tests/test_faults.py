@@ -270,15 +270,15 @@ def test_a_stalled_machine_ends_the_job_within_the_timeout(tmp_path):
 
 def test_second_ctrl_c_stops_at_once(monkeypatch):
     """The terminal's and torchrun's copies of one keypress count once; a later press interrupts."""
-    from distill.runs import peers as faults
+    from distill.runs import signals
 
     class Acc:
         num_processes = 1
     clock = iter([100.0, 100.2, 101.5])
-    monkeypatch.setattr(faults.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(signals.time, "monotonic", lambda: next(clock))
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        stop = faults.StopRequest(Acc())
+        stop = signals.StopRequest(Acc())
         stop._on_signal(signal.SIGINT, None)
         stop._on_signal(signal.SIGINT, None)  # 0.2 s later: the same keypress, forwarded
         assert stop.poll(at_sync_point=False) and stop.requested == "SIGINT"
