@@ -142,7 +142,7 @@ def _data_yaml(cfg) -> str:
 
 @lru_cache(maxsize=None)
 def _teacher_key(model: str, img_size, classes: int, chans: int, stem: bool) -> float:
-    teacher = create_model(model, num_classes=classes, in_chans=3 if chans == 3 else chans, small_input_stem=stem)
+    teacher = create_model(model, num_classes=classes, in_chans=chans, small_input_stem=stem)
     return forward_gflops(teacher, (chans, img_size, img_size))
 
 

@@ -174,20 +174,19 @@ def baseline(sc) -> str:
 def gains(rows: List[dict], sc) -> List[dict]:
     """Each distilled method's gain over plain per (size, budget): top-1 points, paired by seed."""
     base = baseline(sc)
+    top1: Dict[tuple, Dict[int, float]] = {}  # (method, size, epochs) -> {seed: top-1}
+    for r in rows:
+        top1.setdefault((r["method"], r["size"], r["epochs"]), {})[r["seed"]] = r["top1"]
     out = []
-    for method in (m for m in sc.methods if m != base):
-        for size in sc.sizes:
-            for epochs in sc.epochs:
-                def top1(m):
-                    return {r["seed"]: r["top1"] for r in rows if (r["method"], r["size"], r["epochs"]) == (m, size, epochs)}
-                a, b = top1(method), top1(base)
-                seeds = sorted(set(a) & set(b))
-                if not seeds:
-                    continue
-                gain, half = paired_diff_ci([a[s] for s in seeds], [b[s] for s in seeds])
-                params = next(r["params"] for r in rows if (r["method"], r["size"]) == (method, size))
-                out.append({"method": method, "size": size, "epochs": epochs, "params": params, "budget": epochs,
-                            "gain": gain, "gain_ci": half if math.isfinite(half) else 0.0, "seeds": len(seeds)})
+    for (method, size, epochs), a in top1.items():
+        b = top1.get((base, size, epochs), {})
+        seeds = sorted(set(a) & set(b))
+        if method == base or not seeds:
+            continue
+        gain, half = paired_diff_ci([a[s] for s in seeds], [b[s] for s in seeds])
+        params = next(r["params"] for r in rows if (r["method"], r["size"]) == (method, size))
+        out.append({"method": method, "size": size, "epochs": epochs, "params": params, "budget": epochs,
+                    "gain": gain, "gain_ci": half if math.isfinite(half) else 0.0, "seeds": len(seeds)})
     return out
 
 
