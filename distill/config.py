@@ -102,6 +102,7 @@ class _DistillCommon:
     type: str = "none"  # a registered method: `distill methods` lists them (distill/methods/)
     alpha: float = 0.5  # weight of the teacher's term; (1 - alpha) on the label term
     tau: float = 1.0  # temperature of the methods that soften logits (soft, kd, dkd, dist)
+    standardize: bool = False  # z-score both sides' logits per sample before tau (Sun et al. 2024): soft, kd, dkd, dist
     cache: bool = _key(False, may_differ=True)  # record the teacher's logits once per view, replay them later
     cache_topk: Optional[int] = None  # store only the top-k classes per view (fp16 + int16); None/0 = every logit
 

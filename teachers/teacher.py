@@ -264,6 +264,11 @@ class Teacher(nn.Module):
             feature_map = self.model.forward_intermediates(self._inputs(x), indices=[index], intermediates_only=True)[0]
             return feature_map.mean(dim=(2, 3))  # (B, C_i, h, w) -> (B, C_i)
 
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_data, H, W) -> (B, D): timm's pooled pre-logits features, the input of the classifier."""
+        with torch.no_grad():
+            return self.model.forward_head(self.model.forward_features(self._inputs(x)), pre_logits=True)
+
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         """The student's batch as the teacher's model takes it: its channels, normalisation and size."""
         resize = self.img_size is not None and tuple(x.shape[-2:]) != (self.img_size, self.img_size)

@@ -144,7 +144,7 @@ def test_distill_methods_lists_dist_with_its_keys(capsys):
     lines = capsys.readouterr().out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.split()[0] == "dist")
     assert "Huang et al. 2022" in lines[at + 1]
-    assert lines[at + 2].split("keys: ")[1].startswith("distill.alpha, distill.tau, distill.dist_beta (default 1.0; ")
+    assert lines[at + 2].split("keys: ")[1].startswith("distill.alpha, distill.tau, distill.standardize, distill.dist_beta (default 1.0; ")
     assert "distill.dist_gamma (default 1.0; " in lines[at + 2]
     assert lines[at + 3].split("works with: ")[1] == "distillation token, logit cache, top-k cache, Mixup/CutMix"
 

@@ -23,6 +23,8 @@ from torch import nn
 
 from distill.errors import ConfigError
 
+STANDARDIZE_EPS = 1e-7  # the reference code's eps (sunshangquan/logit-standardization-KD), added to the std
+
 if TYPE_CHECKING:  # type hints only: the config imports this module to assemble DistillConfig
     from distill.config import Config
 
@@ -76,7 +78,7 @@ class Method(nn.Module):
     def __init__(self, cfg, base_criterion: nn.Module):
         """`cfg`: the `DistillConfig`; `base_criterion`: the label term (`build_criterion`)."""
         super().__init__()
-        self.base_criterion, self.alpha = base_criterion, cfg.alpha
+        self.base_criterion, self.alpha, self.standardize = base_criterion, cfg.alpha, cfg.standardize
 
     @classmethod
     def check(cls, cfg: "Config") -> None:
@@ -93,6 +95,14 @@ class Method(nn.Module):
         if cfg.distill.cache and not cls.cache:
             raise ConfigError(f"distill.cache=true stores teacher logits, but distill.type={cls.name} computes its "
                               "teacher's output live; set distill.cache=false")
+        if cfg.distill.standardize and "standardize" not in cls.reads:
+            takes = ", ".join(m.name for m in METHODS.values() if "standardize" in m.reads)
+            raise ConfigError(f"distill.standardize=true z-scores logits before a temperature, which "
+                              f"distill.type={cls.name} does not use; set it for distill.type={{{takes}}} only")
+        mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0 or cfg.data.cutmix_minmax is not None
+        if mixing and not cls.mixup:
+            raise ConfigError(f"distill.type={cls.name} needs one class per image, which Mixup/CutMix mixes: "
+                              "set data.mixup_alpha=0 and data.cutmix_alpha=0 (and data.cutmix_minmax=null)")
         if cfg.distill.cache and cfg.distill.cache_topk and not cls.topk_cache:
             raise ConfigError(f"distill.cache_topk stores top-k logits, which distill.type={cls.name} cannot use; "
                               "set distill.cache_topk=0")
@@ -101,6 +111,10 @@ class Method(nn.Module):
                 if other is not cls and getattr(cfg.distill, key) != spec.default:
                     raise ConfigError(f"distill.{key}={getattr(cfg.distill, key)} applies to distill.type={other.name} "
                                       f"only; remove it or set distill.type={other.name}")
+
+    def set_progress(self, epochs: float) -> None:
+        """Called before every step with the epochs done once it ends (a fraction within an epoch), for
+        weights that follow the schedule (DKD's warm-up). Most methods ignore it."""
 
     def wrap(self, student: nn.Module, teacher: Optional[nn.Module], in_chans: int, img_size: int):
         """(the module that trains, the teacher the step runs). Most methods train the student itself."""
@@ -129,8 +143,19 @@ class Method(nn.Module):
         if teacher_out.shape != logits.shape:
             raise ConfigError(f"teacher logits {tuple(teacher_out.shape)} do not match the student's "
                               f"{tuple(logits.shape)}: teacher and student need the same classes")
-        distill, parts = self.term(logits, teacher_out.float(), targets)  # fp32: low-precision KLs are noisy
+        logits, teacher_logits = logits.float(), teacher_out.float()  # fp32: low-precision KLs are noisy
+        if self.standardize:
+            logits, teacher_logits = standardize(logits), standardize(teacher_logits)
+        distill, parts = self.term(logits, teacher_logits, targets)
         return {"loss": (1 - self.alpha) * base + self.alpha * distill, "base": base, "distill": distill, **parts}
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Logit standardisation (Sun et al. 2024, `distill.standardize=true`): each row's z-score over the
+    classes, (z - mean) / (std + eps), with the unbiased std (torch's default, as the reference code).
+    The temperature then divides the z-scores, so teacher and student share their logits' relations
+    but neither their range nor their offset (the paper's "base temperature" is `distill.tau`)."""
+    return (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True) + STANDARDIZE_EPS)
 
 
 def build_criterion(mixup_active: bool, label_smoothing: float) -> nn.Module:

@@ -56,7 +56,7 @@ class DIST(Method):
                              min=0.0),
             "dist_gamma": Key(float, 1.0, "weight of the intra-class term (per-class correlation over the batch)",
                               min=0.0)}
-    reads = ("alpha", "tau")
+    reads = ("alpha", "tau", "standardize")
 
     def __init__(self, cfg, base_criterion):
         super().__init__(cfg, base_criterion)

@@ -44,23 +44,39 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
 
 @register_method
 class DKD(Method):
-    """The teacher's term is dkd_alpha * TCKD + dkd_beta * NCKD (the paper's CE + DKD is alpha = 0.5,
-    up to a factor 2 on the whole loss); the paper's warm-up of the DKD weight over the first epochs
-    is left out (the learning-rate warm-up already softens the first steps). The labels come from
-    `targets`: their argmax under Mixup/CutMix (`class_ids`)."""
+    """The teacher's term is warm-up x (dkd_alpha * TCKD + dkd_beta * NCKD); the paper's CE + DKD is
+    alpha = 0.5, up to a factor 2 on the whole loss.
+
+    Warm-up (`dkd_warmup`, in epochs; 0 = none): mdistiller scales DKD by min(epoch / warmup, 1), with
+    the epoch counted from 1 and stepped once per epoch (its CIFAR setting: 20 of 240 epochs). Here the
+    weight ramps per step, min(epochs done / warmup, 1) with the current step counted as done, so it
+    reaches mdistiller's value e / warmup at the end of epoch e. The weight lives in a buffer that
+    `set_progress` fills in place, so a CUDA graph replays the current value.
+
+    The target/non-target split needs one class per image: Mixup/CutMix are refused (a mixed image
+    holds two classes, and the argmax of its target would make the other a "non-target")."""
 
     name = "dkd"
     summary = "decoupled KD: dkd_alpha x TCKD (target vs rest) + dkd_beta x NCKD (among non-targets)"
     paper = "Zhao et al. 2022, Decoupled knowledge distillation, CVPR"
     keys = {"dkd_alpha": Key(float, 1.0, "weight of TCKD, the target-vs-rest term", min=0.0),
             "dkd_beta": Key(float, 8.0, "weight of NCKD, the among-non-targets term (paper: 8 on CIFAR-100)",
-                            min=0.0)}
-    reads = ("alpha", "tau")
+                            min=0.0),
+            "dkd_warmup": Key(float, 0.0, "epochs over which the DKD weight ramps from 0 to 1 (mdistiller: 20 of "
+                                          "240 on CIFAR-100); 0: none", min=0.0)}
+    reads = ("alpha", "tau", "standardize")
+    mixup = False
 
     def __init__(self, cfg, base_criterion):
         super().__init__(cfg, base_criterion)
-        self.tau, self.dkd_alpha, self.dkd_beta = cfg.tau, cfg.dkd_alpha, cfg.dkd_beta
+        self.tau, self.dkd_alpha, self.dkd_beta, self.warmup = cfg.tau, cfg.dkd_alpha, cfg.dkd_beta, cfg.dkd_warmup
+        self.register_buffer("warmup_weight", torch.ones(()), persistent=False)  # progress, not state: not saved
+
+    def set_progress(self, epochs: float) -> None:
+        if self.warmup > 0:
+            self.warmup_weight.fill_(min(epochs / self.warmup, 1.0))
 
     def term(self, logits, teacher_logits, targets):
         tckd, nckd = dkd_terms(logits.float(), teacher_logits, class_ids(targets), self.tau)
-        return self.dkd_alpha * tckd + self.dkd_beta * nckd, {"dkd_tckd": tckd, "dkd_nckd": nckd}
+        return (self.warmup_weight * (self.dkd_alpha * tckd + self.dkd_beta * nckd),
+                {"dkd_tckd": tckd, "dkd_nckd": nckd, "dkd_warmup": self.warmup_weight})

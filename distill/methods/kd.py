@@ -26,7 +26,7 @@ class KD(Method):
     name = "kd"
     summary = "classic KD: KL to the teacher's softmax at tau, on the one class head (no token)"
     paper = "Hinton et al. 2015, Distilling the knowledge in a neural network, arXiv:1503.02531"
-    reads = ("alpha", "tau")
+    reads = ("alpha", "tau", "standardize")
     token = False
 
     def __init__(self, cfg, base_criterion):

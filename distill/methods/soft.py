@@ -32,7 +32,7 @@ class Soft(Method):
     paper = "Touvron et al. 2021, Training data-efficient image transformers (DeiT), ICML"
     keys = {"kl_reduction": Key(str, "batchmean", "batchmean: per-sample KL | deit: DeiT's sum / (B x classes)",
                                 choices=("batchmean", "deit"))}
-    reads = ("alpha", "tau")
+    reads = ("alpha", "tau", "standardize")
 
     def __init__(self, cfg, base_criterion):
         super().__init__(cfg, base_criterion)

@@ -244,6 +244,7 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
     model = build_student(cfg.student, data.num_classes, in_chans, img_size)
     shape = (in_chans, img_size, img_size)
     method = build_method(cfg.distill, build_criterion(data.augment.mixup is not None, cfg.data.label_smoothing))
+    method.to(acc.device)  # buffers a CUDA graph reads (DKD's warm-up weight) live on the device
     teacher = None
     if method.needs_teacher:
         with acc.main_process_first():  # one rank reads or downloads the weights first

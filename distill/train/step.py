@@ -8,6 +8,9 @@ micro-batch. What differs between the two ways of running it is passed in as hoo
 - graphed (`graph_hooks`): the bare module and optimizer, plain `backward`, and autocast with its
   weight-cast cache off (a cache inside a graph would hold stale casts).
 
+Either way the loss runs in fp32: the step casts the student's outputs up after the forward, as
+Accelerate's prepared model already does on the eager path and the bare graphed model does not.
+
 The loop calls both the same way: `step(images, labels, index, salt, mix, cached_logits)`.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from accelerate.utils import convert_to_fp32
 
 
 @dataclass
@@ -36,11 +40,13 @@ def accelerate_hooks(accelerator, model, clip_grad: Optional[float], skip_nonfin
     return StepHooks(accelerator.autocast, accelerator.backward, clip, skip_nonfinite)
 
 
-def graph_hooks(model, clip_grad: Optional[float], amp_dtype: Optional[torch.dtype]) -> StepHooks:
+def graph_hooks(model, clip_grad: Optional[float], amp_dtype: Optional[torch.dtype],
+                device_type: str = "cuda") -> StepHooks:
+    """Hooks for the bare module; `device_type` is autocast's ("cpu" lets tests run the same step)."""
     def autocast():
         if amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", amp_dtype, cache_enabled=False)
+        return torch.autocast(device_type, amp_dtype, cache_enabled=False)
 
     def clip():
         if clip_grad:
@@ -72,7 +78,9 @@ class TrainStep:
             if teacher_out is None and self.teacher is not None:
                 with torch.no_grad():
                     teacher_out = self.teacher(x)
-        terms = self.criterion(outputs, targets, teacher_out)
+        # every loss term in fp32 (a bf16 log_softmax is off by ~0.3%); teacher_out keeps its dtype,
+        # since it is returned for the logit cache and a replay must match it exactly (methods cast it)
+        terms = self.criterion(convert_to_fp32(outputs), targets, teacher_out)
         if h.skip_nonfinite is not None and h.skip_nonfinite(terms["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             return None

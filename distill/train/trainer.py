@@ -91,6 +91,7 @@ class Loop:
         acc, r = self.accelerator, self.run
         # drop-path and other torch draws: a function of the position, so a resume replays them
         torch.manual_seed(step_torch_seed(self.cfg.seed, epoch, step, self.rank))
+        r.method.set_progress(epoch + (step + 1) / r.data.steps_per_epoch)  # a function of the position too
         salt = epoch_salt(r.data.aug_seed, epoch)
         mix = r.data.augment.mix_params(r.data.aug_seed, epoch, step, images.shape).to(self.device, non_blocking=True)
         cached = r.teacher_logits.cached(step, lambda: r.data.augment.apply(images, labels, index, salt, mix)[0])
