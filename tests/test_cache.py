@@ -83,8 +83,8 @@ def test_topk_cache_hard_replay_is_the_live_run(tmp_path, teacher_dir):
     (key,) = [p for p in (teacher_dir / "logit_cache").glob("*/key.json") if '"topk": 3' in p.read_text()]
     (path,) = key.parent.glob("epoch_0000_*.safetensors")
     stored = load_file(str(path))
-    assert set(stored) == {"values", "indices"}  # 32 steps x 32 views x 3 classes, 4 bytes each
-    assert stored["values"].shape == (32, 32, 3) and stored["values"].dtype == torch.float16
+    assert set(stored) == {"values", "indices"}  # 32 steps x 32 views x (3 classes, 4 bytes each + 2 for the rest)
+    assert stored["values"].shape == (32, 32, 4) and stored["values"].dtype == torch.float16
     assert stored["indices"].dtype == torch.int16 and int(stored["indices"].max()) < 10
     replay = distilled(tmp_path, teacher_dir, "replay_k3", *extra)
     assert replay.returncode == 0, replay.stderr[-2000:]

@@ -1,4 +1,6 @@
 """Top-k teacher-logit cache (`distill.cache_topk`): the stored layout, the rest-mass rule, the exact argmax."""
+import hashlib
+import json
 import math
 
 import pytest
@@ -11,19 +13,21 @@ from distill.errors import CacheError
 Z = [[2.0, 0.0, 1.0, -1.0, 0.5]]  # one view, 5 classes; top-2 are classes 0 and 2
 
 
-def test_encode_stores_top_k_log_probabilities_as_fp16_and_int16_indices():
+def test_encode_stores_top_k_log_probabilities_and_log_rest_as_fp16_and_int16_indices():
     values, indices = topk_encode(torch.tensor(Z), 2)
-    assert values.dtype == torch.float16 and indices.dtype == torch.int16 and values.shape == (1, 2)
+    assert values.dtype == torch.float16 and indices.dtype == torch.int16
+    assert values.shape == (1, 3) and indices.shape == (1, 2)  # k values, then the log rest
     lse = math.log(sum(math.exp(z) for z in Z[0]))
+    rest = math.log(math.exp(0.0) + math.exp(-1.0) + math.exp(0.5))  # classes 1, 3, 4
     assert indices.tolist() == [[0, 2]]
-    assert values[0].float().tolist() == pytest.approx([2.0 - lse, 1.0 - lse], abs=2 ** -11 * 3)  # fp16's rounding
+    assert values[0].float().tolist() == pytest.approx([2.0 - lse, 1.0 - lse, rest - lse],
+                                                       abs=2 ** -11 * 3)  # fp16's rounding
 
 
 def test_decode_by_hand_kept_classes_plus_uniform_rest():
     values, indices = topk_encode(torch.tensor(Z), 2)
-    v0, v2 = values.float()[0].tolist()
-    rest = 1 - math.exp(v0) - math.exp(v2)  # the mass of classes 1, 3, 4, spread evenly
-    tail = math.log(rest / 3)
+    v0, v2, rest = values.float()[0].tolist()
+    tail = rest - math.log(3)  # the stored mass of classes 1, 3, 4, spread evenly
     logits = topk_decode(values, indices, 5)
     assert logits.dtype == torch.float32
     assert logits[0].tolist() == pytest.approx([v0, tail, v2, tail, tail], rel=1e-6)
@@ -42,7 +46,8 @@ def test_rest_mass_rule_and_temperature_on_many_classes():
     p = topk_decode(values, indices, 1000).softmax(-1)
     true = z.softmax(-1)
     kept = true.gather(-1, indices.long())
-    assert torch.allclose(p.gather(-1, indices.long()), kept, rtol=2e-3)
+    # fp16 rounds log p (> -8 here) to within 2^-9, and softmax renormalises the separately rounded rest (< 1e-3)
+    assert torch.allclose(p.gather(-1, indices.long()), kept, rtol=2.5e-3)
     others = torch.ones_like(p, dtype=torch.bool).scatter_(-1, indices.long(), False)
     tail = p[others].view(64, 990)
     assert torch.allclose(tail, tail[:, :1].expand_as(tail))  # uniform over the other 990 classes
@@ -71,11 +76,35 @@ def test_argmax_is_exact_even_where_fp16_ties(dtype):
 
 
 def test_kept_mass_reaching_one_keeps_the_logits_finite():
-    z = torch.tensor([[30.0, 0.0, 0.0, 0.0]])  # p0 rounds to 1 in fp16: no rest mass left
+    z = torch.tensor([[30.0, 0.0, 0.0, 0.0]])  # p0 rounds to 1 in fp16 and fp32: the rest is kept in log space
     values, indices = topk_encode(z, 1)
+    assert values[0, 1].item() == pytest.approx(math.log(3) - 30.0, abs=2 ** -11 * 30)
     logits = topk_decode(values, indices, 4)
     assert torch.isfinite(logits).all() and logits.argmax().item() == 0
     assert logits.softmax(-1)[0, 0].item() == pytest.approx(1.0, abs=1e-6)
+    z = torch.tensor([[2.0, 0.0, -math.inf, -math.inf]])  # no rest at all: fp16's lowest, never -inf
+    values, indices = topk_encode(z, 2)
+    assert values[0, 2].item() == torch.finfo(torch.float16).min
+    logits = topk_decode(values, indices, 4)
+    assert torch.isfinite(logits).all() and logits.softmax(-1)[0, 2:].sum().item() == 0.0
+
+
+def _soft_kl_to_uniform(teacher: torch.Tensor, tau: float) -> float:
+    """By hand: KL(softmax(t / tau) || softmax(0 / tau)) summed over classes, times tau^2 (one view)."""
+    p = (teacher / tau).log_softmax(-1)
+    q = torch.zeros_like(teacher).log_softmax(-1)
+    return ((p.exp() * (p - q)).sum(-1) * tau ** 2).item()
+
+
+@pytest.mark.parametrize("k, lead", [(5, 25.0), (100, 30.0)])
+def test_confident_teachers_tail_survives_temperature(k, lead):
+    """fp32 rounds log p of a class leading by ~20 to 0, so 1 - sum(kept p) is 0 and a tail rebuilt from it
+    vanishes at any tau (issue 21: 109.6 instead of 27.5 at k=5, lead 25). The stored log rest keeps it."""
+    z = torch.zeros(1, 1000)
+    z[0, 0] = lead
+    assert z.log_softmax(-1)[0, 0].item() == 0.0  # the case: the kept mass is exactly 1 in fp32
+    decoded = topk_decode(*topk_encode(z, k), 1000)
+    assert _soft_kl_to_uniform(decoded, 4.0) == pytest.approx(_soft_kl_to_uniform(z, 4.0), rel=1e-2)
 
 
 def test_topk_bounds():
@@ -101,8 +130,12 @@ def test_replay_check_compares_top_k_values_and_classes(tmp_path):
     cache.end_epoch(0)
     dense = LogitCache(tmp_path, {"k": 1}, 0, 1, steps_per_epoch=3)
     assert dense.dir != cache.dir  # k is part of the key
+    digest = lambda key: hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]  # noqa: E731
+    assert dense.dir.name == digest({"k": 1})  # a dense cache keeps its folder
+    assert cache.dir.name != digest({"k": 1, "topk": 5})  # layout 1 (k values, no rest) is never read back
     assert cache.start_epoch(0, 0, "cpu") is True
-    assert cache.replay["values"].shape == (3, 8, 5) and cache.replay["indices"].dtype == torch.int16
+    assert cache.replay["values"].shape == (3, 8, 6) and cache.replay["indices"].shape == (3, 8, 5)
+    assert cache.replay["indices"].dtype == torch.int16
     assert torch.equal(cache.get(1).argmax(-1), z[1].argmax(-1))
     cache.check(0, z[0], "here")  # the live teacher agrees
     cache.check(0, z[0] + 7.0, "here")  # a shift of every logit is the same distribution
@@ -113,6 +146,19 @@ def test_replay_check_compares_top_k_values_and_classes(tmp_path):
         cache.check(0, swapped, "here")
     with pytest.raises(CacheError, match="cache is stale"):
         cache.check(0, z[0] * 1.5, "here")
+
+
+def test_replay_check_compares_the_rest(tmp_path):
+    z = torch.zeros(1, 4, 20)
+    z[0, :, :5] = 10.0  # the top 5 hold nearly all the mass: a change in the tail hardly moves them
+    cache = LogitCache(tmp_path, {"k": 1}, 0, 1, steps_per_epoch=1, topk=5, num_classes=20)
+    cache.start_epoch(0, 0, "cpu")
+    cache.put(0, z[0])
+    cache.end_epoch(0)
+    assert cache.start_epoch(0, 0, "cpu") is True
+    cache.check(0, z[0], "here")
+    with pytest.raises(CacheError, match="cache is stale"):
+        cache.check(0, torch.cat([z[0, :, :5], z[0, :, 5:] - 10.0], dim=-1), "here")  # same top 5, another tail
 
 
 def test_hard_loss_is_unchanged_and_soft_loss_is_the_rules():

@@ -11,8 +11,9 @@ named by a hash of everything that defines the views and the teacher. At the sta
 cached epoch the live teacher is compared with the cache on one batch; a mismatch is an error.
 
 Storage: dense (every logit, in the teacher's dtype) or, with `distill.cache_topk=k` below the class
-count, TinyViT's compact layout: per view the k largest log-probabilities as fp16 and their class
-indices as int16, 4k bytes instead of 2C (fp16) or 4C (fp32). See `topk_encode` / `topk_decode`.
+count, TinyViT's compact layout plus one number: per view the k largest log-probabilities and the log of
+the rest of the mass as fp16, and the k class indices as int16, 4k + 2 bytes instead of 2C (fp16) or 4C
+(fp32). See `topk_encode` / `topk_decode`.
 """
 from __future__ import annotations
 
@@ -46,16 +47,28 @@ def resolve_topk(topk: Optional[int], num_classes: int) -> Optional[int]:
     return topk
 
 
+def log_rest(lp: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """log of the probability mass outside `indices` (B, k), from fp32 log-probabilities `lp` (B, C): (B,).
+
+    = logsumexp(other logits) - logsumexp(all logits), summed in log space: 1 - sum(kept p) is 0 in fp32
+    once a confident teacher's top log-probability rounds to 0 (a lead of about 20). Clamped to fp16's
+    lowest finite value, so a rest of exactly 0 (every other logit -inf) stays finite: no 0 * -inf in a KL.
+    """
+    rest = lp.scatter(-1, indices, -math.inf).logsumexp(dim=-1)
+    return rest.clamp_min(torch.finfo(torch.float16).min)
+
+
 def topk_encode(logits: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Logits (B, C) -> the k largest log-probabilities at tau=1, descending, fp16 (B, k), and their class
-    indices, int16 (B, k).
+    """Logits (B, C) -> values, fp16 (B, k + 1): the k largest log-probabilities at tau=1, descending, then
+    `log_rest` of the other classes; and the k classes' indices, int16 (B, k).
 
     Classes are ranked by a stable sort of the logits themselves, so the first index is exactly the
     class `argmax` picks, ties included (its first maximal index).
     """
     logits = logits.float()
     indices = logits.sort(dim=-1, descending=True, stable=True).indices[:, :k]  # (B, k)
-    values = logits.log_softmax(dim=-1).gather(-1, indices)
+    lp = logits.log_softmax(dim=-1)  # (B, C)
+    values = torch.cat([lp.gather(-1, indices), log_rest(lp, indices)[:, None]], dim=-1)  # (B, k + 1)
     return values.half(), indices.short()
 
 
@@ -63,20 +76,21 @@ def topk_decode(values: torch.Tensor, indices: torch.Tensor, num_classes: int) -
     """Dense logits (B, C), fp32, from `topk_encode`'s (values, indices).
 
     The rest of the probability mass (TinyViT's rule): the k kept classes keep their probabilities
-    p_i; the remainder 1 - sum(p_i) is spread uniformly over the other C - k classes. The logits
-    returned are those log-probabilities, so softmax(logits) is exactly that distribution at tau=1.
+    p_i; the stored rest, the true mass of the other C - k classes (to fp16's 2^-11 relative rounding
+    of its log), is spread uniformly over them. The logits returned are those log-probabilities, so
+    softmax(logits) is exactly that distribution at tau=1 (up to that rounding).
     - soft distillation at tau != 1 divides them by tau: the kept classes keep their exact ratios
-      to one another, exp((z_i - z_j) / tau); the flat tail carries more mass than the true tail at
-      tau > 1 and less at tau < 1 (power-mean inequality), the error growing as k shrinks.
+      to one another, exp((z_i - z_j) / tau); the flat tail carries at least the true tail's mass at
+      tau > 1 and at most at tau < 1 (power-mean inequality), equal when the true tail is flat, the
+      error growing as k shrinks. A confident teacher's tail survives tau: its rest is stored, not
+      recomputed from the kept p_i.
     - hard distillation: the argmax is exact. The first stored class is made the strict maximum
       (a one-ulp fp32 nudge where fp16 rounding tied it with the second or the tail).
-    Rounding can make the kept mass reach 1: the tail then gets the smallest positive fp32 mass
-    (a finite log, so the KL has no 0 * -inf), and the loss's softmax renormalises.
     """
-    lp = values.float()  # (B, k) log-probabilities, descending
+    values = values.float()
+    lp, rest = values[:, :-1], values[:, -1:]  # (B, k) log-probabilities, descending; (B, 1) log rest
     k = lp.shape[-1]
-    rest = (1 - lp.exp().sum(-1, keepdim=True)).clamp_min(torch.finfo(torch.float32).tiny)  # (B, 1)
-    tail = (rest.log() - math.log(num_classes - k)).minimum(lp[:, -1:])  # never above a kept class
+    tail = (rest - math.log(num_classes - k)).minimum(lp[:, -1:])  # never above a kept class
     others = torch.cat([lp[:, 1:], tail], dim=-1).amax(-1)  # (B,) the largest entry but the first
     top = torch.where(lp[:, 0] > others, lp[:, 0], torch.nextafter(others, torch.full_like(others, math.inf)))
     lp = torch.cat([top[:, None], lp[:, 1:]], dim=-1)
@@ -108,7 +122,8 @@ class LogitCache:
     def __init__(self, root: Path, key: dict, rank: int, world_size: int, steps_per_epoch: int,
                  topk: Optional[int] = None, num_classes: int = 0):
         if topk:  # only then: a dense cache keeps the key (and folder) it had before top-k existed
-            key = {**key, "topk": topk}
+            # layout 2 stores the log rest after the k values; a layout-1 folder (k values only) is never read
+            key = {**key, "topk": topk, "topk_layout": 2}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.dir, self.rank, self.world_size, self.steps = Path(root) / digest, rank, world_size, steps_per_epoch
         self.topk, self.num_classes = topk, num_classes
@@ -117,7 +132,7 @@ class LogitCache:
             durable.write_text(self.dir / "key.json", json.dumps(key, indent=2, sort_keys=True, default=str),
                                f"teacher-logit cache {self.dir / 'key.json'}")
         # the epoch being replayed, and the same being filled live: {"logits": (steps, B, C)} dense,
-        # {"values": (steps, B, k) fp16, "indices": (steps, B, k) int16} top-k
+        # {"values": (steps, B, k + 1) fp16, "indices": (steps, B, k) int16} top-k
         self.replay: Optional[Dict[str, torch.Tensor]] = None
         self.record: Optional[Dict[str, torch.Tensor]] = None
         self.recorded, self.start_step = 0, 0
@@ -165,9 +180,10 @@ class LogitCache:
 
     def check(self, step: int, live: torch.Tensor, where: str) -> None:
         """The cache must hold what the teacher gives now for the step's first len(live) views (up to
-        kernel nondeterminism): the logits (dense), or the top-k log-probabilities and their classes.
-        For top-k, the live log-probabilities at the stored classes and the live top-k values (whatever
-        their order among near-ties) are both compared with the stored values."""
+        kernel nondeterminism): the logits (dense), or the top-k log-probabilities, their classes and the
+        log rest. For top-k, the live log-probabilities at the stored classes and the live top-k values
+        (whatever their order among near-ties) are both compared with the stored values, and the live
+        `log_rest` outside the stored classes with the stored one."""
         n = len(live)
         live = live.float()
         tol = 1e-2 * (live.abs().max().item() + 1e-6)
@@ -175,10 +191,13 @@ class LogitCache:
             diff = (live - self.replay["logits"][step][:n].float()).abs().max().item()
         else:
             values, indices = self.replay["values"][step][:n].float(), self.replay["indices"][step][:n].long()
+            kept, rest = values[:, :-1], values[:, -1]  # (n, k), (n,)
             lp = live.log_softmax(dim=-1)
-            diff = max((lp.gather(-1, indices) - values).abs().max().item(),
-                       (lp.topk(self.topk, dim=-1).values - values).abs().max().item())
-            tol += 2 ** -10 * values.abs().max().item()  # fp16 rounds to within 2^-11 of the value
+            diff = max((lp.gather(-1, indices) - kept).abs().max().item(),
+                       (lp.topk(self.topk, dim=-1).values - kept).abs().max().item(),
+                       # less the rest's own fp16 rounding: a clamped -65504 must not widen every other bound
+                       ((log_rest(lp, indices) - rest).abs() - 2 ** -10 * rest.abs()).max().item())
+            tol += 2 ** -10 * kept.abs().max().item()  # fp16 rounds to within 2^-11 of the value
         if diff > tol:
             raise CacheError(f"cached teacher logits at {where} differ from the live teacher (max |diff| {diff:.3g}); "
                              "the cache is stale: delete it or set distill.cache=false")
