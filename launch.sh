@@ -65,17 +65,18 @@ is_count "$NNODES" || die "NNODES=$NNODES is not a positive whole number"
 if (( NPROC == 1 && NNODES == 1 )); then
   exec "$PYTHON" -m distill train "$@"
 fi
-# Several processes: run the launcher (not exec) so that, if the job fails, one line after its
-# report names the rank that ended first and the checkpoint to resume from (distill/runs/peers.py).
+# Several processes: torchrun or `accelerate launch` runs inside `python -m distill.runs.peers`,
+# which ends a failed job in one line (who ended first, the checkpoint to resume from) instead of
+# their failure table; a user error is the training process's own one line, and no resume hint.
 run_job() {
-  local log status child
-  log="$(mktemp "${TMPDIR:-/tmp}/distill-launch.XXXXXX")"
-  # The launcher runs in the background of this script so that its report can follow. Ctrl-C goes
-  # to the training processes themselves (torchrun's children), which stop at the next step they
-  # all agree on and exit cleanly; torchrun is told not to handle SIGINT (it would end the job
-  # with a traceback of its own), and tee must not die of it either.
+  local status child
+  # The launcher runs in the background of this script so that Ctrl-C goes to the training
+  # processes themselves (its children), which stop at the next step they all agree on and exit
+  # cleanly; torchrun is told not to handle SIGINT (it would end the job with a traceback of its
+  # own). The training processes die with the launcher (distill/runs/launcher.py), and the
+  # launcher with this script.
   export PET_SIGNALS_TO_HANDLE="SIGTERM,SIGHUP,SIGQUIT"
-  "$@" 2> >(trap '' INT TERM; exec tee "$log" >&2) &
+  "$PYTHON" -m distill.runs.peers "$@" &
   child=$!
   trap 'pkill -INT -P "$child" 2>/dev/null' INT
   trap 'kill -TERM "$child" 2>/dev/null' TERM
@@ -83,15 +84,14 @@ run_job() {
     wait "$child" && status=0 || status=$?
     kill -0 "$child" 2>/dev/null || break  # wait returned for a trapped signal: keep waiting
   done
-  if (( status != 0 )); then
-    "$PYTHON" -m distill.runs.peers "$log" "${args[@]}" || true
+  if (( status == 128 + 9 )); then  # the launcher itself was killed (SIGKILL): nobody else can say so
+    "$PYTHON" -m distill.runs.peers killed "${args[@]}" || true
   fi
-  rm -f "$log"
   exit "$status"
 }
 args=("$@")
 if (( gpus > 0 )); then
-  run_job "$PYTHON" -m accelerate.commands.launch --multi_gpu \
+  run_job accelerate --multi_gpu \
     --num_processes $(( NPROC * NNODES )) --num_machines "$NNODES" --machine_rank "$NODE_RANK" \
     --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
     -m distill train "$@"
@@ -102,6 +102,6 @@ export ACCELERATE_USE_CPU=1
 # One process per core share, unless told otherwise: more threads than cores thrash.
 cores="$(nproc 2>/dev/null || echo 1)"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cores / NPROC > 0 ? cores / NPROC : 1 ))}"
-run_job "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --nnodes "$NNODES" \
+run_job torchrun --nproc_per_node "$NPROC" --nnodes "$NNODES" \
   --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
   -m distill train "$@"

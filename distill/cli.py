@@ -13,18 +13,20 @@ from distill.commands.bench import format_table, run_bench
 from distill.commands.evaluate import evaluate_run
 from distill.commands.export import export_run
 from distill.config import load_config, to_yaml
-from distill.errors import ConfigError, UserError
+from distill.errors import USAGE_ERRORS, ConfigError, UserError
 from distill.methods import METHODS
 from distill.report.compare import load_runs, markdown_table, write_report
 from distill.report.estimate import estimate
 from distill.report.estimate import table as estimate_table
 from distill.report.study import load_study, plan, run_study
+from distill.runs.durable import check_folder_path
 from distill.runs.folder import RunComplete
+from distill.runs.launcher import end_with_launcher, first_to_report, peer_reported_error
 from distill.runs.peers import lost_peer_message
 from distill.runs.signals import Preempted
 from distill.train.trainer import Trainer
 
-USAGE_ERRORS = 2
+JOB_FAILED = 1  # a lost process: the job failed, not the user's input (a launcher tells the two apart by it)
 INTERRUPTED = 130  # the shell's status for a run stopped by SIGINT
 
 
@@ -54,8 +56,10 @@ def cmd_train(args) -> int:
         message = lost_peer_message(e)
         if message is None:
             raise
+        if peer_reported_error():  # the process that stopped on a user error has said so
+            return USAGE_ERRORS
         print(f"error: {message}", file=sys.stderr)
-        return USAGE_ERRORS
+        return JOB_FAILED
     if trainer.accelerator.is_main_process:
         keys = ("name", "best_top1", "final_top1", "params", "world_size", "wall_s", "train_img_per_s")
         print(json.dumps({k: summary.get(k) for k in keys}))
@@ -68,6 +72,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    if args.out:  # before anything is read or printed
+        check_folder_path(args.out, "--out")
     runs = load_runs(args.run_dirs)
     print(markdown_table([r["summary"] for r in runs]))
     if args.out:
@@ -169,11 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    end_with_launcher()  # a process of a launched job must not outlive its launcher
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except UserError as e:  # the one place a user's mistake becomes a message, not a traceback
-        print(f"error: {e}", file=sys.stderr)
+        if first_to_report():  # one line for a job of N processes
+            print(f"error: {e}", file=sys.stderr)
         return USAGE_ERRORS
 
 

@@ -6,10 +6,11 @@ and handed out as plain dataclasses; each component receives the sub-config it n
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -50,7 +51,8 @@ class DataConfig:
     label_smoothing: float = _key(0.1, views="data")
     aug_seed: Optional[int] = None  # sample order and augmentation; None = `seed`, resolved at load (set it to share a logit cache)
     device_resident: bool = _key(True, may_differ=True)  # hold in-memory sets whole on the training device
-    num_workers: int = _key(4, may_differ=True)  # DataLoader workers, for sets decoded per item (imagefolder, streamed hf, crop=rrc)
+    # DataLoader workers, for sets decoded per item (imagefolder, streamed hf, crop=rrc); None = min(4, usable cores)
+    num_workers: Optional[int] = _key(None, may_differ=True)
     # --- real images (issue 12); names mirror timm's train.py flags
     in_memory: Optional[bool] = _key(None, views="views")  # hf/imagefolder decoded whole up front; None = auto (small hf sets, crop=pad)
     mean: Optional[List[float]] = _key(None, views="views")  # per channel in [0, 1]; None = the dataset's (hf: from ~1000 train images)
@@ -73,17 +75,22 @@ class DataConfig:
 
 @dataclass
 class StudentConfig:
-    """The model being trained: a `distill_vit_*` student, or any timm model (a teacher run)."""
+    """The model being trained: a `distill_vit_*` student, or any timm model (a ViT, ConViT or Swin student,
+    a teacher run), built for data.img_size where it takes an img_size."""
 
     model: str = "distill_vit_tiny"
     drop_path_rate: float = 0.0
     distilled: bool = False  # add a DeiT distillation token and head
-    patch_size: Optional[int] = None  # override the size's patch size
+    patch_size: Optional[int] = None  # override the size's patch size (any model that takes a patch_size)
     embed_dim: Optional[int] = None  # override the size's width (distill_vit_*: a scaling ladder's rungs)
     depth: Optional[int] = None  # override the size's number of blocks
     num_heads: Optional[int] = None  # override the size's attention heads (must divide embed_dim)
     pretrained: bool = False
     small_input_stem: bool = False  # CNNs: 3x3 stride-1 first conv, no max-pool (CIFAR-style)
+    # start weights: a timm/DeiT .pth/.safetensors file, a run folder or an exported folder; adapted to the
+    # student (position grid, tokens, heads, channels) by timm's loader (distill/train/start.py)
+    checkpoint: Optional[str] = _key(None, may_differ=True)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # more constructor arguments (e.g. a Swin's window_size)
 
 
 @dataclass
@@ -172,7 +179,7 @@ POSITIVE = ("data.img_size", "data.batch_size", "data.eval_batch_size", "train.e
             "train.log_every", "train.dist_timeout_s", "distill.tau")
 NON_NEGATIVE = ("data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.num_workers", "data.color_jitter",
                 "train.min_lr", "train.warmup_epochs", "train.weight_decay",
-                "train.checkpoint_every_steps", "student.drop_path_rate",
+                "train.checkpoint_every_steps",
                 *(f"distill.{k}" for m in METHODS.values() for k, spec in m.keys.items() if spec.min == 0))
 UNIT_INTERVAL = ("distill.alpha", "data.label_smoothing", "data.mixup_prob", "train.ema_decay", "data.reprob",
                  "data.mixup_switch_prob", "data.crop_pct")
@@ -183,6 +190,10 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     recipe), the recipe's own keys winning."""
     if path in seen:
         raise ConfigError(f"recipe {path}: `base:` chain loops back to itself")
+    if path.is_dir():
+        inside = sorted(p for p in path.glob("*.yaml") if not p.name.startswith("_"))  # `_*.yaml`: bases
+        example = inside[0] if inside else "recipes/fashion_mnist/plain_tiny.yaml"
+        raise ConfigError(f"recipe {path} is a directory; pass a YAML file, such as {example}")
     if not path.is_file():
         raise ConfigError(f"recipe {path} not found; pass a YAML file such as recipes/fashion_mnist/plain_tiny.yaml")
     try:
@@ -193,6 +204,7 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"recipe {path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path}: expected a mapping of keys, got {type(raw).__name__}")
+    _check_sections(raw, f"recipe {path}")
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -201,13 +213,53 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     return OmegaConf.to_container(OmegaConf.merge(*parents, raw))
 
 
+def _check_sections(raw: dict, source: str) -> None:
+    """A section (`train:`, `data:`, ...) holds keys: `train: 5` is refused by name, not as OmegaConf's
+    merge error (which has no message)."""
+    for f in dataclasses.fields(Config):
+        value = raw.get(f.name)
+        if dataclasses.is_dataclass(f.default_factory) and f.name in raw and not isinstance(value, dict):
+            raise ConfigError(f"{source}: `{f.name}: {value}` is not a section of keys; give {f.name}.<key> values "
+                              f"(in YAML, indented under `{f.name}:`), or remove it; `distill config` lists the keys")
+
+
+def _get(cfg, key: str):
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_finite(cfg: Config) -> None:
+    """Every float (and list of floats) is finite: nan slips past `<= 0`, inf past `> 0`."""
+    for key, _ in _fields(Config):
+        value = _get(cfg, key)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            what = "finite numbers" if isinstance(value, list) else "a finite number"
+            raise ConfigError(f"{key}={value} must be {what} (the default is {_get(Config(), key)})")
+
+
+def _check_optimization(cfg: Config) -> None:
+    """Keys whose bad values torch would take (or refuse with a traceback) a few lines later."""
+    betas = cfg.train.betas
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"train.betas={list(betas)} must be two numbers in [0, 1) (AdamW's decay rates, "
+                          "e.g. [0.9, 0.999])")
+    if cfg.train.clip_grad is not None and cfg.train.clip_grad <= 0:  # a negative norm reverses the gradients
+        raise ConfigError(f"train.clip_grad={cfg.train.clip_grad} must be > 0 (the largest gradient norm), "
+                          "or null for no clipping")
+    if not 0.0 <= cfg.student.drop_path_rate < 1.0:
+        raise ConfigError(f"student.drop_path_rate={cfg.student.drop_path_rate} must be in [0, 1) "
+                          "(the chance that a block is dropped; e.g. 0.1)")
+
+
 def _check_values(cfg: Config) -> None:
     def get(key):
-        obj = cfg
-        for part in key.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return _get(cfg, key)
 
+    _check_finite(cfg)
+    _check_optimization(cfg)
     for key, allowed in CHOICES.items():
         if get(key) not in allowed:
             shown = ", ".join(str(a) for a in allowed if a is not None)
@@ -216,7 +268,7 @@ def _check_values(cfg: Config) -> None:
         if get(key) <= 0:
             raise ConfigError(f"{key}={get(key)} must be > 0")
     for key in NON_NEGATIVE:
-        if get(key) < 0:
+        if get(key) is not None and get(key) < 0:
             raise ConfigError(f"{key}={get(key)} must be >= 0")
     for key in UNIT_INTERVAL:
         if not 0.0 <= get(key) <= 1.0:
@@ -270,11 +322,13 @@ def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=2)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), raw, OmegaConf.from_dotlist(list(overrides)))
+        given = OmegaConf.from_dotlist(list(overrides))
+        _check_sections(OmegaConf.to_container(given), "override")
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw, given)
         cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
-        msg = str(getattr(e, "msg", e)).splitlines()[0]
+        msg = (str(getattr(e, "msg", None) or e).splitlines() or [type(e).__name__])[0]
         hint = "; see `distill config` for the valid keys" if "not in" in msg else ""
         raise ConfigError(f"{key}: {msg}{hint}") from None
     if cfg.name is None:

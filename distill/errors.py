@@ -6,6 +6,8 @@ keep their tracebacks.
 """
 from __future__ import annotations
 
+USAGE_ERRORS = 2  # the exit status of a UserError; launchers read it as "the input, not the job, was wrong"
+
 
 class UserError(Exception):
     """A problem the user can fix. Its message is one line that names the problem and the fix."""

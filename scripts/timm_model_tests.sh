@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 src="${1:?usage: scripts/timm_model_tests.sh PATH/TO/tests/test_models.py [pytest args]}"
 shift
-PY="${PYTHON:-.venv/bin/python}"
+PY="${PYTHON:-$PWD/.venv/bin/python}"  # absolute: the tests run in a temporary folder
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cp "$src" "$work/test_models.py"

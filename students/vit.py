@@ -16,37 +16,51 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, _assert, trunc_normal_
+from timm.layers import DropPath, Mlp, _assert, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._builder import pretrained_cfg_for_features
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import nn
 from torch.jit import Final
 
+from students.weights import checkpoint_filter_fn
+
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # timm's and DeiT's ViT epsilon
+torch.fx.wrap("resample_abs_pos_embed")  # a leaf under torch.fx here too (timm wraps it in its own module only)
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches: (B, C, H, W) -> (B, (H/p) * (W/p), D)."""
+    """Non-overlapping patches: (B, C, H, W) -> (B, (H/p) * (W/p), D), or (B, H/p, W/p, D) when the
+    model is dynamic (its position embedding is then resampled to each input's grid, as timm's)."""
 
-    strict_img_size = True  # only img_size x img_size inputs (the position embedding is fixed): timm reads this
+    output_nhwc: Final[bool]
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, dynamic_img_size: bool = False):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} must be divisible by patch_size {patch_size}: "
                              "change data.img_size or student.patch_size")
         self.img_size, self.patch_size = img_size, patch_size
-        self.num_patches = (img_size // patch_size) ** 2
+        self.grid_size = (img_size // patch_size, img_size // patch_size)  # timm's checkpoint filter reads it
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.strict_img_size = not dynamic_img_size  # only img_size x img_size inputs unless dynamic: timm reads this
+        self.output_nhwc = dynamic_img_size
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2], x.shape[-1]
         # One _assert per side: torch.fx records each comparison (`and` would need a concrete bool). The
         # messages name no runtime size: a traced graph would freeze it as "Proxy(getitem)".
-        _assert(H == self.img_size, f"input height is not img_size={self.img_size}, the size the model was built for")
-        _assert(W == self.img_size, f"input width is not img_size={self.img_size}, the size the model was built for")
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
+        if self.strict_img_size:
+            _assert(H == self.img_size, f"input height is not img_size={self.img_size}, the size the model was built for")
+            _assert(W == self.img_size, f"input width is not img_size={self.img_size}, the size the model was built for")
+        else:
+            _assert(H % self.patch_size == 0, f"input height is not a multiple of patch_size={self.patch_size}")
+            _assert(W % self.patch_size == 0, f"input width is not a multiple of patch_size={self.patch_size}")
+        x = self.proj(x)  # (B, D, h, w)
+        if self.output_nhwc:
+            return x.permute(0, 2, 3, 1)  # (B, h, w, D): the grid travels to the position embedding
+        return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
 
 class Attention(nn.Module):
@@ -89,23 +103,26 @@ class DistillViT(nn.Module):
 
     A distilled model returns (class logits, distillation logits) only when switched on with
     `set_distilled_training(True)` *and* in training mode; otherwise the mean of the two heads.
+    `dynamic_img_size=True` (timm's VisionTransformer's flag) takes any input whose sides are multiples
+    of the patch size, the position embedding resampled (bicubic) from img_size's grid to the input's.
     """
 
     distilled: Final[bool]  # constants under torch.jit.script: the branch of the other kind is not compiled
+    dynamic_img_size: Final[bool]
     num_prefix_tokens: Final[int]
 
     def __init__(self, img_size: Union[int, Sequence[int]] = 32, patch_size: int = 8, in_chans: int = 3,
                  num_classes: int = 10, embed_dim: int = 256, depth: int = 4, num_heads: int = 4,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
-                 distilled: bool = False):
+                 distilled: bool = False, dynamic_img_size: bool = False):
         super().__init__()
         img_size = _square_size(img_size)
         self.num_classes, self.in_chans, self.embed_dim = num_classes, in_chans, embed_dim
         self.num_features = self.head_hidden_size = embed_dim  # tokens and pooled feature: both embed_dim
-        self.distilled, self.distilled_training = distilled, False
+        self.distilled, self.distilled_training, self.dynamic_img_size = distilled, False, dynamic_img_size
         self.num_prefix_tokens = 2 if distilled else 1
         self.grad_checkpointing = False
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, dynamic_img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
         num_tokens = self.num_prefix_tokens + self.patch_embed.num_patches
@@ -166,10 +183,18 @@ class DistillViT(nn.Module):
             self.head_dist = self._new_head(num_classes)
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens (B, N, D) -> cls [+ dist] + patch tokens (B, prefix + N, D) plus the position embedding."""
+        """Patch tokens (B, N, D), or (B, h, w, D) if dynamic -> cls [+ dist] + patch tokens (B, prefix + N, D)
+        plus the position embedding (resampled to the (h, w) grid if dynamic, prefix rows kept)."""
+        pos_embed = self.pos_embed
+        if self.dynamic_img_size:
+            B, h, w, D = x.shape
+            grid = self.patch_embed.grid_size  # the one pos_embed was built for
+            pos_embed = resample_abs_pos_embed(self.pos_embed, new_size=[h, w], old_size=[grid[0], grid[1]],
+                                               num_prefix_tokens=self.num_prefix_tokens)  # (1, prefix + h * w, D)
+            x = x.reshape(B, h * w, D)
         prefix = [self.cls_token, self.dist_token] if self.distilled else [self.cls_token]
         x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1)  # (B, prefix + N, D)
-        return x + self.pos_embed
+        return x + pos_embed
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, prefix + N, D), prefix = cls [+ dist]."""
@@ -263,18 +288,20 @@ def _square_size(img_size: Union[int, Sequence[int]]) -> int:
 
 
 def _cfg(**kwargs) -> dict:
-    return {"url": "", "input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "num_classes": 10,
-            "first_conv": "patch_embed.proj", "classifier": "head", **kwargs}
+    # fixed_input_size: as timm's own vit_*/deit_* cfgs say, built as registered the model takes its
+    # input_size only (timm's tests then feed it that size); `_cfg_as_built` clears it for dynamic_img_size
+    return {"url": "", "input_size": (3, 32, 32), "fixed_input_size": True, "mean": (0.5,) * 3, "std": (0.5,) * 3,
+            "num_classes": 10, "first_conv": "patch_embed.proj", "classifier": "head", **kwargs}
 
 
 def _cfg_as_built(model: DistillViT, base: Optional[dict] = None) -> dict:
     """`base` (the registry's cfg, or a loaded config.json's) with this instance's input size,
     channels and classes; its mean/std stay where they have one value per channel."""
     c, s = model.patch_embed.proj.in_channels, model.patch_embed.img_size
-    cfg = dict(base or _cfg())
+    cfg = {k: v for k, v in (base or _cfg()).items() if k != "state_dict"}  # weights passed in to load: not kept
     if len(cfg["mean"]) != c or len(cfg["std"]) != c:
         cfg.update(mean=(0.5,) * c, std=(0.5,) * c)
-    cfg.update(input_size=(c, s, s), num_classes=model.num_classes,
+    cfg.update(input_size=(c, s, s), num_classes=model.num_classes, fixed_input_size=not model.dynamic_img_size,
                classifier=("head", "head_dist") if model.distilled else "head")
     return cfg
 
@@ -294,7 +321,8 @@ default_cfgs = generate_default_cfgs({
 def _create(variant: str, pretrained: bool = False, **kwargs) -> DistillViT:
     """Build through timm's builder. `features_only=True` returns timm's FeatureGetterNet, which calls
     `forward_intermediates` (the last 3 blocks by default, as timm's ViT), or another wrapper by
-    `feature_cls` ("fx", "hook", ...)."""
+    `feature_cls` ("fx", "hook", ...). `pretrained=True, pretrained_cfg_overlay=dict(file=PATH)` loads a
+    timm/DeiT ViT checkpoint through `checkpoint_filter_fn` (grid, tokens and heads adapted)."""
     built = []  # the DistillViT itself, also when a features_only wrapper is returned
 
     def build(**model_kwargs) -> DistillViT:
@@ -302,7 +330,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> DistillViT:
         return built[0]
 
     out_indices = kwargs.pop("out_indices", 3)
-    model = build_model_with_cfg(build, variant, pretrained, **kwargs,
+    model = build_model_with_cfg(build, variant, pretrained, **kwargs, pretrained_filter_fn=checkpoint_filter_fn,
                                  feature_cfg=dict(out_indices=out_indices, feature_cls="getter"))
     # timm attaches the registry's (or config.json's) cfg: keep its tags, describe the model as built
     vit = built[0]

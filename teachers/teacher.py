@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import itertools
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,7 +17,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-from distill.errors import TeacherError  # noqa: F401  (raised here; re-exported)
+from distill.errors import CheckpointError, TeacherError, first_line  # TeacherError: re-exported
 
 RUN_WEIGHTS = "student.safetensors"  # what a run of this framework leaves in its folder
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")  # EMA first, like timm
@@ -75,23 +76,68 @@ def _unknown_model(name: str) -> TeacherError:
     return TeacherError(f"unknown model {name!r}: {hint}list names with timm.list_models('*{stem}*')")
 
 
+def _hub_unreachable() -> Optional[str]:
+    """Why the Hugging Face hub cannot be reached, or None when it answers one request (5 s at most).
+
+    Asked once before a download: without it, a machine with no network spends ~50 s on
+    huggingface_hub's retries (5 per file, 23 lines of log) before the same answer."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception as e:  # noqa: BLE001 (DNS, refused, timeout, proxy, TLS: all mean "unreachable")
+        return first_line(e)
+    return None
+
+
+@contextmanager
+def _hub_offline(offline: bool):
+    """huggingface_hub without requests for the duration (cached files load; the rest fail at once).
+    It reads the flag at each request (`constants.is_offline_mode`), so setting it here takes effect."""
+    from huggingface_hub import constants
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def create_model(name: str, num_classes: int, in_chans: int, pretrained: bool = False,
-                 small_input_stem: bool = False, **kwargs) -> nn.Module:
-    """`timm.create_model` with one-line errors; `small_input_stem` applies `adapt_small_input_stem`."""
+                 small_input_stem: bool = False, fix: str = "set pretrained=false and give a checkpoint instead",
+                 **kwargs) -> nn.Module:
+    """`timm.create_model` with one-line errors; `small_input_stem` applies `adapt_small_input_stem`.
+    `fix` ends the error for hub weights that cannot be fetched."""
     if not timm.is_model(name) and name.startswith("distill_vit_"):
         import students  # noqa: F401  (registers distill_vit_*; imported late to avoid a cycle)
     if ":" not in name and not timm.is_model(name):  # "hf-hub:..." names are resolved by timm
         raise _unknown_model(name)
+    unreachable = _hub_unreachable() if pretrained else None
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                                  in_chans=in_chans, **kwargs)
+        with _hub_offline(unreachable is not None):  # weights in the local cache still load
+            model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                      in_chans=in_chans, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         if not pretrained:
             raise
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise TeacherError(f"cannot fetch pretrained weights for {name} ({first[:160]}); without network, "
-                           "set pretrained=false and give a checkpoint instead") from None
+        why = f"not cached, and the hub is unreachable: {unreachable[:120]}" if unreachable else first_line(e)[:160]
+        raise TeacherError(f"cannot fetch pretrained weights for {name} ({why}); {fix}") from None
     return adapt_small_input_stem(model) if small_input_stem else model
+
+
+def create_model_at(name: str, img_size: Optional[int], **kwargs) -> nn.Module:
+    """`create_model` built for `img_size` where the model takes one (ViTs are built for the resolution
+    they will see); CNNs take no img_size and run at any resolution. None: the model's default."""
+    if img_size is None:
+        return create_model(name, **kwargs)
+    try:
+        return create_model(name, img_size=img_size, **kwargs)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        return create_model(name, **kwargs)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -111,8 +157,29 @@ def _resolve(path) -> Path:
     return p
 
 
-def _read_state_dict(path: Path) -> dict:
-    """The tensors of a checkpoint, unwrapped from timm/DeiT containers, wrapper prefixes removed."""
+# What the one-line errors call the weights, and their fix, by who loads them: a teacher
+# (teacher.checkpoint) or `distill eval`/`export` (a run's own student.safetensors).
+_ROLES = {
+    "teacher": dict(error=TeacherError, what="teacher checkpoint",
+                    damaged="the file is damaged or not a checkpoint",
+                    classes="set data/teacher to match", chans="use a teacher trained on this data",
+                    stem="set teacher.small_input_stem to how the teacher was trained",
+                    fit="check teacher.model, teacher.img_size and teacher.small_input_stem"),
+    "student": dict(error=CheckpointError, what="student file",
+                    damaged="the file is damaged: restore it or train the run again",
+                    classes="drop the data.* overrides that change the classes",
+                    chans="drop the data.* overrides that change the channels",
+                    stem="the run's config.yaml does not build the model they were saved from",
+                    fit="the run's config.yaml does not build the model they were saved from"),
+    "start": dict(error=CheckpointError, what="student.checkpoint", damaged="the file is damaged or not a checkpoint",
+                  classes="", chans="", stem="", fit="give weights of the same architecture as student.model"),
+}
+
+
+def read_state_dict(path: Path, role: str = "teacher") -> dict:
+    """The tensors of a checkpoint, unwrapped from timm/DeiT containers, wrapper prefixes removed.
+    `role` ("teacher" or "student") words the one-line errors."""
+    words = _ROLES[role]
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -122,12 +189,12 @@ def _read_state_dict(path: Path) -> dict:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (any failure here means the same to the user)
         first = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise TeacherError(f"cannot read teacher checkpoint {path} ({type(e).__name__}: {first}); "
-                           "the file is damaged or not a checkpoint") from None
+        raise words["error"](f"cannot read {words['what']} {path} ({type(e).__name__}: {first}); "
+                           f"{words['damaged']}") from None
     if isinstance(obj, dict):
         obj = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise TeacherError(f"teacher checkpoint {path} holds no state dict (looked for a dict of tensors, "
+        raise words["error"](f"{words['what']} {path} holds no state dict (looked for a dict of tensors, "
                            f"or one under {'/'.join(_WRAPPER_KEYS)})")
     return strip_prefixes(obj)
 
@@ -151,23 +218,24 @@ def _classifier_names(model: nn.Module) -> list:
     return names
 
 
-def _check_compatible(model: nn.Module, state: dict, path: Path) -> None:
+def _check_compatible(model: nn.Module, state: dict, path: Path, role: str = "teacher") -> None:
     """Raise one TeacherError naming the first mismatch a user can fix, before load_state_dict."""
-    own = model.state_dict()
+    own, words = model.state_dict(), _ROLES[role]
     for name in _classifier_names(model):
         key = f"{name}.weight"
         if key in state and key in own and state[key].shape[0] != own[key].shape[0]:
-            raise TeacherError(f"checkpoint {path} has {state[key].shape[0]} classes but the teacher is built "
-                               f"with {own[key].shape[0]} (set data/teacher to match)")
+            raise words["error"](f"{words['what']} {path} has {state[key].shape[0]} classes but the {role} is "
+                               f"built with {own[key].shape[0]} ({words['classes']})")
     conv = _first_conv(model)
     key = f"{conv[0]}.weight" if conv else None
     if key in state and key in own and state[key].shape != own[key].shape:
         (_, ck_in, *ck_k), (_, own_in, *own_k) = state[key].shape, own[key].shape  # (out, in, kh, kw)
         if ck_in != own_in:
-            raise TeacherError(f"checkpoint {path} expects in_chans={ck_in} but the teacher is built with "
-                               f"in_chans={own_in} (from the data): use a teacher trained on this data")
-        raise TeacherError(f"checkpoint {path} has a {tuple(ck_k)} first conv, the teacher {tuple(own_k)}: "
-                           "set teacher.small_input_stem to how the teacher was trained")
+            raise words["error"](f"{words['what']} {path} expects in_chans={ck_in} but the {role} is built with "
+                               f"in_chans={own_in} (from the data): {words['chans']}")
+        if ck_k != own_k:  # same kernel, other width: the listing below names it
+            raise words["error"](f"{words['what']} {path} has a {tuple(ck_k)} first conv, the {role} "
+                               f"{tuple(own_k)}: {words['stem']}")
     bad_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
@@ -175,15 +243,16 @@ def _check_compatible(model: nn.Module, state: dict, path: Path) -> None:
         parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)} in all)"
                  for label, keys in (("shape mismatch at", bad_shape), ("missing", missing),
                                      ("unexpected", unexpected)) if keys]
-        raise TeacherError(f"checkpoint {path} does not fit teacher.model={_model_name(model)}: "
-                           f"{'; '.join(parts)}; check teacher.model and teacher.small_input_stem")
+        raise words["error"](f"{words['what']} {path} does not fit {role}.model={_model_name(model)}: "
+                           f"{'; '.join(parts)}; {words['fit']}")
 
 
-def load_weights(model: nn.Module, path) -> nn.Module:
-    """Load a .safetensors/.pth/.pt file, or `<run folder>/student.safetensors`, into `model`."""
+def load_weights(model: nn.Module, path, role: str = "teacher") -> nn.Module:
+    """Load a .safetensors/.pth/.pt file, or `<run folder>/student.safetensors`, into `model`;
+    `role` ("teacher" or "student": `distill eval`) words the one-line errors."""
     path = _resolve(path)
-    state = _read_state_dict(path)
-    _check_compatible(model, state, path)
+    state = read_state_dict(path, role)
+    _check_compatible(model, state, path, role)
     model.load_state_dict(state, strict=False)  # strict in all but num_batches_tracked (checked above)
     return model
 
@@ -269,6 +338,18 @@ class Teacher(nn.Module):
         with torch.no_grad():
             return self.model.forward_head(self.model.forward_features(self._inputs(x)), pre_logits=True)
 
+    def check_input(self, in_chans: int, img_size: int) -> None:
+        """Run one blank image of the student's shape; a model that cannot take it (a ViT built for
+        224 px given 32 px) raises one TeacherError naming `teacher.img_size`."""
+        try:
+            self(torch.zeros(1, in_chans, img_size, img_size, device=self.scale.device))
+        except (AssertionError, RuntimeError, ValueError) as e:
+            native = getattr(self.model, "pretrained_cfg", {}).get("input_size", (None,))[-1]
+            example = f" (e.g. teacher.img_size={native}, its default)" if native and native != img_size else ""
+            raise TeacherError(f"teacher.model={_model_name(self.model)} cannot take the {img_size}x{img_size} "
+                               f"batch ({first_line(e)}); set teacher.img_size to the size it was built or trained "
+                               f"for{example}: the teacher resizes the batch to it") from None
+
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         """The student's batch as the teacher's model takes it: its channels, normalisation and size."""
         resize = self.img_size is not None and tuple(x.shape[-2:]) != (self.img_size, self.img_size)
@@ -296,13 +377,9 @@ def load_teacher(cfg, num_classes: int, in_chans: int, data_mean: Sequence[float
     hub = cfg.pretrained and not cfg.checkpoint
     # Hub weights are RGB: build 3 channels and let the Teacher repeat a gray batch.
     chans = 3 if hub and in_chans == 1 else in_chans
-    build = dict(num_classes=num_classes, in_chans=chans, pretrained=hub, small_input_stem=cfg.small_input_stem)
-    try:  # ViTs are built for the resolution they will see
-        model = create_model(cfg.model, **build, **({"img_size": cfg.img_size} if cfg.img_size else {}))
-    except TypeError as e:
-        if "img_size" not in str(e):
-            raise
-        model = create_model(cfg.model, **build)  # CNNs take no img_size: they run at any resolution
+    build = dict(num_classes=num_classes, in_chans=chans, pretrained=hub, small_input_stem=cfg.small_input_stem,
+                 fix="give teacher.checkpoint=FILE (a .safetensors/.pth file or a run folder) instead")
+    model = create_model_at(cfg.model, cfg.img_size, **build)
     if cfg.checkpoint:
         load_weights(model, cfg.checkpoint)
     mean, std = cfg.mean, cfg.std

@@ -74,7 +74,7 @@ def test_timm_alone_rebuilds_the_exported_students(tmp_path):
 
 def test_ema_weights_and_refusals(tmp_path):
     run, _ = fake_run(tmp_path, "run")
-    with pytest.raises(ConfigError, match="student_ema.safetensors not found: train with train.ema=true"):
+    with pytest.raises(ConfigError, match="has no EMA weights: it trained with train.ema=false"):
         export_run(run, tmp_path / "ema", ema=True)
     _, ema_model = fake_run(tmp_path, "ema_src", seed=1)
     save_file(ema_model.state_dict(), str(run / "student_ema.safetensors"))

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import PLAIN, ROOT, run_cli
+from distill.config import load_config, to_yaml
+from distill.errors import ConfigError
 from distill.report import stats
 from distill.report.compare import group, load_runs, variant_rows, write_report
 from distill.report.study import load_study, plan, run_study
@@ -139,13 +141,12 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys):
 def test_plan_wires_teacher_seeds_and_overrides(tmp_path):
     jobs = plan(ROOT / "recipes/studies/fashion_mnist_cpu.yaml", ["train.epochs=1"])
     names = [j.run_dir.name for j in jobs]
-    five, three = range(5), range(3)
-    assert names == ["teacher_s0", *[f"{v}_s{s}" for v in ("plain", "hard", "soft", "kd") for s in five],
-                     *[f"{v}_s{s}" for v in ("dkd", "feature") for s in three]]
+    variants = ("plain", "hard", "soft", "kd", "kd_standardized", "dkd", "dist", "feature")
+    assert names == ["teacher_s0", *[f"{v}_s{s}" for v in variants for s in range(5)]]
     hard = jobs[6]
     assert f"teacher.checkpoint={jobs[0].run_dir}" in hard.cmd and "seed=0" in hard.cmd
-    assert hard.cmd.index("train.epochs=1") > hard.cmd.index("train.epochs=16")  # the command line wins
-    assert jobs[0].cmd.index("train.epochs=3") > jobs[0].cmd.index("train.epochs=16")  # the run's own beat the study's
+    assert hard.cmd.index("train.epochs=1") > hard.cmd.index("train.epochs=8")  # the command line wins
+    assert jobs[0].cmd.index("train.epochs=3") > jobs[0].cmd.index("train.epochs=8")  # the run's own beat the study's
 
 
 @pytest.mark.parametrize("study", sorted((ROOT / "recipes/studies").glob("*.yaml")), ids=lambda p: p.name)
@@ -165,3 +166,48 @@ def test_quickstart_trains_its_students_as_the_cpu_study_does():
     quickstart = dict(w.split("=", 1) for w in words if not w.startswith(("output_dir=", "$short")))
     study = dict(o.split("=", 1) for o in load_study(ROOT / "recipes/studies/fashion_mnist_cpu.yaml").overrides)
     assert quickstart == study
+
+
+def one_error_line(res) -> str:
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.stderr, res.stderr[-2000:]
+    return lines[0]
+
+
+def test_runs_made_with_other_settings_are_refused_not_reported(tmp_path):
+    """Issue 23: a re-run with train.epochs=2 counted every 1-epoch run as complete and reported them."""
+    path = write_study(tmp_path, f"  plain:\n    recipe: {ROOT / PLAIN}\n")
+    for job in plan(path, ["train.epochs=1"]):  # finished runs, as `distill train` leaves them
+        d = fake_run(job.run_dir.parent, job.run_dir.name, 70.0, seed=job.seed, aug_seed=job.seed)
+        (d / "config.yaml").write_text(to_yaml(load_config(job.recipe, job.settings)))
+        (d / "summary.json").write_text(json.dumps({**json.loads((d / "summary.json").read_text()), "epochs": 1}))
+    assert run_study(path, ["train.epochs=1"]) == 0  # the settings they were made with: counted
+    (tmp_path / "out" / "s" / "report" / "report.md").unlink()
+    line = one_error_line(run_cli("study", path, "train.epochs=2"))
+    assert line == (f"error: study {path}: run {tmp_path}/out/s/plain_s0 was made with train.epochs=1 (and 1 more "
+                    "run of the study), but the study now asks train.epochs=2, and a study only reports runs made "
+                    f"with its settings; give the study another name: in {path}, or delete the runs made with other "
+                    "settings")
+    with pytest.raises(ConfigError, match=r"plain_s0 was made with train.lr=0.0003 .*asks train.lr=0.002"):
+        run_study(path, ["train.epochs=1", "train.lr=0.002"])
+    assert not (tmp_path / "out" / "s" / "report" / "report.md").exists()
+
+
+@pytest.mark.parametrize("teachers,message", [
+    ({"a": "b", "b": "a"}, "the teacher: references form a cycle, a -> b -> a (each run's teacher after its arrow)"),
+    ({"a": "a"}, "form a cycle, a -> a"),
+    ({"a": "c"}, "runs.a.teacher='c' names no variant of the study (a)")])
+def test_teacher_cycles_and_unknown_teachers_are_refused_before_any_run(tmp_path, teachers, message):
+    """Issue 23: a study whose runs were each other's teachers exited 1 with "not complete"."""
+    path = write_study(tmp_path, "".join(f"  {v}:\n    recipe: {ROOT / PLAIN}\n    teacher: {t}\n"
+                                         for v, t in teachers.items()))
+    line = one_error_line(run_cli("study", path))
+    assert line.startswith(f"error: study {path}: ") and message in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_teacher_listed_after_its_students_runs_first(tmp_path):
+    recipe = ROOT / PLAIN
+    path = write_study(tmp_path, f"  kd:\n    recipe: {recipe}\n    teacher: t\n  t:\n    recipe: {recipe}\n")
+    assert [j.run_dir.name for j in plan(path)] == ["t_s0", "t_s1", "kd_s0", "kd_s1"]

@@ -22,18 +22,38 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
-from safetensors.torch import load_file
+import yaml
 from timm.models import get_pretrained_cfg_value, save_for_hf
 
 from distill.config import DataConfig, load_config
 from distill.data.splits import STATS
 from distill.errors import ConfigError
-from distill.runs.records import CONFIG
+from distill.runs.durable import check_folder_path
+from distill.runs.records import CONFIG, SUMMARY
 from distill.train.build import build_student
 from students import DistillViT
-from teachers import strip_prefixes
+from teachers import read_state_dict
 
 WEIGHTS, EMA_WEIGHTS = "student.safetensors", "student_ema.safetensors"
+
+
+def run_weights(run_dir: Path, ema: bool = False) -> Path:
+    """The student weights a finished run left (`ema`: its EMA weights), for `eval` and `export`;
+    one-line errors that tell a non-run, an unfinished run and a run without EMA apart."""
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG}); pass runs/<name>")
+    weights = run_dir / (EMA_WEIGHTS if ema else WEIGHTS)
+    if weights.is_file():
+        return weights
+    trained_ema = ((yaml.safe_load((run_dir / CONFIG).read_text()) or {}).get("train") or {}).get("ema")
+    if ema and not trained_ema:
+        raise ConfigError(f"{run_dir} has no EMA weights: it trained with train.ema=false; "
+                          "drop --ema (or train with train.ema=true)")
+    if not (run_dir / SUMMARY).is_file():
+        raise ConfigError(f"{weights} not found: the run has not finished (resume it with train.resume=auto)")
+    raise ConfigError(f"{weights} is missing from the finished run: restore the file, or train the run again")
+
+
 def classes_and_channels(state: Dict[str, torch.Tensor], model_name: str) -> Tuple[int, int]:
     """(num_classes, in_chans) read from the classifier and first conv weights, so no dataset is needed."""
     classifier = get_pretrained_cfg_value(model_name, "classifier") or "head"
@@ -76,17 +96,13 @@ def export_run(run_dir: Path, out_dir: Path, ema: bool = False) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"{out_dir} already exists and is not empty: export into a new folder")
-    if not (run_dir / CONFIG).is_file():
-        raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG}); pass runs/<name>")
-    weights = run_dir / (EMA_WEIGHTS if ema else WEIGHTS)
-    if not weights.is_file():
-        hint = "train with train.ema=true" if ema else "let the run finish (resume it with train.resume=auto)"
-        raise ConfigError(f"{weights} not found: {hint}")
+    check_folder_path(out_dir, "the export folder")
+    weights = run_weights(run_dir, ema)
     cfg = load_config(str(run_dir / CONFIG), ["train.resume=''"])
     if cfg.student.small_input_stem:
         raise ConfigError("student.small_input_stem=true rewrites the model after timm builds it, so timm "
                           "alone cannot rebuild it: export supports students timm builds as they are")
-    state = strip_prefixes(load_file(str(weights)))
+    state = read_state_dict(weights, role="student")  # one line for a damaged file
     num_classes, in_chans = classes_and_channels(state, cfg.student.model)
     student_cfg = dataclasses.replace(cfg.student, pretrained=False)  # the weights come from the run
     model = build_student(student_cfg, num_classes, in_chans, cfg.data.img_size)

@@ -19,15 +19,25 @@ for `data.crop=rrc`, run the per-sample transforms of `distill.data.transforms`)
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterator, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from distill.data.views import epoch_views
-from distill.errors import UserError
+from distill.errors import DataError, UserError
 
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 or float (B,C,H,W), int64 (B,), int64 (B,)
+
+
+def default_workers(requested: Optional[int]) -> int:
+    """`data.num_workers`, or when unset min(4, the cores this process may run on): more workers than
+    cores only contend (and torch's DataLoader warns about them)."""
+    if requested is not None:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, cores)
 
 
 def eval_shard(num_samples: int, rank: int, world_size: int) -> range:
@@ -45,8 +55,9 @@ class ShardedBatches(Sampler):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epoch, self.start_step = 0, 0
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the train split has {num_samples} images, fewer than one global batch "
-                             f"({batch_size} x {world_size} processes); lower data.batch_size")
+            raise DataError(f"the train split has {num_samples} images, fewer than one global batch "
+                            f"({batch_size} x {world_size} processes): an epoch would have no step; lower "
+                            f"data.batch_size (or raise data.train_subset)")
 
     @property
     def steps_per_epoch(self) -> int:
@@ -144,9 +155,10 @@ class LoaderBatches:
     """The large-dataset path: a DataLoader whose workers decode files into batches (uint8, or
     normalised float views under `data.crop=rrc`)."""
 
-    def __init__(self, dataset, sampler: Optional[ShardedBatches], device, num_workers: int,
+    def __init__(self, dataset, sampler: Optional[ShardedBatches], device, num_workers: Optional[int],
                  batch_size: int = 0):
         self.dataset, self.sampler, self.device = _Items(dataset), sampler, device
+        num_workers = default_workers(num_workers)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin = torch.device(device).type == "cuda"
         self.loader = None

@@ -20,8 +20,14 @@ from distill.report.stats import PAIRED, WELCH, diff_ci, mean, paired_diff_ci, s
 from distill.runs import records
 
 def load_runs(run_dirs) -> list:
-    runs = []
+    """Each finished run's summary, metrics and views' seed; a run named twice is refused (it would count
+    as two seeds of its variant)."""
+    runs, seen = [], {}
     for d in map(Path, run_dirs):
+        if d.resolve() in seen:
+            raise ConfigError(f"{d} is given twice (also as {seen[d.resolve()]}): it would count as two seeds; "
+                              "list each run once")
+        seen[d.resolve()] = d
         path = d / records.SUMMARY
         if not path.exists():
             raise ConfigError(f"{d} has no {records.SUMMARY}: not a finished run (resume it with train.resume=auto)")
@@ -60,6 +66,15 @@ def pairs(runs: list, base_runs: list):
     return [a[s]["summary"]["final_top1"] for s in seeds], [b[s]["summary"]["final_top1"] for s in seeds]
 
 
+def baseline_key(run: dict) -> tuple:
+    """What a distilled variant and its plain baseline share: the student (its model and, for a ladder's
+    rung, its shape, from config.yaml) and the images it trained on. The distillation token is left out."""
+    s, path = run["summary"], run["dir"] / records.CONFIG
+    student = ((yaml.safe_load(path.read_text()) or {}).get("student") or {}) if path.exists() else {}
+    images = s.get("images") or (s["epochs"] * s["epoch_images"] if s.get("epoch_images") else None)
+    return (s.get("student", "?"), images, *(student.get(k) for k in ("embed_dim", "depth", "num_heads", "patch_size")))
+
+
 def variant_of(name: str) -> str:
     return re.sub(r"_s\d+$", "", name)
 
@@ -86,8 +101,9 @@ def variant_rows(variants: dict) -> list:
                      "images": s[0]["epochs"] * s[0]["epoch_images"] if s[0].get("epoch_images") else None,
                      "agreement": mean(agree) if agree else None})
     for row in rows:
-        base = next((b for b in rows if b["distill_type"] == "none" and b["student"] == row["student"]
-                     and b is not row), None)
+        key = baseline_key(variants[row["variant"]][0])
+        base = next((b for b in rows if b["distill_type"] == "none" and b is not row
+                     and baseline_key(variants[b["variant"]][0]) == key), None)
         if row["distill_type"] != "none" and base is not None:
             row["baseline"] = base["variant"]
             paired = pairs(variants[row["variant"]], variants[base["variant"]])

@@ -2,10 +2,11 @@
 
 A study file (YAML, data only) names variants: a recipe, optional overrides and seeds, and
 optionally `teacher:`, the variant whose run is this one's teacher (its folder becomes
-`teacher.checkpoint`). Runs go in order, each as `distill train` in its own process, named
-`<variant>_s<seed>` under `<output_dir>/<study name>/`. A run that already has its summary is
-skipped; a failed run is reported and the others go on (its dependents are skipped). Command-line
-overrides apply to every run, last, so one file serves a laptop (shrunk) and a cluster.
+`teacher.checkpoint`). Runs go in file order, a teacher before its students, each as `distill train`
+in its own process, named `<variant>_s<seed>` under `<output_dir>/<study name>/`. A run that already
+has its summary is skipped, once its settings are found to be the study's (`_check_existing`); a
+failed run is reported and the others go on (its dependents are skipped). Command-line overrides apply
+to every run, last, so one file serves a laptop (shrunk) and a cluster.
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from typing import Dict, List, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from distill.config import load_config, may_differ_on_resume
 from distill.errors import ConfigError
 from distill.report import scaling
 from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
 from distill.runs import records
+from distill.runs.folder import differing_key, read_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,10 +107,32 @@ def load_study(path: Path) -> Study:
         raise ConfigError(f"study {path}: launcher={study.launcher!r} is not one of: python, launch")
     for variant, run in study.runs.items():
         if run.teacher is not None and run.teacher not in study.runs:
-            raise ConfigError(f"study {path}: runs.{variant}.teacher={run.teacher!r} names no variant of the study")
+            raise ConfigError(f"study {path}: runs.{variant}.teacher={run.teacher!r} names no variant of the study "
+                              f"({', '.join(study.runs)})")
         if not (path.parent / run.recipe).is_file():
             raise ConfigError(f"study {path}: runs.{variant}.recipe={run.recipe} not found")
+    study.runs = _teachers_first(study.runs, path)
     return study
+
+
+def _teachers_first(runs: Dict[str, StudyRun], path: Path) -> Dict[str, StudyRun]:
+    """The variants in file order, except that each one's teacher goes before it; a cycle of
+    `teacher:` references is refused, since no run of it could ever start."""
+    ordered: Dict[str, StudyRun] = {}
+
+    def visit(variant: str, chain: List[str]) -> None:
+        if variant in chain:
+            cycle = " -> ".join([*chain[chain.index(variant):], variant])
+            raise ConfigError(f"study {path}: the teacher: references form a cycle, {cycle} (each run's teacher "
+                              "after its arrow), so none of them can start; remove teacher: from one of them")
+        if variant not in ordered:
+            if runs[variant].teacher is not None:
+                visit(runs[variant].teacher, [*chain, variant])
+            ordered[variant] = runs[variant]
+
+    for variant in runs:
+        visit(variant, [])
+    return ordered
 
 
 def plan(path: Path, overrides=()) -> List[Job]:
@@ -134,6 +159,34 @@ def plan(path: Path, overrides=()) -> List[Job]:
     return jobs
 
 
+def _check_existing(jobs: List[Job], path: Path) -> None:
+    """Refuse, before any run starts, a run folder made with other settings than the study asks now.
+
+    Here train.epochs counts too, although `train.resume=auto` may extend a finished run: a study's
+    report compares its runs with each other (and a scaling study with its prediction), so each must be
+    the run its file and command line describe. A run extended from 1 to 2 epochs followed a cosine
+    that reached min_lr at epoch 1 and then restarted, not the schedule of a 2-epoch run, so the study
+    neither counts nor extends it: a researcher who asks for 2 epochs gets 2-epoch runs or a refusal."""
+    found = []
+    for job in (j for j in jobs if (j.run_dir / records.CONFIG).exists()):
+        cfg, summary = load_config(job.recipe, job.settings), read_summary(job.run_dir)
+        # a finished run's epochs are the ones in its summary (config.yaml keeps those it started with)
+        keep = may_differ_on_resume() - ({"train.epochs"} if summary is None else set())
+        differs = differing_key(cfg, job.run_dir, keep)
+        if differs is None and summary is not None:
+            ran = [*summary.get("extended_from_epochs", []), summary.get("epochs", cfg.train.epochs)]
+            if ran != [cfg.train.epochs]:
+                differs = ("train.epochs", cfg.train.epochs, " extended to ".join(map(str, ran)))
+        if differs is not None:
+            found.append((job.run_dir, *differs))
+    if found:
+        run_dir, key, now, saved = found[0]
+        more = f" (and {len(found) - 1} more run{'s' if len(found) > 2 else ''} of the study)" if found[1:] else ""
+        raise ConfigError(f"study {path}: run {run_dir} was made with {key}={saved}{more}, but the study now asks "
+                          f"{key}={now}, and a study only reports runs made with its settings; give the study "
+                          f"another name: in {path}, or delete the runs made with other settings")
+
+
 def _run(job: Job, status: dict) -> None:
     """Run one job unless it is complete or its teacher is not; record what happened."""
     label = f"{job.variant} seed {job.seed}"
@@ -155,6 +208,7 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     A scaling study runs every rung but the held-out one, writes its prediction for that rung
     (`prediction.json` in the study folder, kept once made), then runs the held-out rung."""
     study, jobs = load_study(path), plan(path, overrides)
+    _check_existing(jobs, path)
     folder = jobs[0].run_dir.parent
     status = {}
     for job in (j for j in jobs if not j.holdout):

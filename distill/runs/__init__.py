@@ -1,2 +1,3 @@
 """Run folders: creation and resume (`folder`), records (`records`), checkpoints (`checkpoint`),
-durable writes (`durable`), stop requests (`signals`) and lost processes (`peers`)."""
+durable writes (`durable`), stop requests (`signals`), lost processes (`peers`) and the job
+as its launcher started it (`launcher`)."""

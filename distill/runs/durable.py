@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
 
-from distill.errors import OutOfSpaceError
+from distill.errors import ConfigError, OutOfSpaceError
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 # How the serializers report a full disk, seen on a full tmpfs (torch 2.14, safetensors 0.8):
@@ -44,6 +44,15 @@ def _existing(path: Path) -> Path:
     while not path.exists():
         path = path.parent
     return path
+
+
+def check_folder_path(path, what: str) -> None:
+    """Refuse, before anything is written, a folder path that is a file or lies under one; `what`
+    names the path in the one-line error (e.g. "--out")."""
+    found = _existing(path)
+    if not found.is_dir():
+        where = "is a file" if found == Path(os.path.abspath(path)) else f"lies under the file {found}"
+        raise ConfigError(f"{what} {path} {where}, not a folder: give a folder path")
 
 
 def mount_point(path) -> Path:

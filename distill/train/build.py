@@ -7,7 +7,7 @@ sub-config it needs.
 from __future__ import annotations
 
 import math
-import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,15 +25,17 @@ from distill.data.augment import BatchAugment, Normalize
 from distill.data.loader import DeviceBatches, LoaderBatches, ShardedBatches
 from distill.data.sources import load_split
 from distill.data.transforms import EvalViews, TrainViews, eval_transform, train_transform
-from distill.errors import ConfigError
-from distill.methods import Method, build_criterion, build_method
+from distill.errors import ConfigError, first_line
+from distill.methods import METHODS, Method, build_criterion, build_method
 from distill.runs.checkpoint import Progress
+from distill.runs.launcher import accelerate_cpu, check_processes
 from distill.train.cache import LogitCache, cache_key, cache_root, resolve_topk
 from distill.train.cost import count_params, forward_gflops, train_gflops
 from distill.train.graphed import GraphedStep, make_capturable
+from distill.train.start import load_start
 from distill.train.step import TrainStep, accelerate_hooks, graph_hooks
 from distill.train.teacher_logits import TeacherLogits
-from teachers import create_model, load_teacher
+from teachers import create_model_at, load_teacher
 
 
 @dataclass
@@ -99,41 +101,112 @@ def native_precision(cuda: bool) -> str:
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
 
 
+def precision_warning(requested: str, resolved: str, device_type: str) -> Optional[str]:
+    """One line for a bf16 run asked for explicitly on a CPU that only emulates bf16, else None."""
+    if requested == "bf16" and resolved == "bf16" and device_type == "cpu" and native_precision(False) != "bf16":
+        return (f"warning: train.mixed_precision=bf16 on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, "
+                "no AVX-512 BF16 or AMX): bf16 is emulated, a 512x512 matmul measured 75x slower than fp32 "
+                "(1,630 ms against 22 ms); set train.mixed_precision=auto")
+    return None
+
+
+def run_warnings(cfg: Config, resolved_precision: str, device_type: str) -> list:
+    """Lines a run prints under its header: settings that run, but rarely as the user meant."""
+    lines = [precision_warning(cfg.train.mixed_precision, resolved_precision, device_type)]
+    if METHODS[cfg.distill.type].needs_teacher and not cfg.teacher.checkpoint and not cfg.teacher.pretrained:
+        lines.append(f"warning: the teacher {cfg.teacher.model} has random weights (no teacher.checkpoint, "
+                     "teacher.pretrained=false): the student learns from noise; give teacher.checkpoint=RUN_OR_FILE")
+    return [line for line in lines if line]
+
+
 def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
     """Accelerate with the recipe's precision and accumulation, logging to TensorBoard in the run folder.
 
     The process group's timeout bounds how long a collective waits for a process that died (a
     lost node): NCCL's default is ten minutes, gloo's thirty; `train.dist_timeout_s` sets both."""
+    cpu = accelerate_cpu()  # on a machine without a GPU, a launched job of N processes runs over gloo
     precision = cfg.train.mixed_precision
     if precision == "auto":
-        cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
-        precision = native_precision(cuda)
-    return Accelerator(
+        precision = native_precision(torch.cuda.is_available() and not cpu)
+    acc = Accelerator(
+        cpu=cpu,
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))],
     )
+    check_processes(acc.num_processes)  # before the run folder is looked at: the launcher's N, or one line
+    return acc
 
 
-ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads")  # StudentConfig keys passed to distill_vit_*
+ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads")  # StudentConfig keys passed to the model where set
+# Constructor arguments other keys set, so `student.kwargs` may not: the key to use instead
+SET_ELSEWHERE = {"num_classes": "the data", "in_chans": "the data", "img_size": "data.img_size",
+                 "drop_path_rate": "student.drop_path_rate", "distilled": "student.distilled",
+                 "pretrained": "student.pretrained or student.checkpoint", **{k: f"student.{k}" for k in ARCH_KEYS}}
+
+
+def student_kwargs(cfg: StudentConfig, num_classes: int, in_chans: int) -> dict:
+    """The student's constructor arguments: the data's classes and channels, the student.* keys that are set
+    (a ladder's rung, a patch size), then `student.kwargs`."""
+    for key in cfg.kwargs:
+        if key in SET_ELSEWHERE:
+            raise ConfigError(f"student.kwargs.{key} is set by {SET_ELSEWHERE[key]}: remove it from student.kwargs")
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path_rate, **cfg.kwargs)
+    kwargs.update({k: getattr(cfg, k) for k in ARCH_KEYS if getattr(cfg, k)})
+    if cfg.model.startswith("distill_vit_"):
+        kwargs.update(distilled=cfg.distilled)  # timm's models have the token in their architecture, or none
+    return kwargs
+
+
+def _argument_refused(cfg: StudentConfig, e: TypeError) -> ConfigError:
+    """`X.__init__() got an unexpected keyword argument 'window_size'` as the key that gave it."""
+    match = re.search(r"argument '(\w+)'", str(e))
+    arg = match.group(1) if match else None
+    if arg in cfg.kwargs:
+        return ConfigError(f"student.kwargs.{arg}={cfg.kwargs[arg]}: {cfg.model} takes no {arg}; remove it")
+    if arg in ARCH_KEYS or arg == "drop_path_rate":
+        return ConfigError(f"student.{arg}={getattr(cfg, arg)}: {cfg.model} takes no {arg}; remove it")
+    return ConfigError(f"student.model={cfg.model}: {first_line(e)}")
+
+
+def _check_input(model: torch.nn.Module, cfg: StudentConfig, in_chans: int, img_size: int) -> None:
+    """One blank image of the data's size through a timm student: a model that cannot take it is one line
+    here (a distill_vit_* student's constructor checks its sizes itself)."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_chans, img_size, img_size))
+    except (AssertionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"student.model={cfg.model} cannot take the {img_size}x{img_size} images ({first_line(e)}); "
+                          "change data.img_size, or student.patch_size or student.kwargs where the model takes them"
+                          ) from None
+    finally:
+        model.train(was_training)
 
 
 def build_student(cfg: StudentConfig, num_classes: int, in_chans: int, img_size: int) -> torch.nn.Module:
-    """The trained model: a `distill_vit_*` student, or any timm model (e.g. a CNN teacher run)."""
-    kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path_rate)
-    if cfg.model.startswith("distill_vit_"):
-        kwargs.update(img_size=img_size, distilled=cfg.distilled)
-        kwargs.update({k: getattr(cfg, k) for k in ARCH_KEYS if getattr(cfg, k)})  # a ladder's rung
-    elif cfg.distilled or any(getattr(cfg, k) for k in ARCH_KEYS):
-        key = "distilled=true" if cfg.distilled else next(f"{k}={getattr(cfg, k)}" for k in ARCH_KEYS if getattr(cfg, k))
-        raise ConfigError(f"student.{key} needs a distill_vit_* student, not {cfg.model}")
+    """The trained model: a `distill_vit_*` student or any timm model (a ViT, ConViT or Swin student, a CNN
+    teacher run), built for `img_size` where it takes one. Start weights (`student.checkpoint`) are the
+    caller's to load (`distill.train.start.load_start`): eval and export load a run's own instead."""
+    if cfg.pretrained and cfg.checkpoint:
+        raise ConfigError("student.pretrained=true and student.checkpoint both give start weights: keep one")
+    kwargs = student_kwargs(cfg, num_classes, in_chans)
     try:
-        model = create_model(cfg.model, pretrained=cfg.pretrained, small_input_stem=cfg.small_input_stem, **kwargs)
+        model = create_model_at(cfg.model, img_size, pretrained=cfg.pretrained, small_input_stem=cfg.small_input_stem,
+                                **kwargs)
+    except TypeError as e:  # an argument the architecture does not take (a CNN's patch_size)
+        raise _argument_refused(cfg, e) from None
     except (ValueError, AssertionError) as e:  # sizes the architecture cannot take (patch_size, num_heads, ...)
-        raise ConfigError(f"student.model={cfg.model}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"student.model={cfg.model}: {first_line(e)}") from None
+    if not cfg.model.startswith("distill_vit_"):
+        _check_input(model, cfg, in_chans, img_size)
     if cfg.distilled:
+        if not hasattr(model, "set_distilled_training"):
+            raise ConfigError(f"student.distilled=true needs a student with a distillation token (distill_vit_*, or "
+                              f"timm's *_distilled_* such as deit_tiny_distilled_patch16_224); {cfg.model} has none: "
+                              "set student.distilled=false (every method then trains the class head)")
         model.set_distilled_training(True)  # training-mode forward returns (class, distillation) logits
     return model
 
@@ -236,12 +309,17 @@ def build_data(cfg: DataConfig, acc: Accelerator) -> RunData:
 def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
     """All parts of a run, in the order that fixes their random initialisation (student, then teacher)."""
     data = build_data(cfg.data, acc)
+    if data.steps_per_epoch < cfg.train.grad_accum_steps:  # Accelerate would never sync: no update at all
+        raise ConfigError(f"train.grad_accum_steps={cfg.train.grad_accum_steps} is more than the "
+                          f"{data.steps_per_epoch} steps of an epoch; lower it or data.batch_size")
     if cfg.train.cuda_graphs:
         _check_cuda_graphs(cfg, acc, data.train_batches)
     in_chans, img_size = data.in_chans, cfg.data.img_size
 
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     model = build_student(cfg.student, data.num_classes, in_chans, img_size)
+    if cfg.student.checkpoint:  # start weights, adapted to this student by timm's loader
+        load_start(model, cfg.student.checkpoint, in_chans)
     shape = (in_chans, img_size, img_size)
     method = build_method(cfg.distill, build_criterion(data.augment.mixup is not None, cfg.data.label_smoothing))
     method.to(acc.device)  # buffers a CUDA graph reads (DKD's warm-up weight) live on the device
@@ -250,6 +328,7 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
         with acc.main_process_first():  # one rank reads or downloads the weights first
             teacher = load_teacher(cfg.teacher, data.num_classes, in_chans, data.mean, data.std)
         teacher.to(acc.device)  # frozen and in eval mode; never passed to prepare (no DDP)
+        teacher.check_input(in_chans, img_size)  # here, not at the first step: before the run folder exists
     trainable, step_teacher = method.wrap(model, teacher, in_chans, img_size)  # feature: student + projection
     trainable.to(acc.device)
     cost = RunCost(count_params(model), forward_gflops(model, shape), train_gflops(trainable, shape),

@@ -18,9 +18,9 @@ from distill.data.views import epoch_salt, step_torch_seed
 from distill.errors import DivergenceError
 from distill.runs import checkpoint as ckpt
 from distill.runs import records
-from distill.runs.folder import create_run_dir, resolve_run_dir
+from distill.runs.folder import create_run_dir, discard_if_unstarted, extension, resolve_run_dir
 from distill.runs.signals import Preempted, StopRequest
-from distill.train.build import build_run, make_accelerator
+from distill.train.build import build_run, make_accelerator, run_warnings
 from distill.train.evaluate import evaluate
 from distill.train.graphed import make_capturable
 from distill.train.timing import IntervalRate
@@ -150,16 +150,26 @@ class Trainer(Loop):
         acc = make_accelerator(cfg, run_dir)
         self.resume_from = resolve_run_dir(acc, cfg, run_dir)  # before anything is built: refuse to overwrite
         super().__init__(cfg, acc)
+        self.new_folder = not (self.run_dir / records.CONFIG).exists()  # every rank looks before one creates it
         create_run_dir(acc, cfg, self.run_dir)
         self.stop = StopRequest(acc)
 
     def fit(self) -> dict:
+        """Train to `train.epochs` (resuming where asked) and return the summary."""
+        with discard_if_unstarted(self.accelerator, self.run_dir, self.new_folder):
+            return self._fit()
+
+    def _fit(self) -> dict:
         acc, cfg, r, p = self.accelerator, self.cfg, self.run, self.run.progress
         with records.tracker_writes(self.run_dir):  # a full disk there is one line, like every other write
             acc.init_trackers("tensorboard")
         self._resume()
+        auto = " (auto)" if cfg.train.mixed_precision == "auto" else ""
         acc.print(f"{cfg.name}: {r.cost.params / 1e6:.2f}M params, {self.world_size} process(es) on {self.device.type}, "
-                  f"global batch {r.global_batch}, lr {r.lr:.2e}, {r.data.steps_per_epoch} steps/epoch")
+                  f"precision {acc.mixed_precision}{auto}, global batch {r.global_batch}, lr {r.lr:.2e}, "
+                  f"{r.data.steps_per_epoch} steps/epoch")
+        for warning in run_warnings(cfg, acc.mixed_precision, self.device.type):
+            acc.print(warning)
         start = time.perf_counter() - p.wall_s
         while p.epoch < cfg.train.epochs:
             t0 = time.perf_counter()
@@ -211,7 +221,7 @@ class Trainer(Loop):
 
     def _finish(self, wall_s: float) -> dict:
         acc, r = self.accelerator, self.run
-        extra = {}
+        extra = extension(self.run_dir, self.cfg.train.epochs)  # before this run's summary replaces the old
         if r.teacher is not None:  # how often the final student agrees with its teacher
             extra["teacher_agreement"] = self._evaluate(r.model, teacher=r.teacher)["teacher_agreement"]
         summary = {}

@@ -1,0 +1,44 @@
+"""Precision follows the hardware: `train.mixed_precision=auto` and the warning for an explicit bf16 on a
+CPU that only emulates it (issue 23)."""
+import pytest
+
+from distill.train import build
+from distill.train.build import native_precision, precision_warning
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512f avx512_bf16", "bf16"), ("fpu amx_bf16 avx2", "bf16"),
+                                             ("fpu sse4_2 avx2 fma", "no")])
+def test_auto_is_bf16_only_where_the_cpu_computes_it(flags, expected, monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_path = build.Path
+    monkeypatch.setattr(build, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
+    assert native_precision(False) == expected
+
+
+def test_an_explicit_bf16_on_an_emulating_cpu_warns_in_one_line(monkeypatch):
+    monkeypatch.setattr(build, "native_precision", lambda cuda: "no")
+    line = precision_warning("bf16", "bf16", "cpu")
+    assert line.startswith("warning: train.mixed_precision=bf16") and "\n" not in line and "75x" in line
+    assert "train.mixed_precision=auto" in line
+    assert precision_warning("auto", "no", "cpu") is None and precision_warning("bf16", "bf16", "cuda") is None
+    monkeypatch.setattr(build, "native_precision", lambda cuda: "bf16")
+    assert precision_warning("bf16", "bf16", "cpu") is None
+
+
+def test_the_quickstart_and_the_cpu_studies_take_precision_from_the_hardware():
+    from conftest import ROOT
+    for path in ["scripts/quickstart.sh", "recipes/studies/fashion_mnist_cpu.yaml", "recipes/studies/scaling_cpu.yaml"]:
+        text = (ROOT / path).read_text()
+        assert "mixed_precision=bf16" not in text and "mixed_precision=auto" in text, path
+
+
+def test_a_teacher_with_random_weights_is_named():
+    from conftest import ROOT
+    from distill.config import load_config
+    from distill.train.build import run_warnings
+    hard = str(ROOT / "recipes/fashion_mnist/hard_tiny.yaml")
+    lines = run_warnings(load_config(hard, ["teacher.checkpoint=null"]), "no", "cpu")
+    assert len(lines) == 1 and lines[0].startswith("warning: the teacher resnet18 has random weights")
+    assert run_warnings(load_config(hard), "no", "cpu") == []  # the recipe's checkpoint
+    assert run_warnings(load_config(str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")), "no", "cpu") == []

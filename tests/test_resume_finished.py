@@ -1,0 +1,55 @@
+"""`train.resume=auto` on a finished run (issue 23, issue 22): the config is compared first, as for an
+unfinished run; the same epochs answer "already complete"; more epochs extend the run."""
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import PLAIN, needs_fmnist, run_cli
+
+pytestmark = [needs_fmnist, pytest.mark.slow]  # real (8-step) training runs
+
+TINY = ["data.train_subset=256", "data.test_subset=128", "data.batch_size=32", "data.cutmix_alpha=0",
+        "train.lr=1e-3", "train.lr_base_batch=32", "train.warmup_epochs=0", "name=r"]
+
+
+def one_error_line(res) -> str:
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.stderr, res.stderr[-2000:]
+    return lines[0]
+
+
+def test_finished_run_is_compared_then_extended(tmp_path):
+    run = tmp_path / "r"
+    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    first, first_weights = (run / "summary.json").read_text(), load_file(str(run / "student.safetensors"))
+
+    # another recipe, or another setting, on the finished run: refused as on an unfinished one
+    kd = run_cli("train", "recipes/fashion_mnist/kd_tiny.yaml", f"output_dir={tmp_path}", *TINY, "train.epochs=1",
+                 "train.resume=auto")
+    assert "differs from the run being resumed" in one_error_line(kd)
+    lr = one_error_line(run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1", "train.lr=2e-3",
+                                "train.resume=auto"))
+    assert lr.startswith("error: train.lr=0.002 differs from the run being resumed (0.001 in ")
+    assert (run / "summary.json").read_text() == first  # nothing was touched
+
+    # the same settings: complete; more epochs: the run goes on from its last checkpoint
+    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1", "train.resume=auto")
+    assert res.returncode == 0 and "is already complete" in res.stderr, res.stderr[-2000:]
+    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=2", "train.resume=auto")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"extending {run} from 1 to 2 epochs; the lr schedule is laid out again over 2 epochs" in res.stdout
+    assert "resumed from" in res.stdout and "epoch 1 step 0" in res.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["extended_from_epochs"] == [1]
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [0, 1]
+    after = load_file(str(run / "student.safetensors"))
+    assert any(not after[k].equal(first_weights[k]) for k in after)  # it trained the second epoch
+
+    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=2", "train.resume=auto")
+    assert res.returncode == 0 and "is already complete" in res.stderr, res.stderr[-2000:]
+    fewer = one_error_line(run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1",
+                                   "train.resume=auto"))
+    assert "train.epochs=1 is fewer than the 2 epochs" in fewer and "cannot be shortened" in fewer
