@@ -43,7 +43,8 @@ def launcher() -> Optional[str]:
 def accelerate_cpu() -> bool:
     """Accelerate's `cpu`: asked for (ACCELERATE_USE_CPU, `accelerate launch --cpu`), or a job of
     several processes on a machine without a GPU, which then runs over gloo as launch.sh's does."""
-    return parse_flag_from_env("ACCELERATE_USE_CPU") or ((launched_processes() or 1) > 1 and not torch.cuda.is_available())
+    several = (launched_processes() or 1) > 1
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available())
 
 
 def check_processes(num_processes: int) -> None:
@@ -51,9 +52,10 @@ def check_processes(num_processes: int) -> None:
     launched = launched_processes()
     if launched is None and launcher() == "accelerate launch" and "MASTER_ADDR" in os.environ:
         # Its one-process launcher sets MASTER_ADDR only when told of several processes or machines.
-        raise ConfigError("`accelerate launch --cpu` starts one process whatever --num_processes says; for N CPU "
-                          "processes run `NPROC=N ./launch.sh RECIPE ...` or `ACCELERATE_USE_CPU=1 accelerate launch "
-                          "--multi_gpu --num_processes N -m distill train RECIPE ...`")
+        raise ConfigError("`accelerate launch` without --multi_gpu (e.g. --cpu) starts one process whatever "
+                          "--num_processes says; for N CPU processes run `NPROC=N ./launch.sh RECIPE ...` or "
+                          "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m distill train "
+                          "RECIPE ...` (for one process, unset MASTER_ADDR)")
     if launched is not None and launched != num_processes:
         raise ConfigError(f"the launcher started a job of {launched} processes (WORLD_SIZE={launched}) but this process "
                           f"sees {num_processes}: their process group did not come up; on a machine without a GPU set "
