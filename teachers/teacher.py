@@ -169,8 +169,8 @@ _ROLES = {
                     damaged="the file is damaged: restore it or train the run again",
                     classes="drop the data.* overrides that change the classes",
                     chans="drop the data.* overrides that change the channels",
-                    stem="the run's config.yaml does not build the model they were saved from",
-                    fit="the run's config.yaml does not build the model they were saved from"),
+                    stem="the run's config.yaml does not build the model the file was saved from",
+                    fit="the run's config.yaml does not build the model the file was saved from"),
     "start": dict(error=CheckpointError, what="student.checkpoint", damaged="the file is damaged or not a checkpoint",
                   classes="", chans="", stem="", fit="give weights of the same architecture as student.model"),
 }
