@@ -6,9 +6,13 @@ from distill.train import build
 from distill.train.build import native_precision, precision_warning
 
 
-@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512f avx512_bf16", "bf16"), ("fpu amx_bf16 avx2", "bf16"),
-                                             ("fpu sse4_2 avx2 fma", "no")])
-def test_auto_is_bf16_only_where_the_cpu_computes_it(flags, expected, monkeypatch, tmp_path):
+@pytest.mark.parametrize("flags, capability, expected", [
+    ("fpu avx2 avx512f avx512_bf16", "AVX512", "bf16"), ("fpu amx_bf16 avx2", "AVX512", "bf16"),
+    ("fpu sse4_2 avx2 fma", "AVX2", "no"),
+    ("fpu avx2 avx512f avx512_bf16", "AVX2", "no"),  # ATEN_CPU_CAPABILITY=avx2: torch emulates bf16 anyway
+])
+def test_auto_is_bf16_only_where_the_cpu_computes_it(flags, capability, expected, monkeypatch, tmp_path):
+    monkeypatch.setattr(build.torch.backends.cpu, "get_cpu_capability", lambda: capability)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     real_path = build.Path

@@ -98,7 +98,10 @@ def native_precision(cuda: bool) -> str:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: no way to tell, so the safe choice
         return "no"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
+    # torch must also dispatch its AVX-512 kernels: ATEN_CPU_CAPABILITY=avx2 (or an old build) leaves a
+    # CPU with the flag computing bf16 on the emulated path.
+    dispatched = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return "bf16" if dispatched and ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
 
 
 def precision_warning(requested: str, resolved: str, device_type: str) -> Optional[str]:
