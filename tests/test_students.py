@@ -214,3 +214,36 @@ def test_deit_forward_backward_at_224(name):
     (cls.logsumexp(-1) + dist.logsumexp(-1)).sum().backward()
     bad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not bad, f"missing or non-finite grads: {bad[:5]}"
+
+
+def timm_test_input_size(cfg, target):
+    """timm's tests/test_models.py `_get_input_size`: the cfg's input_size if it says `fixed_input_size`;
+    else, where its largest side exceeds the test's `target`, its `min_input_size` or the sides clamped."""
+    input_size = cfg["input_size"]
+    if cfg.get("fixed_input_size") or max(input_size) <= target:
+        return input_size
+    return cfg.get("min_input_size") or tuple(min(s, target) for s in input_size)
+
+
+@pytest.mark.parametrize("name", [*SIZES, *DEIT])
+def test_timms_model_tests_feed_each_student_a_size_it_takes(name):
+    """timm's model tests size each input from a cfg: the registry's (backward, TorchScript, fx) or the
+    built model's default_cfg (forward, features), with a target side per test (forward 384, backward,
+    TorchScript and fx 128, features 96). Built as registered, the model must take what that gives: the
+    DeiT sizes were fed 96-128 px and refused it (21 failures) until their cfgs said `fixed_input_size`,
+    as timm's deit_* do. A `dynamic_img_size` build says it is not fixed, and takes the smaller sizes."""
+    registry = {k: timm.models.get_pretrained_cfg_value(name, k)
+                for k in ("input_size", "fixed_input_size", "min_input_size")}
+    for kwargs in ({}, {"dynamic_img_size": True}):
+        torch.manual_seed(0)
+        model = timm.create_model(name, depth=1, num_classes=42, **kwargs)  # one block: sizes are checked before it
+        cfgs = [model.default_cfg] if kwargs else [registry, model.default_cfg]
+        sizes = {timm_test_input_size(cfg, target) for cfg in cfgs for target in (384, 128, 96)}
+        for size in sorted(sizes):
+            out = model.train()(torch.randn(2, *size))  # test_model_backward: batch 2, train mode
+            out.mean().backward()
+            assert out.shape == (2, 42) and all(p.grad is not None for p in model.parameters())
+        assert all(bool(cfg.get("fixed_input_size")) is not bool(kwargs) for cfg in cfgs), \
+            f"{name} {kwargs}: its cfg must say fixed_input_size={not kwargs}, or timm's tests feed it other sizes"
+        native = registry["input_size"]  # forward's target 384 feeds even a dynamic DeiT its 224
+        assert sizes == ({native, (3, 128, 128), (3, 96, 96)} if kwargs and name in DEIT else {native}), sizes
