@@ -12,7 +12,7 @@ setup: $(VENV)/.installed data
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,trackers]"  # the tests read W&B and MLflow runs back
 	touch $@
 
 data: $(FMNIST)

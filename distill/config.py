@@ -20,6 +20,7 @@ from distill.data.sources import SOURCES
 from distill.data.transforms import check_auto_augment
 from distill.errors import ConfigError
 from distill.methods import METHODS
+from distill.runs.trackers import TRACKERS
 
 # Field metadata, read by the code that needs the list, so that no second list can drift:
 VIEWS = "views"  # the key decides the training views (part of the logit cache's key; value: its group there)
@@ -148,6 +149,8 @@ class TrainConfig:
     cuda_graphs: bool = False  # capture the whole step in a CUDA graph (1 GPU, in-memory data)
     deterministic: bool = False
     dist_timeout_s: float = _key(600.0, may_differ=True)  # a collective waits this long for a lost process before the job ends
+    # experiment trackers (Accelerate's): one name or a list, [] for none; `distill/runs/trackers.py` lists them
+    log_with: Any = _key(["tensorboard"], may_differ=True)
 
 
 @dataclass
@@ -315,6 +318,16 @@ def _check_data(d: DataConfig) -> None:
         check_auto_augment(d.auto_augment)
 
 
+def _tracker_names(value) -> List[str]:
+    """`train.log_with` as a list of registered tracker names: one name, a list, or null or [] for none."""
+    names = [] if value is None else [value] if isinstance(value, str) else value
+    bad = [n for n in names if not isinstance(n, str) or n not in TRACKERS] if isinstance(names, list) else [value]
+    if bad:
+        raise ConfigError(f"train.log_with={bad[0]!r} is not a tracker; give one of {', '.join(TRACKERS)}, "
+                          "or a list (train.log_with=[tensorboard,mlflow])")
+    return list(dict.fromkeys(names))  # each once, in the order given
+
+
 def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
     """Resolve a recipe file (or the defaults, if None) and `key=value` overrides."""
     raw = _read_yaml(Path(recipe).resolve()) if recipe else {}
@@ -337,12 +350,27 @@ def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
         cfg.data.aug_seed = cfg.seed
     if cfg.train.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false: Accelerate's "no"
         cfg.train.mixed_precision = "no"
+    cfg.train.log_with = _tracker_names(cfg.train.log_with)
     _check_values(cfg)
     return cfg
 
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def flat_dict(d: dict, prefix: str = "") -> dict:
+    """The leaves of a nested mapping under dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flat_dict(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def flat_config(cfg: Config) -> dict:
+    """The resolved config under dotted keys (`train.lr`), as the trackers record it."""
+    return flat_dict(OmegaConf.to_container(OmegaConf.structured(cfg)))
 
 
 def _fields(obj, prefix: str = ""):

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from distill.config import Config, may_differ_on_resume, to_yaml
+from distill.config import Config, flat_dict, may_differ_on_resume, to_yaml
 from distill.errors import ConfigError, UserError
 from distill.runs import checkpoint as ckpt
 from distill.runs import durable, records
@@ -19,22 +19,14 @@ class RunComplete(Exception):
     """`train.resume=auto` on a finished run with the same settings and epochs: nothing to do."""
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def differing_key(cfg: Config, run_dir: Path, may_differ: set) -> Optional[Tuple[str, object, object]]:
     """The first key outside `may_differ` whose value in `cfg` differs from the run's config.yaml:
     (key, value in cfg, saved value), or None when the run was made with these settings."""
-    saved = _flat(OmegaConf.to_container(OmegaConf.load(run_dir / records.CONFIG)))
+    saved = flat_dict(OmegaConf.to_container(OmegaConf.load(run_dir / records.CONFIG)))
     if saved.get("data.aug_seed") is None:  # written before aug_seed was resolved at load: it meant `seed`
         saved["data.aug_seed"] = saved.get("seed")
-    now = _flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config)))
+    now = flat_dict(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    defaults = flat_dict(OmegaConf.to_container(OmegaConf.structured(Config)))
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}  # keys added since: their default
     return next(((k, v, saved.get(k)) for k, v in now.items() if k not in may_differ and saved.get(k) != v), None)
 

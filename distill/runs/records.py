@@ -1,6 +1,6 @@
 """The run folder's records: config.yaml, metrics.jsonl, summary.json, provenance, TensorBoard.
 
-TensorBoard goes through Accelerate's tracker (`log_with="tensorboard"`); the JSON files are
+TensorBoard and the other trackers go through Accelerate (`distill.runs.trackers`); the JSON files are
 written by the main process only, each durably (`distill.runs.durable`): a temporary name, a flush,
 a rename.
 """

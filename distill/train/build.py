@@ -29,6 +29,7 @@ from distill.errors import ConfigError, first_line
 from distill.methods import METHODS, Method, build_criterion, build_method
 from distill.runs.checkpoint import Progress
 from distill.runs.launcher import accelerate_cpu, check_processes
+from distill.runs.trackers import log_with
 from distill.train.cache import LogitCache, cache_key, cache_root, resolve_topk
 from distill.train.cost import count_params, forward_gflops, train_gflops
 from distill.train.graphed import GraphedStep, make_capturable
@@ -123,7 +124,7 @@ def run_warnings(cfg: Config, resolved_precision: str, device_type: str) -> list
 
 
 def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
-    """Accelerate with the recipe's precision and accumulation, logging to TensorBoard in the run folder.
+    """Accelerate with the recipe's precision and accumulation, logging to the trackers of `train.log_with`.
 
     The process group's timeout bounds how long a collective waits for a process that died (a
     lost node): NCCL's default is ten minutes, gloo's thirty; `train.dist_timeout_s` sets both."""
@@ -135,7 +136,7 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
         cpu=cpu,
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
-        log_with="tensorboard",
+        log_with=log_with(cfg.train.log_with, run_dir),  # train.log_with, each installed, or one line
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))],
     )

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from distill.config import Config
+from distill.config import Config, flat_config, may_differ_on_resume
 from distill.data.loader import eval_shard
 from distill.data.views import epoch_salt, step_torch_seed
 from distill.errors import DivergenceError
 from distill.runs import checkpoint as ckpt
-from distill.runs import records
+from distill.runs import records, trackers
 from distill.runs.folder import create_run_dir, discard_if_unstarted, extension, resolve_run_dir
 from distill.runs.signals import Preempted, StopRequest
 from distill.train.build import build_run, make_accelerator, run_warnings
@@ -161,8 +161,7 @@ class Trainer(Loop):
 
     def _fit(self) -> dict:
         acc, cfg, r, p = self.accelerator, self.cfg, self.run, self.run.progress
-        with records.tracker_writes(self.run_dir):  # a full disk there is one line, like every other write
-            acc.init_trackers("tensorboard")
+        self._start_trackers()
         self._resume()
         auto = " (auto)" if cfg.train.mixed_precision == "auto" else ""
         acc.print(f"{cfg.name}: {r.cost.params / 1e6:.2f}M params, {self.world_size} process(es) on {self.device.type}, "
@@ -183,7 +182,16 @@ class Trainer(Loop):
                 self._save(p.epoch * r.data.steps_per_epoch)
         return self._finish(time.perf_counter() - start)
 
-    # ---- epochs, checkpoints, the end ----------------------------------------------------------
+    # ---- trackers, epochs, checkpoints, the end -------------------------------------------------
+    def _start_trackers(self) -> None:
+        """The trackers of `train.log_with`, given the resolved config; a resume continues their runs
+        (W&B, MLflow) and records again only the keys a resume cannot change."""
+        values = flat_config(self.cfg)
+        may_differ = may_differ_on_resume()
+        unchanged = None if self.resume_from is None else {k: v for k, v in values.items() if k not in may_differ}
+        with records.tracker_writes(self.run_dir):  # a full disk there is one line, like every other write
+            trackers.start(self.accelerator, self.run_dir, self.cfg.name, self.cfg.train.log_with, values, unchanged)
+
     def _resume(self) -> None:
         acc, r = self.accelerator, self.run
         if acc.is_main_process:  # a process killed while saving left a temporary folder
@@ -232,6 +240,8 @@ class Trainer(Loop):
             summary = records.run_summary(self.cfg, r, records.read_metrics(self.run_dir),
                                          wall_s, extra, self.device, self.world_size, acc.mixed_precision)
             records.write_json_atomic(self.run_dir / records.SUMMARY, summary)
+        records.log(acc, self.run_dir, trackers.summary_values(summary),  # every tracker: summary/<key>
+                    step=self.cfg.train.epochs * r.data.steps_per_epoch)
         with records.tracker_writes(self.run_dir):
             acc.end_training()
         return summary
