@@ -1,4 +1,4 @@
-"""`distill` command line: train, eval, export, bench, compare, study, methods, config.
+"""`distill` command line: train, eval, export, bench, prepare, compare, study, methods, config.
 
 Errors a user can fix print one line, `error: ...`, and exit with status 2.
 """
@@ -9,9 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-from distill.commands.bench import format_table, run_bench
+from distill.commands.bench import format_table, run_bench, run_data_bench
 from distill.commands.evaluate import evaluate_run
 from distill.commands.export import export_run
+from distill.commands.prepare import prepare
 from distill.config import load_config, to_yaml
 from distill.errors import USAGE_ERRORS, ConfigError, UserError
 from distill.methods import METHODS
@@ -83,7 +84,12 @@ def cmd_compare(args) -> int:
 
 def cmd_bench(args) -> int:
     cfg = load_config(args.recipe, args.overrides)
-    result = run_bench(cfg, steps=args.steps, warmup=args.warmup, rounds=args.rounds, reference=args.reference)
+    if args.data:
+        if args.reference or args.rounds != 1:
+            raise ConfigError("--data times the input pipeline; drop --reference and --rounds")
+        result = run_data_bench(cfg, steps=args.steps, warmup=args.warmup)
+    else:
+        result = run_bench(cfg, steps=args.steps, warmup=args.warmup, rounds=args.rounds, reference=args.reference)
     print(format_table({k: v for k, v in result.items() if k != "per_round"}))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +107,13 @@ def cmd_study(args) -> int:
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 
 
+def cmd_prepare(args) -> int:
+    m = prepare(Path(args.src), Path(args.dst), args.max_side, args.quality, args.workers)
+    print(f"{args.dst}: {m['images']} images (long side <= {m['max_side']}), {m['written']} written, "
+          f"{m['kept']} already there; train on it with data.root={args.dst}")
+    return 0
+
+
 def cmd_export(args) -> int:
     print(export_run(Path(args.run_dir), Path(args.out), ema=args.ema))
     return 0
@@ -116,6 +129,33 @@ def cmd_methods(args) -> int:
               f"{'':8s} keys: {', '.join([f'distill.{k}' for k in m.reads] + own) or '-'}\n"
               f"{'':8s} works with: {', '.join(supports) or '-'}{'' if m.needs_teacher else ' (no teacher)'}")
     return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="steady-state training/inference speed of a recipe (see distill/commands/bench.py)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--steps", type=int, default=50, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    p.add_argument("--reference", action="store_true",
+                   help="also time a common torchvision/DataLoader loop and the model's compute ceiling")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time N blocks of --steps steps, interleaved with --reference's, and report the totals")
+    p.add_argument("--data", action="store_true",
+                   help="time the input pipeline alone (one worker, the device augmentation, all workers) beside the "
+                        "training step, and say which bounds the run (see distill/commands/bench_data.py)")
+    p.add_argument("--out", help="write the JSON here")
+    p.set_defaults(func=cmd_bench)
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="a resized copy of an image folder, made once (see distill/commands/prepare.py)")
+    p.add_argument("src", help="an image folder: SRC/train/<class>/*, SRC/val/<class>/*")
+    p.add_argument("dst", help="the copy (resumable: run the same command again to finish it)")
+    p.add_argument("--max-side", type=int, required=True, help="longest side of the copy's images (e.g. 320, 512)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of resized images")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: the usable cores)")
+    p.set_defaults(func=cmd_prepare)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,17 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("bench", help="steady-state training/inference speed of a recipe (see distill/commands/bench.py)")
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    p.add_argument("--steps", type=int, default=50, help="timed training steps")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
-    p.add_argument("--reference", action="store_true",
-                   help="also time a common torchvision/DataLoader loop and the model's compute ceiling")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="time N blocks of --steps steps, interleaved with --reference's, and report the totals")
-    p.add_argument("--out", help="write the JSON here")
-    p.set_defaults(func=cmd_bench)
+    _add_bench(sub)
+    _add_prepare(sub)
 
     p = sub.add_parser("compare", help="finished runs side by side; --out writes report.md and plots")
     p.add_argument("run_dirs", nargs="+")

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill.data.sources import SOURCES
-from distill.data.transforms import check_auto_augment
+from distill.data.checks import check_data
 from distill.errors import ConfigError
 from distill.methods import METHODS
 from distill.runs.trackers import TRACKERS
@@ -67,6 +67,11 @@ class DataConfig:
     reprob: float = _key(0.0, views="views")  # rrc: random-erasing probability (DeiT: 0.25)
     remode: str = _key("pixel", views="views")  # rrc: random-erasing fill: pixel | rand | const
     recount: int = _key(1, views="views")  # rrc: random-erasing regions per image
+    # rrc: where RandAugment, normalisation and erasing run: per sample in the workers (timm's views pixel
+    # for pixel) | on the device, batch-wise, from the same per-view draws (distill/data/device_views.py)
+    augment_on: str = _key("workers", views="views")
+    # augment_on=device: who decodes JPEGs: the workers | the device (nvJPEG on a GPU) | auto: the device on CUDA
+    decode_on: str = _key("auto", views="views")
     crop_pct: float = 0.875  # rrc evaluation: resize to img_size / crop_pct, centre-crop img_size
     aug_repeats: int = _key(1, views="views")  # repeated augmentation (DeiT: 3): each image r times per epoch, epoch length kept
     mixup_switch_prob: float = _key(0.5, views="views")  # chance of CutMix over Mixup when both are on
@@ -170,6 +175,8 @@ CHOICES = {
     "data.crop": ("pad", "rrc"),
     "data.interpolation": ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random"),
     "data.remode": ("pixel", "rand", "const"),
+    "data.augment_on": ("workers", "device"),
+    "data.decode_on": ("auto", "workers", "device"),
     "data.mixup_mode": ("batch", "pair", "elem"),
     "distill.type": tuple(METHODS),
     **{f"distill.{k}": spec.choices for m in METHODS.values() for k, spec in m.keys.items() if spec.choices},
@@ -282,7 +289,7 @@ def _check_values(cfg: Config) -> None:
             raise ConfigError(f"{key}={get(key)} must be > 0 (or null for none)")
     if cfg.distill.cache_topk is not None and cfg.distill.cache_topk < 0:
         raise ConfigError(f"distill.cache_topk={cfg.distill.cache_topk} must be >= 0 (0 or null: dense storage)")
-    _check_data(cfg.data)
+    check_data(cfg.data)
     METHODS[cfg.distill.type].check(cfg)  # the method's own rules: teacher, token, cache, its keys
     mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0 or cfg.data.cutmix_minmax is not None
     if mixing and cfg.data.batch_size % 2:
@@ -292,30 +299,6 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint; use 'auto' or a checkpoint folder")
     if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
         raise ConfigError(f"name={cfg.name!r} must be a plain folder name (no '/')")
-
-
-def _check_range(key: str, value, lo: float, hi: float) -> None:
-    """A [min, max] pair inside (lo, hi]."""
-    if value is not None and not (len(value) == 2 and lo < value[0] <= value[1] <= hi):
-        raise ConfigError(f"data.{key}={list(value)} must be two numbers [min, max] with {lo} < min <= max <= {hi}")
-
-
-def _check_data(d: DataConfig) -> None:
-    """The real-image keys: ranges, pairs, and augmentation strings timm must understand."""
-    for key in ("aug_repeats", "recount"):
-        if getattr(d, key) < 1:
-            raise ConfigError(f"data.{key}={getattr(d, key)} must be >= 1")
-    _check_range("scale", d.scale, 0.0, 1.0)
-    _check_range("ratio", d.ratio, 0.0, float("inf"))
-    _check_range("cutmix_minmax", d.cutmix_minmax, 0.0, 1.0)
-    if d.crop_pct == 0:
-        raise ConfigError("data.crop_pct=0 must be in (0, 1]")
-    if (d.mean is None) != (d.std is None) or (d.std is not None and (len(d.mean) != len(d.std) or min(d.std) <= 0)):
-        raise ConfigError(f"data.mean={d.mean} / data.std={d.std}: set both, one value per channel, std > 0")
-    if d.crop == "pad" and (d.auto_augment or d.reprob > 0):
-        raise ConfigError("data.auto_augment and data.reprob act on per-sample transforms: set data.crop=rrc")
-    if d.auto_augment:
-        check_auto_augment(d.auto_augment)
 
 
 def _tracker_names(value) -> List[str]:

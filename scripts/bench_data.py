@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import subprocess
@@ -32,20 +33,27 @@ sys.path.insert(0, str(ROOT))  # this checkout's distill, whichever one the virt
 
 def _write_one(job):
     path, pixels, size = job
+    import numpy as np
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).resize((size, size), Image.BICUBIC).convert("RGB").save(path, quality=90)
+    w, h = (size, size) if isinstance(size, int) else size
+    image = np.asarray(Image.fromarray(pixels).resize((w, h), Image.BICUBIC).convert("RGB"), dtype=np.int16)
+    if not isinstance(size, int):  # ImageNet-like: noise gives the JPEG a photo's entropy (and decode cost)
+        noise = np.random.default_rng(int.from_bytes(path.name.encode(), "little") % 2**32).normal(0, 12, image.shape)
+        image = image + noise.astype(np.int16)
+    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path, quality=90)
 
 
-def write_folder(folder: Path, size: int = 224, n_val: int = 1000, n_train: int = None, src_root: str = "data",
+def write_folder(folder: Path, size=224, n_val: int = 1000, n_train: int = None, src_root: str = "data",
                  processes: int = 2) -> None:
-    """Fashion-MNIST (Debian's files, or `src_root`) as JPEGs upscaled to `size`, the first `n_train`
-    training images (all by default); skipped when already there."""
+    """Fashion-MNIST (Debian's files, or `src_root`) as JPEGs upscaled to `size` (an int: square; a
+    (w, h) pair: that size with noise, ImageNet-like), the first `n_train` training images (all by
+    default); skipped when already there."""
     from distill.config import DataConfig
     from distill.data.sources import load_split
 
-    if (folder / "done").exists():
+    if (folder / "done").exists() or (folder / "prepare.json").exists():  # written, or a `distill prepare` copy
         return
     jobs = []
     for train, split in ((True, "train"), (False, "val")):
@@ -58,15 +66,20 @@ def write_folder(folder: Path, size: int = 224, n_val: int = 1000, n_train: int 
     (folder / "done").write_text("ok\n")
 
 
-def distill_loader(folder: Path, batch: int, workers: int):
+def distill_loader(folder: Path, batch: int, workers: int, augment_on: str = "workers", decode_on: str = "workers"):
+    """distill's training loader; under `augment_on=device` the workers' share only (uint8 views and
+    their draws: what a worker hands over), the device's share is `distill bench --data`'s."""
     from distill.config import DataConfig
-    from distill.data.sources import load_split
+    from distill.data.device_views import DeviceTrainViews
     from distill.data.loader import LoaderBatches, ShardedBatches
+    from distill.data.sources import load_split
     from distill.data.transforms import TrainViews, train_transform
 
-    cfg = DataConfig(name="imagefolder", root=str(folder), img_size=224, crop="rrc", num_workers=workers, **AUG)
+    cfg = DataConfig(name="imagefolder", root=str(folder), img_size=224, crop="rrc", num_workers=workers,
+                     augment_on=augment_on, **AUG)
     split = load_split(cfg, train=True)
-    views = TrainViews(split, train_transform(cfg, split.mean, split.std), seed=0)
+    views = (DeviceTrainViews(split, cfg, seed=0, decode_on_device=decode_on == "device") if augment_on == "device"
+             else TrainViews(split, train_transform(cfg, split.mean, split.std), seed=0))
     return LoaderBatches(views, ShardedBatches(len(split), batch, 0, 1, 0), "cpu", workers)
 
 
@@ -91,23 +104,25 @@ def images_per_s(loader, batches: int, warmup: int = 3) -> float:
         next(it)
     t0, n = time.perf_counter(), 0
     for _ in range(batches):
-        n += len(next(it)[0])
+        n += len(next(it)[1])  # labels: under augment_on=device the images are one flat buffer of crops
     return n / (time.perf_counter() - t0)
 
 
-def throughput(folder: Path, workers, batches: int, rounds: int, batch: int = 64) -> list:
+def throughput(folder: Path, workers, batches: int, rounds: int, batch: int = 64, augment_on: str = "workers",
+               decode_on: str = "workers") -> list:
     rows = []
+    ours = functools.partial(distill_loader, augment_on=augment_on, decode_on=decode_on)
     for w in workers:
         a, b = [], []
         for r in range(rounds):  # alternate the order: A B, B A, ...
-            pair = [(a, distill_loader), (b, timm_loader)] if r % 2 == 0 else [(b, timm_loader), (a, distill_loader)]
+            pair = [(a, ours), (b, timm_loader)] if r % 2 == 0 else [(b, timm_loader), (a, ours)]
             for out, make in pair:  # a fresh loader each time: no idle workers prefetching into the other's turn
                 loader = make(folder, batch, w)
                 out.append(images_per_s(loader, batches))
                 del loader
                 gc.collect()
         da, tb = sum(a) / len(a), sum(b) / len(b)
-        rows.append(dict(workers=w, distill_img_s=round(da, 1), timm_img_s=round(tb, 1),
+        rows.append(dict(workers=w, augment_on=augment_on, decode_on=decode_on, distill_img_s=round(da, 1), timm_img_s=round(tb, 1),
                          distill_per_worker=round(da / w, 1), timm_per_worker=round(tb / w, 1),
                          ratio=round(da / tb, 3), rounds=rounds, batches=batches, batch=batch))
         print(json.dumps(rows[-1]), flush=True)
@@ -148,10 +163,21 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=30, help="timed batches of 64 per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--memory", type=int, nargs="*", default=[], help="image counts for the peak-memory runs")
+    p.add_argument("--imagenet-like", type=int, metavar="N", help="write N train images of 500x375 with noise "
+                   "(JPEG quality 90, decode cost like ImageNet's) instead of 224 px squares")
+    p.add_argument("--augment-on", choices=("workers", "device"), default="workers",
+                   help="distill's data.augment_on (device: time the workers' share)")
+    p.add_argument("--decode-on", choices=("workers", "device"), default="workers",
+                   help="under --augment-on device: who decodes JPEGs (device: the workers ship file bytes, as for a GPU)")
     p.add_argument("--out", type=Path, help="write the JSON here")
     args = p.parse_args(argv)
-    write_folder(args.folder)
-    result = {"throughput": throughput(args.folder, args.workers, args.batches, args.rounds) if args.workers else [],
+    if args.imagenet_like:
+        write_folder(args.folder, size=(500, 375), n_train=args.imagenet_like, n_val=100)
+    else:
+        write_folder(args.folder)
+    result = {"cpu_capability": __import__("torch").backends.cpu.get_cpu_capability(),
+              "throughput": throughput(args.folder, args.workers, args.batches, args.rounds,
+                                       augment_on=args.augment_on, decode_on=args.decode_on) if args.workers else [],
               "memory": [peak_memory(args.folder, n) for n in args.memory]}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

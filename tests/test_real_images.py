@@ -89,12 +89,13 @@ def test_hf_set_streams_from_arrow(fm):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["imagefolder", "hf"])
-def test_deit_augmentation_learns_on_real_images(fm, tmp_path, name):
+@pytest.mark.parametrize("name, augment_on", [("imagefolder", "workers"), ("hf", "workers"), ("hf", "device")])
+def test_deit_augmentation_learns_on_real_images(fm, tmp_path, name, augment_on):
     """RandomResizedCrop, RandAugment, random erasing, repeats x3, Mixup/CutMix: well above 10 % chance."""
     # DeiT's settings (RandAugment m9, Mixup 0.8 / CutMix 1.0, erasing 0.25, repeats 3), crops of a third
     # of the image or more; 279 steps of the 64-token ViT from scratch (34.6 % here with imagefolder)
     res = run_cli("train", PLAIN, f"output_dir={tmp_path}", "name=run", *source(fm, name), *DEIT_AUG,
+                  f"data.augment_on={augment_on}",
                   "data.batch_size=32", "data.scale=[0.35,1]", "train.epochs=3", "train.lr=1e-3",
                   "train.lr_base_batch=32", "train.warmup_epochs=0.3", "train.log_every=20")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -104,8 +105,10 @@ def test_deit_augmentation_learns_on_real_images(fm, tmp_path, name):
 
 
 @pytest.mark.slow
-def test_rrc_run_killed_and_resumed_gives_identical_weights(fm, tmp_path):
-    args = ["train", PLAIN, *source(fm, "imagefolder"), *SMALL, "train.checkpoint_every_steps=10"]
+@pytest.mark.parametrize("augment_on", ["workers", "device"])
+def test_rrc_run_killed_and_resumed_gives_identical_weights(fm, tmp_path, augment_on):
+    args = ["train", PLAIN, *source(fm, "imagefolder"), *SMALL, "train.checkpoint_every_steps=10",
+            f"data.augment_on={augment_on}", "data.decode_on=device"]
     ref = run_cli(*args, f"output_dir={tmp_path}", "name=ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
     cmd = [sys.executable, "-m", "distill", *args, f"output_dir={tmp_path}", "name=cut"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from distill.commands.bench_data import data_bench
 from distill.commands.bench_reference import CeilingLoop, ReferenceLoop
 from distill.config import Config
 from distill.data.loader import DeviceBatches
@@ -69,6 +70,15 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
         result["mfu"] = result["train_tflops"] / peak
     result["infer_img_per_s"] = _inference(trainer, pool[0][0], steps, warmup)
     return result
+
+
+def run_data_bench(cfg: Config, steps: int = 50, warmup: int = 10) -> dict:
+    """`--data`: the input pipeline's rates beside the step's (`distill.commands.bench_data`)."""
+    trainer = Loop(cfg)
+    if warmup + 3 * steps > trainer.run.data.steps_per_epoch:  # a few passes of the sampler's epochs
+        raise ConfigError(f"bench --data needs warmup + 3 x steps = {warmup + 3 * steps} <= "
+                          f"{trainer.run.data.steps_per_epoch} steps per epoch; pass smaller --steps/--warmup")
+    return data_bench(trainer, steps, warmup)
 
 
 def _time_training(trainer, steps: int, warmup: int, rounds: int, reference: bool, result: dict) -> float:

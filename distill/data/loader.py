@@ -18,6 +18,7 @@ for `data.crop=rrc`, run the per-sample transforms of `distill.data.transforms`)
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Iterator, Optional, Tuple
@@ -143,28 +144,32 @@ class _EpochKeys(Sampler):
             yield [(v, self.sampler.epoch) for v in idx.tolist()]
 
 
-def _collate(items):
-    """torch's collate (in a worker it stacks straight into shared memory: one copy less), or the error."""
+def _collate(items, stack=default_collate):
+    """torch's collate (in a worker it stacks straight into shared memory: one copy less), or the
+    dataset's own (`collate`, for items of different sizes), or the error."""
     failed = next((x for x in items if isinstance(x, UserError)), None)
     if failed is not None:
         return failed
-    return tuple(default_collate(items))
+    return tuple(stack(items))
 
 
 class LoaderBatches:
     """The large-dataset path: a DataLoader whose workers decode files into batches (uint8, or
-    normalised float views under `data.crop=rrc`)."""
+    normalised float views under `data.crop=rrc`, or uint8 views and their augmentation draws under
+    `data.augment_on=device`, which `on_device` turns into views on the device)."""
 
     def __init__(self, dataset, sampler: Optional[ShardedBatches], device, num_workers: Optional[int],
-                 batch_size: int = 0):
+                 batch_size: int = 0, on_device=None):
         self.dataset, self.sampler, self.device = _Items(dataset), sampler, device
+        self.on_device = on_device  # batch -> (views, labels, ids) on the device (`data.augment_on=device`)
         num_workers = default_workers(num_workers)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin = torch.device(device).type == "cuda"
         self.loader = None
+        collate = functools.partial(_collate, stack=getattr(dataset, "collate", default_collate))
         if sampler is not None:
             self.loader = DataLoader(self.dataset, batch_sampler=_EpochKeys(sampler), num_workers=num_workers,
-                                     collate_fn=_collate, pin_memory=self.pin,
+                                     collate_fn=collate, pin_memory=self.pin,
                                      persistent_workers=num_workers > 0)
 
     def _to_device(self, batch) -> Batch:
@@ -174,7 +179,8 @@ class LoaderBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
-            yield self._to_device(batch)
+            batch = self._to_device(batch)
+            yield self.on_device(*batch) if self.on_device is not None else batch
 
     def __len__(self) -> int:
         return len(self.sampler)

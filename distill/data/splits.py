@@ -61,6 +61,14 @@ class ImageSplit:
     def label(self, i: int) -> int:
         return int(self.labels[i])
 
+    def rgb(self, i: int) -> torch.Tensor:
+        """uint8 (C, S, S) as held (`data.augment_on=device`)."""
+        return self.images[i]
+
+    def encoded(self, i: int) -> None:
+        """No file behind an image held in memory: nothing for a device to decode."""
+        return None
+
 
 def fit_images(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
     """Fit uint8 (N, C, H, W) to (N, C, size, size): zero-pad centred if no side exceeds `size`,
@@ -119,6 +127,14 @@ class StreamedSplit(torch.utils.data.Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def encoded(self, i: int) -> Optional[bytes]:
+        """The encoded file behind image i, for a device to decode; None where there is none."""
+        return None
+
+    def rgb(self, i: int) -> torch.Tensor:
+        """uint8 (3, H, W) as stored (`data.augment_on=device`)."""
+        return torch.from_numpy(np.asarray(self.pil(i)).copy()).permute(2, 0, 1)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int, int]:
         pixels = torch.from_numpy(np.asarray(self.pil(i)).copy()).permute(2, 0, 1)

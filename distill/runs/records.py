@@ -13,9 +13,11 @@ import subprocess
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import torch
 
+from distill.data.sources.imagefolder import copy_manifest
 from distill.runs import durable
 
 METRICS, SUMMARY, CONFIG = "metrics.jsonl", "summary.json", "config.yaml"
@@ -133,6 +135,11 @@ def compute(cfg, run, epoch_images: int) -> dict:
             "logit_cache": cache.dir.name if cache is not None else None}
 
 
+def data_copy(data) -> Optional[dict]:
+    """Which resized copy (`distill prepare`) an image folder is, from its prepare.json; None otherwise."""
+    return copy_manifest(data.root) if data.name == "imagefolder" and data.root else None
+
+
 def run_summary(cfg, run, history: list, wall_s: float, extra: dict, device, world_size,
                 mixed_precision: str = "no") -> dict:
     """summary.json: the run's final and best accuracy, cost, identity and provenance.
@@ -151,7 +158,7 @@ def run_summary(cfg, run, history: list, wall_s: float, extra: dict, device, wor
         "train_img_per_s": sum(r["train_img_per_s"] for r in history) / max(len(history), 1),
         "student": cfg.student.model, "teacher": cfg.teacher.model if run.teacher is not None else None,
         "distill_type": cfg.distill.type, "seed": cfg.seed, "dataset": cfg.data.name,
-        "skipped_steps": run.progress.skipped_steps, **extra,
+        "skipped_steps": run.progress.skipped_steps, "data_copy": data_copy(cfg.data), **extra,
         **{k: last_eval[k] for k in ("top1_cls", "top1_dist", "ema_top1") if k in last_eval},
         **provenance(device, world_size),
     }

@@ -24,6 +24,7 @@ from distill.config import Config, DataConfig, StudentConfig, TrainConfig
 from distill.data.augment import BatchAugment, Normalize
 from distill.data.loader import DeviceBatches, LoaderBatches, ShardedBatches
 from distill.data.sources import load_split
+from distill.data.device_views import DeviceAugment, DeviceTrainViews
 from distill.data.transforms import EvalViews, TrainViews, eval_transform, train_transform
 from distill.errors import ConfigError, first_line
 from distill.methods import METHODS, Method, build_criterion, build_method
@@ -249,15 +250,20 @@ def build_scheduler(optimizer, cfg: TrainConfig, updates_per_epoch: int, ticks_p
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_batches(cfg: DataConfig, split, device, sampler: Optional[ShardedBatches] = None):
+def build_batches(cfg: DataConfig, split, device, sampler: Optional[ShardedBatches] = None,
+                  normalize: Optional[Normalize] = None):
     """Training batches (with `sampler`) or ordered evaluation batches of a split, on `device`.
 
     In-memory sets are indexed where they are stored (on the device, or on the host with
     `data.device_resident=false`); on-disk sets are decoded by DataLoader workers. Under
     `data.crop=rrc` the workers also run timm's per-sample transforms, seeded per view by the
-    sampler's seed (`distill.data.transforms`), and hand out normalised float views."""
+    sampler's seed (`distill.data.transforms`), and hand out normalised float views; under
+    `data.augment_on=device` they crop and draw, and RandAugment, normalisation and erasing run on the
+    device (`distill.data.device_views`)."""
     batch = 0 if sampler is not None else cfg.eval_batch_size
     if cfg.crop == "rrc":
+        if sampler is not None and cfg.augment_on == "device":
+            return device_augmented_batches(cfg, split, device, sampler, normalize)
         if sampler is not None:
             views = TrainViews(split, train_transform(cfg, split.mean, split.std), sampler.seed)
         else:
@@ -267,6 +273,18 @@ def build_batches(cfg: DataConfig, split, device, sampler: Optional[ShardedBatch
         storage = device if cfg.device_resident else torch.device("cpu")
         return DeviceBatches(split, sampler, device, batch, storage=storage)
     return LoaderBatches(split, sampler, device, cfg.num_workers, batch)
+
+
+def decodes_on_device(cfg: DataConfig, device) -> bool:
+    """`data.decode_on`: auto decodes JPEGs on the device where it is a GPU (nvJPEG), else in the workers."""
+    return cfg.decode_on == "device" or (cfg.decode_on == "auto" and torch.device(device).type == "cuda")
+
+
+def device_augmented_batches(cfg: DataConfig, split, device, sampler: ShardedBatches, normalize: Normalize):
+    """`data.augment_on=device`: workers crop and draw; the device decodes (optionally), resizes and augments."""
+    views = DeviceTrainViews(split, cfg, sampler.seed, decode_on_device=decodes_on_device(cfg, device))
+    return LoaderBatches(views, sampler, device, cfg.num_workers,
+                         on_device=DeviceAugment(cfg, views.rand_augment, normalize, split.in_chans))
 
 
 def build_augment(cfg: DataConfig, normalize: Normalize, num_classes: int) -> BatchAugment:
@@ -305,7 +323,7 @@ def build_data(cfg: DataConfig, acc: Accelerator) -> RunData:
     augment = build_augment(cfg, normalize, train_set.num_classes)
     sampler = ShardedBatches(len(train_set), cfg.batch_size, acc.process_index, acc.num_processes, cfg.aug_seed,
                              cfg.aug_repeats)
-    return RunData(build_batches(cfg, train_set, acc.device, sampler), build_batches(cfg, test_set, acc.device),
+    return RunData(build_batches(cfg, train_set, acc.device, sampler, normalize), build_batches(cfg, test_set, acc.device),
                    len(test_set), normalize, augment, cfg.aug_seed, sampler.steps_per_epoch, train_set.num_classes,
                    train_set.in_chans, tuple(train_set.mean), tuple(train_set.std))
 

@@ -167,6 +167,10 @@ class Trainer(Loop):
         acc.print(f"{cfg.name}: {r.cost.params / 1e6:.2f}M params, {self.world_size} process(es) on {self.device.type}, "
                   f"precision {acc.mixed_precision}{auto}, global batch {r.global_batch}, lr {r.lr:.2e}, "
                   f"{r.data.steps_per_epoch} steps/epoch")
+        copy = records.data_copy(cfg.data)
+        if copy:
+            acc.print(f"data: a copy of {copy['source']} resized by distill prepare (long side <= {copy['max_side']}, "
+                      f"JPEG quality {copy['quality']})")
         for warning in run_warnings(cfg, acc.mixed_precision, self.device.type):
             acc.print(warning)
         start = time.perf_counter() - p.wall_s

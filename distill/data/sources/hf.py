@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
+from distill.data.decode import decode_rgb, pil_to_tensor
 from distill.data.sources.registry import register_source
 from distill.data.splits import GRAY_MODES, ImageSplit, StreamedSplit, fit_images, select_subset, subset_indices
 from distill.errors import DataError, first_line
@@ -165,6 +166,25 @@ class HFSplit(StreamedSplit):
         if isinstance(value, dict):
             return _open(value, f"{self.where} row {i}")
         return Image.fromarray(np.asarray(value, dtype=np.uint8)).convert("RGB")  # array columns
+
+    def encoded(self, i: int) -> Optional[bytes]:
+        """The row's encoded image (`data.augment_on=device`), or None for an array column."""
+        value = self.ds[i][self.image_col]
+        if not isinstance(value, dict):
+            return None
+        if value.get("bytes"):
+            return value["bytes"]
+        try:
+            return Path(value["path"]).read_bytes()
+        except (OSError, TypeError) as e:
+            raise DataError(f"{self.where} row {i}: cannot read image ({first_line(e)}); remove or replace it") from None
+
+    def rgb(self, i: int) -> torch.Tensor:
+        """uint8 (3, H, W) as stored (`data.augment_on=device`), decoded by torchvision."""
+        data = self.encoded(i)
+        if data is not None:
+            return decode_rgb(data, f"{self.where} row {i}")
+        return pil_to_tensor(Image.fromarray(np.asarray(self.ds[i][self.image_col], dtype=np.uint8)))
 
 
 def _auto_in_memory(cfg: "DataConfig", rows: int) -> bool:

@@ -2,14 +2,16 @@
 decoded one image per item in the DataLoader workers, or whole up front with `data.in_memory=true`."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
+from distill.data.decode import decode_rgb
 from distill.data.sources.registry import register_source
 from distill.data.splits import STATS, ImageSplit, StreamedSplit, select_subset
 from distill.errors import DataError, first_line
@@ -17,6 +19,7 @@ from distill.errors import DataError, first_line
 if TYPE_CHECKING:
     from distill.config import DataConfig
 
+MANIFEST = "prepare.json"  # what `distill prepare` writes into a resized copy (distill/commands/prepare.py)
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
@@ -30,6 +33,12 @@ def _scan(folder: Path, classes: List[str]) -> List[Tuple[Path, int]]:
                                 f" add some or remove the folder")
             samples += found
     return samples
+
+def copy_manifest(root) -> Optional[dict]:
+    """The settings of a resized copy made by `distill prepare` (its prepare.json), or None."""
+    path = Path(root) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
 
 class FolderSplit(StreamedSplit):
     """Images under `root/<split>/<class>/`, decoded per item.
@@ -58,6 +67,18 @@ class FolderSplit(StreamedSplit):
                 return im.convert("RGB")
         except OSError as e:  # unreadable, truncated, not an image (UnidentifiedImageError)
             raise DataError(f"{path}: cannot decode image ({first_line(e)}); remove or replace it") from None
+
+    def encoded(self, i: int) -> bytes:
+        """The file's bytes (`data.augment_on=device`)."""
+        path = self.folder / os.fsdecode(self.paths[i])
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise DataError(f"{path}: cannot read image ({first_line(e)}); check the path") from None
+
+    def rgb(self, i: int) -> torch.Tensor:
+        """uint8 (3, H, W) as stored (`data.augment_on=device`), decoded by torchvision."""
+        return decode_rgb(self.encoded(i), str(self.folder / os.fsdecode(self.paths[i])))
 
 
 @register_source("imagefolder", streams=True)
