@@ -117,10 +117,7 @@ def crops_of(flat: torch.Tensor, head: torch.Tensor, channels: int) -> List[torc
     jpegs = [k for k, r in enumerate(rows) if r[0] == JPEG]
     decoded = {}
     if jpegs:
-        on_device = flat.device.type == "cuda"  # nvJPEG reads host buffers; libjpeg-turbo on a CPU
-        files = [parts[k].cpu() for k in jpegs] if on_device else [parts[k] for k in jpegs]
-        images = decode_jpeg(files, mode=ImageReadMode.RGB, device=flat.device)
-        decoded = dict(zip(jpegs, images))
+        decoded = dict(zip(jpegs, decode_jpegs([parts[k].cpu() for k in jpegs], flat.device)))
     out = []
     for k, (kind, _, h, w, top, left, flip) in enumerate(rows):
         if kind == PIXELS:
@@ -128,6 +125,23 @@ def crops_of(flat: torch.Tensor, head: torch.Tensor, channels: int) -> List[torc
             continue
         crop = decoded[k][:, top:top + h, left:left + w]
         out.append(crop.flip(-1) if flip else crop)
+    return out
+
+
+def decode_jpegs(files: List[torch.Tensor], device) -> List[torch.Tensor]:
+    """JPEG files (uint8 host tensors) -> RGB uint8 (3, H, W) on `device`, decoded there in one batch.
+    nvJPEG refuses some files (CMYK ones, which ImageNet has): then each file is decoded alone, on the
+    device where it can be and on the CPU where not, so a file's pixels never depend on its batch."""
+    try:
+        return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        pass
+    out = []
+    for f in files:
+        try:
+            out.append(decode_jpeg(f, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out.append(decode_jpeg(f, mode=ImageReadMode.RGB).to(device))
     return out
 
 
