@@ -149,3 +149,23 @@ def test_bench_data_times_each_part_and_names_the_bound(folder, capsys):
     for key in ("worker_img_per_s", "device_aug_img_per_s", "data_img_per_s", "step_img_per_s"):
         assert float(table[key]) > 0, key
     assert table["bound_by"] in ("data", "step")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")
+def test_a_gpu_decodes_and_augments_close_to_the_cpu(folder):
+    """On CUDA the batch is decoded by nvJPEG and augmented there: close to the CPU's views (nvJPEG and
+    libjpeg-turbo round differently), the same twice over. The tolerances are a guess: no GPU has run this yet."""
+    cfg = config(folder, auto_augment="rand-m9-mstd0.5-inc1", reprob=0.5)
+    split = load_split(cfg, train=True)
+    out = {}
+    for device in ("cpu", "cuda", "cuda"):
+        views = DeviceTrainViews(split, cfg, seed=4, decode_on_device=True)
+        loader = LoaderBatches(views, ShardedBatches(24, 8, 0, 1, 4), device, 1,
+                               on_device=DeviceAugment(cfg, views.rand_augment, Normalize(split.mean, split.std).to(device)))
+        loader.sampler.set_epoch(1)
+        batches = [b[0].cpu() for b in loader]
+        if device in out:
+            assert all(torch.equal(a, b) for a, b in zip(out[device], batches))
+        out[device] = batches
+    diff = torch.cat([(a - b).abs().flatten() for a, b in zip(out["cpu"], out["cuda"])])
+    assert diff.mean() < 0.05 and (diff > 0.5).float().mean() < 0.01, (diff.mean(), (diff > 0.5).float().mean())
