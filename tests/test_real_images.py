@@ -89,7 +89,7 @@ def test_hf_set_streams_from_arrow(fm):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, augment_on", [("imagefolder", "workers"), ("hf", "workers"), ("hf", "device")])
+@pytest.mark.parametrize("name, augment_on", [("imagefolder", "workers"), ("hf", "workers")])
 def test_deit_augmentation_learns_on_real_images(fm, tmp_path, name, augment_on):
     """RandomResizedCrop, RandAugment, random erasing, repeats x3, Mixup/CutMix: well above 10 % chance."""
     # DeiT's settings (RandAugment m9, Mixup 0.8 / CutMix 1.0, erasing 0.25, repeats 3), crops of a third
