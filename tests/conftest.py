@@ -1,4 +1,7 @@
+import contextlib
+import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,18 +19,33 @@ needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").ex
 
 
 # Small and fast, but real: 4096 Fashion-MNIST training images, 2 epochs (256 steps), the whole
-# pipeline; 1999 test images, so that 2 processes split the test set unevenly.
+# pipeline, enough to learn (about 48 % top-1); 1999 test images.
 QUICK = ["data.train_subset=4096", "data.test_subset=1999", "data.batch_size=32", "data.cutmix_alpha=0",
          "train.epochs=2", "train.lr=1e-3", "train.lr_base_batch=32", "train.warmup_epochs=0.2",
          "train.log_every=16"]
+# Half as long, for runs that are compared with each other (killed and resumed, several processes) rather
+# than asked to learn: 2048 images, 2 epochs of 64 steps; 999 test images, split unevenly by 2 processes.
+SHORT = ["data.train_subset=2048", "data.test_subset=999", "data.batch_size=32", "data.cutmix_alpha=0",
+         "train.epochs=2", "train.lr=1e-3", "train.lr_base_batch=32", "train.warmup_epochs=0.2", "train.log_every=16"]
+SHORT_STEPS_PER_EPOCH = 64
 PLAIN = "recipes/fashion_mnist/plain_tiny.yaml"
 
 
 @pytest.fixture(scope="session")
 def plain_run(tmp_path_factory):
-    """One uninterrupted single-process plain run, shared by the tests that compare against it."""
+    """One uninterrupted plain QUICK run (in this process): the run that must learn, read by several tests."""
     out = tmp_path_factory.mktemp("plain")
-    res = run_cli("train", PLAIN, f"output_dir={out}", *QUICK)
+    res = run_main("train", PLAIN, f"output_dir={out}", *QUICK)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / "fashion_mnist_plain_tiny"
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory):
+    """One uninterrupted single-process plain SHORT run, in a fresh process as the runs compared with it
+    bit for bit are (killed, resumed, launched): the same threads, the same kernels."""
+    out = tmp_path_factory.mktemp("short")
+    res = run_cli("train", PLAIN, f"output_dir={out}", *SHORT)
     assert res.returncode == 0, res.stderr[-3000:]
     return out / "fashion_mnist_plain_tiny"
 
@@ -37,3 +55,38 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+@contextlib.contextmanager
+def own_signal_handlers():
+    """Put back this process's SIGINT and SIGTERM handlers afterwards. A run in this process (`Trainer`)
+    installs its stop-request handlers, which only set a flag, and leaves them: then Ctrl-C no longer stops
+    pytest, and the workers of a later multiprocessing Pool inherit a SIGTERM that does not end them, so
+    the pool's shutdown waits for them forever (`distill prepare` in test_prepare.py hung so)."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """For tests that call `distill.cli.main` themselves (run_main does this on its own)."""
+    with own_signal_handlers():
+        yield
+
+
+def run_main(*args) -> subprocess.CompletedProcess:
+    """`distill ...` in this process, through `distill.cli.main`: what `run_cli` returns (exit status, stdout,
+    stderr) without a fresh interpreter's ~6 s of imports. An exception that escapes `main` (a traceback in a
+    shell) fails the test. Not for what needs a process of its own: launchers, signals, kills, several
+    processes, a changed environment, or a run compared bit for bit with a `run_cli` run (other threads)."""
+    from distill.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with own_signal_handlers(), contextlib.chdir(ROOT), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        status = main([str(a) for a in args])
+    return subprocess.CompletedProcess(["distill", *map(str, args)], status, out.getvalue(), err.getvalue())

@@ -107,6 +107,17 @@ def test_bad_input_exits_2_with_one_line(world, name, capsys):
         assert not (world / failed_run / "fashion_mnist_plain_tiny").exists()
 
 
+@pytest.fixture(scope="module")
+def gpu_count_python(tmp_path_factory):
+    """A stand-in for launch.sh's PYTHON that answers its GPU count (`python -c ...`) with 0 at once: the
+    checks under test come after that question, and importing torch to answer it took ~2 s a case. Were a
+    bad value let through, launch.sh would exec it as `python -m distill train`: exit 0, and the test fails."""
+    stub = tmp_path_factory.mktemp("launch") / "python"
+    stub.write_text("#!/bin/sh\necho 0\n")
+    stub.chmod(0o755)
+    return str(stub)
+
+
 @pytest.mark.parametrize("env,must_mention", [
     ({"NPROC": "two"}, "NPROC"),
     ({"NPROC": "0"}, "NPROC"),
@@ -114,9 +125,9 @@ def test_bad_input_exits_2_with_one_line(world, name, capsys):
     ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK"),
     ({"MASTER_PORT": "port"}, "MASTER_PORT"),
 ])
-def test_launch_rejects_bad_environment(env, must_mention):
+def test_launch_rejects_bad_environment(env, must_mention, gpu_count_python):
     res = subprocess.run([str(ROOT / "launch.sh"), PLAIN], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, **env}, timeout=120)
+                         env={**os.environ, "PYTHON": gpu_count_python, **env}, timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("error: ") and must_mention in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 

@@ -164,6 +164,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 @needs_fmnist
+@pytest.mark.slow  # a fresh process (huggingface_hub reads HF_ENDPOINT and HF_HOME at import): ~7 s, most of it imports
 def test_hub_teacher_without_network_is_one_fast_line(tmp_path):
     """Item 9: hub weights that are not cached, with the hub unreachable (a closed local port): one
     line naming teacher.checkpoint, at once, not huggingface_hub's retries (~50 s, 23 lines of log)."""

@@ -1,11 +1,14 @@
-"""`distill bench`: times the real step (a slowed step reads slower), writes its JSON, times cached distillation."""
+"""`distill bench`: times the real step (a slowed step reads slower), writes its JSON, times cached distillation.
+In this process (`run_bench`, or the CLI's `main`): a fresh interpreter would add ~6 s of imports a run."""
 import json
-import subprocess
-import sys
+import time
 
 import pytest
 
-from conftest import PLAIN, ROOT, needs_fmnist, run_cli
+import distill.train.step
+from conftest import PLAIN, ROOT, needs_fmnist, run_main
+from distill.commands.bench import run_bench
+from distill.config import load_config
 
 pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 
@@ -13,29 +16,17 @@ SMALL = ["data.train_subset=1024", "data.batch_size=32"]
 STEPS = ["--steps", "4", "--warmup", "2"]
 
 
-SLOW_STEP = """
-import json, sys, time
-import distill.train.step
-from distill.commands.bench import run_bench
-from distill.config import load_config
-
-original = distill.train.step.TrainStep.__call__
-def slow(self, *args, **kwargs):
-    time.sleep(0.15)
-    return original(self, *args, **kwargs)
-distill.train.step.TrainStep.__call__ = slow
-cfg = load_config(sys.argv[1], sys.argv[2:])
-print(json.dumps(run_bench(cfg, steps=4, warmup=2, rounds=2, reference=True)))
-"""
-
-
-def test_bench_times_the_step_it_reports():
+def test_bench_times_the_step_it_reports(monkeypatch):
     """The framework's step made 150 ms slower must read as at least 150 ms a step, in every round,
     while the yardsticks, which do not run it, stay faster; the figures are not just consistent."""
-    res = subprocess.run([sys.executable, "-c", SLOW_STEP, PLAIN, *SMALL], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    result = json.loads(res.stdout.splitlines()[-1])
+    original = distill.train.step.TrainStep.__call__
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.15)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(distill.train.step.TrainStep, "__call__", slow)
+    result = run_bench(load_config(str(ROOT / PLAIN), SMALL), steps=4, warmup=2, rounds=2, reference=True)
     assert result["train_step_ms"] >= 150 and result["rounds"] == 2 and len(result["per_round"]) == 2
     per_step = [32 / r["train_img_per_s"] for r in result["per_round"]]
     assert min(per_step) >= 0.150, per_step
@@ -47,7 +38,7 @@ def test_bench_cached_distillation_records_then_replays(tmp_path):
     args = ["recipes/fashion_mnist/hard_tiny.yaml", *SMALL, "data.train_subset=512", "teacher.checkpoint=null",
             "teacher.model=resnet10t", "teacher.small_input_stem=false", "distill.cache=true",
             f"output_dir={tmp_path}", *STEPS]
-    res = run_cli("bench", *args, "--out", tmp_path / "cached.json")
+    res = run_main("bench", *args, "--out", tmp_path / "cached.json")
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads((tmp_path / "cached.json").read_text())
     assert result["teacher_cached"] and "teacher_share" not in result  # the teacher did not run in the timed steps
@@ -55,10 +46,10 @@ def test_bench_cached_distillation_records_then_replays(tmp_path):
 
 
 def test_bench_rejects_bad_rounds():
-    res = run_cli("bench", PLAIN, *SMALL, *STEPS, "--rounds", "0")
+    res = run_main("bench", PLAIN, *SMALL, *STEPS, "--rounds", "0")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--rounds" in res.stderr
 
 
 def test_bench_reference_needs_a_plain_recipe():
-    res = run_cli("bench", "recipes/fashion_mnist/hard_tiny.yaml", *SMALL, *STEPS, "--reference")
+    res = run_main("bench", "recipes/fashion_mnist/hard_tiny.yaml", *SMALL, *STEPS, "--reference")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "plain recipe" in res.stderr

@@ -47,6 +47,7 @@ def fake_run(tmp_path, name, distilled=False, prefix="", seed=0):
     return run, model
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and timm: ~5 s; test_cli_export covers the command
 def test_timm_alone_rebuilds_the_exported_students(tmp_path):
     cases = {"plain": dict(), "distilled": dict(distilled=True), "compiled": dict(prefix="_orig_mod.")}
     outs, originals = {}, {}

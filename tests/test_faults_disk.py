@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import PLAIN as RECIPE
-from conftest import QUICK, needs_fmnist, run_cli
+from conftest import SHORT, needs_fmnist, run_cli
 from distill.runs import durable, records as runlog
 from distill.train.cache import LogitCache
 from distill.runs.checkpoint import complete_checkpoints
@@ -146,21 +146,21 @@ def test_tensorboard_on_full_disk_raises_one_line(tmp_path, monkeypatch):
 
 @needs_fmnist
 @pytest.mark.slow
-def test_run_on_full_disk_stops_cleanly_and_resumes_exactly(tmp_path, plain_run):
-    """Checkpoints every 40 steps (38 MB each, keep 2) on a 96 MiB filesystem: the third (step 120)
-    does not fit. The run must exit 2 with one line, leave no temporary, keep steps 40 and 80 whole,
-    and after the filesystem grows, resume to the weights of an uninterrupted run."""
-    args = ["train", RECIPE, *QUICK, "train.checkpoint_every_steps=40", "train.keep_checkpoints=2"]
+def test_run_on_full_disk_stops_cleanly_and_resumes_exactly(tmp_path, short_run):
+    """Checkpoints every 16 steps (38 MB each, keep 2) on a 96 MiB filesystem: the third (step 48, before
+    the epoch's end at 64) does not fit. The run must exit 2 with one line, leave no temporary, keep steps
+    16 and 32 whole, and after the filesystem grows, resume to the weights of an uninterrupted run."""
+    args = ["train", RECIPE, *SHORT, "train.checkpoint_every_steps=16", "train.keep_checkpoints=2"]
     with tmpfs(tmp_path / "fs", "96m") as fs:
         run_dir = fs / NAME
         failed = run_cli(*args, f"output_dir={fs}")
         assert failed.returncode == 2, failed.stderr[-3000:]
-        what = f"checkpoint {run_dir / 'checkpoints' / 'step_000000120'}"
+        what = f"checkpoint {run_dir / 'checkpoints' / 'step_000000048'}"
         assert failed.stderr.strip().splitlines()[-1] == "error: " + FULL.format(fs=fs, what=what)
         assert "Traceback" not in failed.stderr
         assert [p for p in run_dir.rglob("*") if ".tmp" in p.name] == []
         kept = complete_checkpoints(run_dir)
-        assert [p.name for p in kept] == ["step_000000040", "step_000000080"]
+        assert [p.name for p in kept] == ["step_000000016", "step_000000032"]
         for ckpt in kept:  # whole: every file parses
             assert load_file(str(ckpt / "model.safetensors"))
             assert torch.load(ckpt / "optimizer.bin", weights_only=False)["state"]
@@ -169,6 +169,6 @@ def test_run_on_full_disk_stops_cleanly_and_resumes_exactly(tmp_path, plain_run)
         resumed = run_cli(*args, f"output_dir={fs}", "train.resume=auto")
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert f"resumed from {kept[-1]}" in resumed.stdout + resumed.stderr
-        got, want = load_file(str(run_dir / "student.safetensors")), load_file(str(plain_run / "student.safetensors"))
+        got, want = load_file(str(run_dir / "student.safetensors")), load_file(str(short_run / "student.safetensors"))
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k], want[k]) for k in want), "resumed weights differ from the uninterrupted run"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import QUICK, ROOT, needs_fmnist, run_cli
+from conftest import QUICK, ROOT, needs_fmnist, run_main
 from distill.config import ConfigError, DistillConfig, load_config
 from distill.methods import build_criterion, build_method
 from distill.methods.feature import FeatureStudent, TeacherFeatures
@@ -176,9 +176,9 @@ def test_the_standardised_kd_recipe_is_the_references_cifar_setting():
 def test_a_run_warms_dkd_up_step_by_step(tmp_path):
     """4 steps an epoch, warm-up over 2 epochs: the weight of step s (0-based, all epochs) is (s + 1) / 8,
     so the epoch means logged are (1 + 2 + 3 + 4) / 32 and (5 + 6 + 7 + 8) / 32."""
-    res = run_cli("train", RECIPES / "fashion_mnist/dkd_tiny.yaml", f"output_dir={tmp_path}", *QUICK,
-                  "data.train_subset=128", "data.test_subset=64", "distill.dkd_warmup=2", "teacher.checkpoint=null",
-                  "teacher.model=resnet10t", "teacher.small_input_stem=false", "train.eval_every=2")
+    res = run_main("train", RECIPES / "fashion_mnist/dkd_tiny.yaml", f"output_dir={tmp_path}", *QUICK,
+                   "data.train_subset=128", "data.test_subset=64", "distill.dkd_warmup=2", "teacher.checkpoint=null",
+                   "teacher.model=resnet10t", "teacher.small_input_stem=false", "train.eval_every=2")
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "fashion_mnist_dkd_tiny/metrics.jsonl").read_text().splitlines()]
     assert [r["loss_dkd_warmup"] for r in rows if "loss_dkd_warmup" in r] == pytest.approx([10 / 32, 26 / 32])

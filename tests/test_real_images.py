@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, needs_fmnist, run_cli
+from conftest import ROOT, needs_fmnist, run_cli, run_main
 from distill.runs.checkpoint import latest_checkpoint
 from distill.cli import main
 from distill.config import DataConfig
@@ -94,10 +94,10 @@ def test_deit_augmentation_learns_on_real_images(fm, tmp_path, name, augment_on)
     """RandomResizedCrop, RandAugment, random erasing, repeats x3, Mixup/CutMix: well above 10 % chance."""
     # DeiT's settings (RandAugment m9, Mixup 0.8 / CutMix 1.0, erasing 0.25, repeats 3), crops of a third
     # of the image or more; 279 steps of the 64-token ViT from scratch (34.6 % here with imagefolder)
-    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", "name=run", *source(fm, name), *DEIT_AUG,
-                  f"data.augment_on={augment_on}",
-                  "data.batch_size=32", "data.scale=[0.35,1]", "train.epochs=3", "train.lr=1e-3",
-                  "train.lr_base_batch=32", "train.warmup_epochs=0.3", "train.log_every=20")
+    res = run_main("train", PLAIN, f"output_dir={tmp_path}", "name=run", *source(fm, name), *DEIT_AUG,
+                   f"data.augment_on={augment_on}",
+                   "data.batch_size=32", "data.scale=[0.35,1]", "train.epochs=3", "train.lr=1e-3",
+                   "train.lr_base_batch=32", "train.warmup_epochs=0.3", "train.log_every=20")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     print(f"{name}: top1 {summary['final_top1']:.1f} in {summary['wall_s']:.0f} s")
@@ -137,10 +137,10 @@ def test_rrc_cached_replay_matches_live_with_a_teacher_at_another_resolution(fm,
     args = ["train", HARD, f"output_dir={tmp_path}", *source(fm, "hf"), *SMALL, "train.epochs=1",
             "teacher.model=resnet10t", "teacher.small_input_stem=false", f"teacher.checkpoint={tmp_path}",
             "teacher.img_size=48", "distill.cache=true", "data.aug_seed=0", f"distill.cache_topk={topk or 0}"]
-    live = run_cli(*args, "name=live")
+    live = run_main(*args, "name=live")  # in this process, as the replay it is compared with
     assert live.returncode == 0, live.stderr[-3000:]
     assert len(list((tmp_path / "logit_cache").rglob("epoch_0000_*.safetensors"))) == 1
-    cached = run_cli(*args, "name=cached")
+    cached = run_main(*args, "name=cached")
     assert cached.returncode == 0, cached.stderr[-3000:]
     a, b = weights(tmp_path / "live"), weights(tmp_path / "cached")
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit: the replay saw the same views

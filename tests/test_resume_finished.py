@@ -1,11 +1,12 @@
 """`train.resume=auto` on a finished run (issue 23, issue 22): the config is compared first, as for an
-unfinished run; the same epochs answer "already complete"; more epochs extend the run."""
+unfinished run; the same epochs answer "already complete"; more epochs extend the run. Through the CLI's
+`main` in this process: seven fresh interpreters would add ~40 s of imports."""
 import json
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import PLAIN, needs_fmnist, run_cli
+from conftest import PLAIN, needs_fmnist, run_main
 
 pytestmark = [needs_fmnist, pytest.mark.slow]  # real (8-step) training runs
 
@@ -22,23 +23,23 @@ def one_error_line(res) -> str:
 
 def test_finished_run_is_compared_then_extended(tmp_path):
     run = tmp_path / "r"
-    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1")
+    res = run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1")
     assert res.returncode == 0, res.stderr[-2000:]
     first, first_weights = (run / "summary.json").read_text(), load_file(str(run / "student.safetensors"))
 
     # another recipe, or another setting, on the finished run: refused as on an unfinished one
-    kd = run_cli("train", "recipes/fashion_mnist/kd_tiny.yaml", f"output_dir={tmp_path}", *TINY, "train.epochs=1",
-                 "train.resume=auto")
+    kd = run_main("train", "recipes/fashion_mnist/kd_tiny.yaml", f"output_dir={tmp_path}", *TINY, "train.epochs=1",
+                  "train.resume=auto")
     assert "differs from the run being resumed" in one_error_line(kd)
-    lr = one_error_line(run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1", "train.lr=2e-3",
-                                "train.resume=auto"))
+    lr = one_error_line(run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1", "train.lr=2e-3",
+                                 "train.resume=auto"))
     assert lr.startswith("error: train.lr=0.002 differs from the run being resumed (0.001 in ")
     assert (run / "summary.json").read_text() == first  # nothing was touched
 
     # the same settings: complete; more epochs: the run goes on from its last checkpoint
-    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1", "train.resume=auto")
+    res = run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1", "train.resume=auto")
     assert res.returncode == 0 and "is already complete" in res.stderr, res.stderr[-2000:]
-    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=2", "train.resume=auto")
+    res = run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=2", "train.resume=auto")
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"extending {run} from 1 to 2 epochs; the lr schedule is laid out again over 2 epochs" in res.stdout
     assert "resumed from" in res.stdout and "epoch 1 step 0" in res.stdout
@@ -48,8 +49,8 @@ def test_finished_run_is_compared_then_extended(tmp_path):
     after = load_file(str(run / "student.safetensors"))
     assert any(not after[k].equal(first_weights[k]) for k in after)  # it trained the second epoch
 
-    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=2", "train.resume=auto")
+    res = run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=2", "train.resume=auto")
     assert res.returncode == 0 and "is already complete" in res.stderr, res.stderr[-2000:]
-    fewer = one_error_line(run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1",
-                                   "train.resume=auto"))
+    fewer = one_error_line(run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1",
+                                    "train.resume=auto"))
     assert "train.epochs=1 is fewer than the 2 epochs" in fewer and "cannot be shortened" in fewer

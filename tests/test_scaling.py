@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, needs_fmnist, run_cli
+from conftest import ROOT, needs_fmnist
+from distill.cli import main
 from distill.config import load_config
 from distill.report.compare import load_runs
 from distill.report.scaling import check_prediction, ladder_rows, predict_holdout
@@ -121,22 +122,24 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path)
     assert all(abs(p["error_points"] - (p["predicted_top1"] - 90.0)) < 1e-9 for p in checked["predictions"])
 
 
-def test_dry_run_prints_each_runs_flops_by_hand_and_the_total(tmp_path):
-    """FLOPs of a run = training FLOPs per image (the hand count above) x its images; nothing runs."""
+def test_dry_run_prints_each_runs_flops_by_hand_and_the_total(tmp_path, capsys):
+    """FLOPs of a run = training FLOPs per image (the hand count above) x its images; nothing runs.
+    In-process (`main` returns the exit status): a subprocess would only add ~6 s of imports."""
     study = {"name": "dry", "output_dir": str(tmp_path), "seeds": [0],
              "overrides": ["data.train_subset=300", "data.batch_size=100", "train.mixed_precision=no"],
              "scaling": {"sizes": {"a": ["student.embed_dim=64", "student.depth=2", "student.num_heads=2"],
                                    "b": ["student.embed_dim=96", "student.depth=2", "student.num_heads=3"]},
                          "epochs": [2], "methods": {"plain": {"recipe": str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")}}}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
-    res = run_cli("study", tmp_path / "s.yaml", "--dry-run")
-    assert res.returncode == 0, res.stderr[-2000:]
-    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("plain_a_e2_s0 "))
+    status = main(["study", str(tmp_path / "s.yaml"), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert status == 0, err[-2000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("plain_a_e2_s0 "))
     L, d, T, K = 2, 64, 17, 10
     per_image = 3 * (L * 24 * T * d * d + 2 * d * K) + 3.5 * L * 4 * T * T * d + 2 * 2 * 16 * 64 * d
     images = 2 * 300  # 2 epochs of 3 full batches of 100
     assert float(line.split()[3]) == pytest.approx(per_image * images, rel=1e-3)
-    assert f"{images:,}" in line and "total (2 runs)" in res.stdout
+    assert f"{images:,}" in line and "total (2 runs)" in out
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
 
 

@@ -11,8 +11,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from timm.loss import SoftTargetCrossEntropy
 
-from conftest import PLAIN, QUICK, ROOT, needs_fmnist, run_cli
+from conftest import PLAIN, ROOT, SHORT, needs_fmnist, run_cli, run_main
 from distill.data.augment import BatchAugment, Normalize
+from distill.cli import main
 from distill.data.views import epoch_salt
 from distill.train.build import build_optimizer
 from distill.train.cache import LogitCache
@@ -195,11 +196,12 @@ def test_host_resident_batches_reach_the_training_device():
 
 @needs_fmnist
 @pytest.mark.parametrize("bad", ["student.patch_size=5", "data.img_size=30"])
-def test_patch_size_that_does_not_divide_the_image_is_one_line(tmp_path, bad):
-    """Bug 2: these passed the config and ended in an AssertionError traceback (exit 1)."""
-    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, bad)
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert res.stderr.count("\n") == 1 and "divisible" in res.stderr and "Traceback" not in res.stderr
+def test_patch_size_that_does_not_divide_the_image_is_one_line(tmp_path, bad, capsys):
+    """Bug 2: these passed the config and ended in an AssertionError traceback (exit 1). In-process:
+    `main` returns the exit status, and an AssertionError would escape it."""
+    assert main(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", *TINY, bad]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "divisible" in err, err[-2000:]
     assert not list(tmp_path.iterdir())  # nothing written
 
 
@@ -207,7 +209,7 @@ def test_patch_size_that_does_not_divide_the_image_is_one_line(tmp_path, bad):
 @pytest.mark.slow
 def test_bench_writes_no_checkpoint(tmp_path):
     """Bug 5: `distill bench` with train.checkpoint_every_steps wrote checkpoints."""
-    res = run_cli("bench", PLAIN, f"output_dir={tmp_path}", *TINY, "train.checkpoint_every_steps=2",
+    res = run_main("bench", PLAIN, f"output_dir={tmp_path}", *TINY, "train.checkpoint_every_steps=2",
                   "--steps", "2", "--warmup", "1")
     assert res.returncode == 0, res.stderr[-2000:]
     assert not list(tmp_path.rglob("checkpoints")) and not list(tmp_path.rglob("*.safetensors"))
@@ -215,19 +217,20 @@ def test_bench_writes_no_checkpoint(tmp_path):
 
 @needs_fmnist
 @pytest.mark.slow
-def test_run_killed_before_its_summary_resumes_to_the_same_result(plain_run, tmp_path):
-    """Bug 6: killed after the last checkpoint, before summary.json: resumed with final_top1 null."""
-    run = tmp_path / plain_run.name
-    shutil.copytree(plain_run, run)
+def test_run_killed_before_its_summary_resumes_to_the_same_result(short_run, tmp_path):
+    """Bug 6: killed after the last checkpoint, before summary.json: resumed with final_top1 null.
+    (Resumed in a fresh process, as `short_run` ran: its evaluation must match to the last image.)"""
+    run = tmp_path / short_run.name
+    shutil.copytree(short_run, run)
     (run / "summary.json").unlink()
     (run / "student.safetensors").unlink()
-    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *QUICK, "train.resume=auto")
+    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *SHORT, "train.resume=auto")
     assert res.returncode == 0, res.stderr[-2000:]
-    before, after = (json.loads((d / "summary.json").read_text()) for d in (plain_run, run))
+    before, after = (json.loads((d / "summary.json").read_text()) for d in (short_run, run))
     assert after["final_top1"] == before["final_top1"] and after["best_top1"] == before["best_top1"]
-    a, b = (load_file(str(d / "student.safetensors")) for d in (plain_run, run))
+    a, b = (load_file(str(d / "student.safetensors")) for d in (short_run, run))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    res = run_cli("compare", plain_run, run)
+    res = run_main("compare", short_run, run)
     assert res.returncode == 0, res.stderr[-2000:]
 
 
@@ -235,11 +238,11 @@ def test_run_killed_before_its_summary_resumes_to_the_same_result(plain_run, tmp
 @pytest.mark.slow
 def test_resume_auto_without_a_checkpoint_says_so(tmp_path):
     """Bug 7: train.resume=auto on a folder without a checkpoint started over silently."""
-    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "name=r")
+    res = run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "name=r")
     assert res.returncode == 0, res.stderr[-2000:]
     shutil.rmtree(tmp_path / "r" / "checkpoints")
     (tmp_path / "r" / "summary.json").unlink()
-    res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "name=r", "train.resume=auto")
+    res = run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "name=r", "train.resume=auto")
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [x for x in (res.stdout + res.stderr).splitlines() if "no complete checkpoint" in x]
     assert len(lines) == 1 and "starting from the beginning" in lines[0]
@@ -260,7 +263,7 @@ def test_compiled_run_saves_the_bare_student_and_evaluates(tmp_path):
 
 
 @needs_fmnist
-def test_bench_reference_on_a_streamed_dataset_is_one_line(tmp_path):
+def test_bench_reference_on_a_streamed_dataset_is_one_line(tmp_path, capsys):
     """`--reference` reads an in-memory split; on an image folder it ended in an AttributeError traceback."""
     from PIL import Image
 
@@ -269,6 +272,8 @@ def test_bench_reference_on_a_streamed_dataset_is_one_line(tmp_path):
             path = tmp_path / "imgs" / split / str(i % 2) / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (32, 32), (i, 2 * i, 3 * i)).save(path)
-    res = run_cli("bench", PLAIN, "data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.batch_size=8",
-                  "data.num_workers=0", f"output_dir={tmp_path}", "--steps", "1", "--warmup", "1", "--reference")
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--reference" in res.stderr, res.stderr[-2000:]
+    assert main(["bench", str(ROOT / PLAIN), "data.name=imagefolder", f"data.root={tmp_path / 'imgs'}",
+                 "data.batch_size=8", "data.num_workers=0", f"output_dir={tmp_path}", "--steps", "1", "--warmup", "1",
+                 "--reference"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--reference" in err, err[-2000:]

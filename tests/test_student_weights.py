@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 import students  # noqa: F401  (registers distill_vit_*)
-from conftest import needs_fmnist, run_cli
+from conftest import needs_fmnist, run_main
 from distill.errors import ConfigError
 from timm.models import adapt_input_conv
 
@@ -183,9 +183,9 @@ def test_timms_model_test_sizes_on_the_deit_sizes():
 def test_deit_tiny_finetune_recipe_trains_from_a_deit_checkpoint(deit, tmp_path):
     """The recipe with a DeiT-Ti file (random weights here) fine-tuning at 32 px for a few steps."""
     _, path = deit
-    res = run_cli("train", "recipes/fashion_mnist/deit_tiny_finetune.yaml", f"output_dir={tmp_path}",
-                  f"student.checkpoint={path}", "data.train_subset=128", "data.test_subset=64", "data.batch_size=32",
-                  "train.epochs=1", "train.warmup_epochs=0", "teacher.checkpoint=null", "teacher.model=resnet10t")
+    res = run_main("train", "recipes/fashion_mnist/deit_tiny_finetune.yaml", f"output_dir={tmp_path}",
+                   f"student.checkpoint={path}", "data.train_subset=128", "data.test_subset=64", "data.batch_size=32",
+                   "train.epochs=1", "train.warmup_epochs=0", "teacher.checkpoint=null", "teacher.model=resnet10t")
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "fashion_mnist_deit_tiny_finetune"
     summary = json.loads((run / "summary.json").read_text())

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, needs_fmnist, run_cli
+from conftest import ROOT, needs_fmnist, run_main
 from distill.config import load_config
 from distill.errors import ConfigError
 from distill.methods import build_criterion, build_method
@@ -86,9 +86,9 @@ def test_every_method_without_a_token_trains_a_timm_student(method, extra):
 @pytest.mark.parametrize("recipe, model", [("convit_kd", "convit_tiny"), ("swin_kd", "swin_tiny_patch4_window7_224")])
 def test_convit_and_swin_recipes_train(tmp_path, recipe, model):
     """The recipes as a user runs them, a few steps on a subset (a random resnet10t teacher stands in)."""
-    res = run_cli("train", f"recipes/fashion_mnist/{recipe}.yaml", f"output_dir={tmp_path}", "data.train_subset=128",
-                  "data.test_subset=64", "data.batch_size=32", "train.epochs=1", "train.warmup_epochs=0",
-                  "teacher.checkpoint=null", "teacher.model=resnet10t")
+    res = run_main("train", f"recipes/fashion_mnist/{recipe}.yaml", f"output_dir={tmp_path}",
+                   "data.train_subset=128", "data.test_subset=64", "data.batch_size=32", "train.epochs=1",
+                   "train.warmup_epochs=0", "teacher.checkpoint=null", "teacher.model=resnet10t")
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / f"fashion_mnist_{recipe}"
     summary = json.loads((run / "summary.json").read_text())

@@ -1,4 +1,5 @@
-"""Real training runs on Fashion-MNIST subsets, through the CLI as a user runs them."""
+"""Real training runs on Fashion-MNIST subsets, through the CLI's `main` as a user runs them (in this
+process: a fresh interpreter adds ~6 s of imports a run and checks nothing more here)."""
 import json
 import shutil
 from pathlib import Path
@@ -7,15 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import QUICK, needs_fmnist, run_cli
+from conftest import QUICK, needs_fmnist, run_main
 
 pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 
 WELL_ABOVE_CHANCE = 35.0  # 10 classes; 256 steps of a ViT from scratch reach about 48%
 
 
-def train(out: Path, recipe: str, *overrides, env=None):
-    res = run_cli("train", f"recipes/fashion_mnist/{recipe}.yaml", f"output_dir={out}", *QUICK, *overrides, env=env)
+def train(out: Path, recipe: str, *overrides):
+    res = run_main("train", f"recipes/fashion_mnist/{recipe}.yaml", f"output_dir={out}", *QUICK, *overrides)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
@@ -46,7 +47,7 @@ def test_plain_run_learns_and_writes_its_folder(plain_run):
 
 
 def test_eval_reproduces_final_top1(plain_run):
-    res = run_cli("eval", plain_run)
+    res = run_main("eval", plain_run)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     summary = json.loads((plain_run / "summary.json").read_text())
@@ -75,7 +76,7 @@ def test_tensorboard_holds_every_loss_term(plain_run, teacher_run, tmp_path):
 
 def test_existing_run_is_never_overwritten(plain_run):
     before = {p: p.stat().st_mtime_ns for p in plain_run.rglob("*") if p.is_file()}
-    res = run_cli("train", "recipes/fashion_mnist/plain_tiny.yaml", f"output_dir={plain_run.parent}", *QUICK)
+    res = run_main("train", "recipes/fashion_mnist/plain_tiny.yaml", f"output_dir={plain_run.parent}", *QUICK)
     assert res.returncode == 2
     assert res.stderr.strip().startswith("error: run folder") and len(res.stderr.strip().splitlines()) == 1
     assert before == {p: p.stat().st_mtime_ns for p in plain_run.rglob("*") if p.is_file()}
@@ -110,8 +111,8 @@ def test_feature_distillation_trains_checkpoints_and_resumes_its_projection(teac
     shutil.copytree(run, resumed)
     shutil.rmtree(resumed / "checkpoints" / last.name)
     (resumed / "summary.json").unlink()
-    res = run_cli("train", "recipes/fashion_mnist/feature_tiny.yaml", f"output_dir={resumed.parent}", *QUICK, *t,
-                  "train.resume=auto")
+    res = run_main("train", "recipes/fashion_mnist/feature_tiny.yaml", f"output_dir={resumed.parent}", *QUICK, *t,
+                   "train.resume=auto")
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resumed from {resumed / 'checkpoints' / first.name}" in res.stdout + res.stderr
     a, b = load_file(str(run / "student.safetensors")), load_file(str(resumed / "student.safetensors"))
