@@ -151,6 +151,7 @@ class TrainConfig:
     log_every: int = _key(50, may_differ=True)  # steps between progress updates (each one syncs with the device)
     on_nonfinite: str = "stop"  # stop | skip (skipping syncs with the device every step)
     compile: bool = False
+    channels_last: bool = False  # convolution weights in NHWC, as timm's --channels-last (ResNet-10t on a CPU: 1.2x)
     cuda_graphs: bool = False  # capture the whole step in a CUDA graph (1 GPU, in-memory data)
     deterministic: bool = False
     dist_timeout_s: float = _key(600.0, may_differ=True)  # a collective waits this long for a lost process before the job ends

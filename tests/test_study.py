@@ -158,7 +158,8 @@ def test_every_study_loads(study):
 
 def test_quickstart_trains_its_students_as_the_cpu_study_does():
     """scripts/quickstart.sh is seed 0 of recipes/studies/fashion_mnist_cpu.yaml, its settings written out
-    for a shell script: the two copies must not drift, or the quickstart's numbers stop matching the study's."""
+    for a shell script: the two copies must not drift, or the quickstart's numbers stop matching the study's.
+    How often a run evaluates, checkpoints and logs may differ: it does not change the weights."""
     import re
     import shlex
 
@@ -167,7 +168,10 @@ def test_quickstart_trains_its_students_as_the_cpu_study_does():
                                                                                 re.S | re.M).group(1))]
     quickstart = dict(w.split("=", 1) for w in words if not w.startswith(("output_dir=", "$short")))
     study = dict(o.split("=", 1) for o in load_study(ROOT / "recipes/studies/fashion_mnist_cpu.yaml").overrides)
-    assert quickstart == study
+    cadence = ("train.eval_every", "train.checkpoint_every", "train.log_every")
+    assert {k: v for k, v in quickstart.items() if k not in cadence} == \
+        {k: v for k, v in study.items() if k not in cadence}
+    assert set(quickstart) == set(study)
 
 
 def one_error_line(status: int, capsys) -> str:

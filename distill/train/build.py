@@ -345,14 +345,16 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
     shape = (in_chans, img_size, img_size)
     method = build_method(cfg.distill, build_criterion(data.augment.mixup is not None, cfg.data.label_smoothing))
     method.to(acc.device)  # buffers a CUDA graph reads (DKD's warm-up weight) live on the device
+    # 4-d weights only; a convolution then computes in the weight's layout (oneDNN on CPUs, cuDNN on GPUs)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     teacher = None
     if method.needs_teacher:
         with acc.main_process_first():  # one rank reads or downloads the weights first
             teacher = load_teacher(cfg.teacher, data.num_classes, in_chans, data.mean, data.std)
-        teacher.to(acc.device)  # frozen and in eval mode; never passed to prepare (no DDP)
+        teacher.to(acc.device, memory_format=memory_format)  # frozen, in eval mode; never prepared (no DDP)
         teacher.check_input(in_chans, img_size)  # here, not at the first step: before the run folder exists
     trainable, step_teacher = method.wrap(model, teacher, in_chans, img_size)  # feature: student + projection
-    trainable.to(acc.device)
+    trainable.to(acc.device, memory_format=memory_format)
     cost = RunCost(count_params(model), forward_gflops(model, shape), train_gflops(trainable, shape),
                    forward_gflops(step_teacher, shape) if step_teacher is not None else 0.0)
     global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum_steps
