@@ -2,18 +2,22 @@
 erasing run batch-wise on the device. The views are the workers path's draws (checked against timm's
 path on the same seeds) and stay a pure function of (seed, epoch, view): the same in 1 or N processes,
 with any number of workers."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import PLAIN, ROOT
+from distill.cli import main
 from distill.config import DataConfig, load_config
 from distill.data.augment import Normalize
 from distill.data.device_views import DeviceAugment, DeviceTrainViews
 from distill.data.loader import LoaderBatches, ShardedBatches
 from distill.data.sources import load_split
 from distill.data.transforms import TrainViews, train_transform
-from distill.errors import ConfigError
+from distill.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +138,33 @@ def test_decoding_on_the_device_gives_the_same_views_as_in_the_workers(folder):
         assert item[3][0] == int(on_device)  # the file's bytes, or the crop's pixels
         assert item[0].numel() == (len(split.encoded(0)) if on_device else 3 * h * w)
     assert all(torch.equal(u, v) for a, b in zip(*batches) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("keep", [200, 0.5], ids=["header", "body"])
+def test_a_damaged_jpeg_decoded_on_the_device_is_one_line_naming_it(folder, tmp_path, keep, capsys):
+    """data.decode_on=device: the worker reads only a JPEG's header, the device decodes the rest. A file cut
+    short in its header or its body ended in a RuntimeError traceback; now a DataError naming the file."""
+    root = tmp_path / "f"
+    shutil.copytree(folder, root)
+    bad = root / "train" / "c1" / "07.jpg"
+    data = bad.read_bytes()
+    bad.write_bytes(data[:keep if keep > 1 else int(len(data) * keep)])
+    cfg = config(root)
+    split = load_split(cfg, train=True)
+    views = DeviceTrainViews(split, cfg, seed=0, decode_on_device=True)
+    loader = LoaderBatches(views, ShardedBatches(24, 8, 0, 1, 0), "cpu", 0,
+                           on_device=DeviceAugment(cfg, None, Normalize(split.mean, split.std), name=views.name))
+    with pytest.raises(DataError) as e:
+        list(loader)
+    assert str(bad) in str(e.value) and "\n" not in str(e.value), e.value
+    if keep == 0.5:  # and through `distill train`: exit 2, that line, no run folder left
+        out = tmp_path / "runs"
+        assert main(["train", str(ROOT / PLAIN), f"output_dir={out}", "data.name=imagefolder", f"data.root={root}",
+                     "data.crop=rrc", "data.color_jitter=0", "data.augment_on=device", "data.decode_on=device",
+                     "data.batch_size=8", "data.num_workers=0", "train.epochs=1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1 and str(bad) in err, err
+        assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
 def test_bench_data_times_each_part_and_names_the_bound(folder, capsys):

@@ -24,7 +24,7 @@ worker's 3.2 (one core, AVX512), decode 0.9 ms; a GPU resizes a batch's crops in
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, Callable, List
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from distill.data.device_augment import RandAugmentDraws, apply_rand_augment, draw_erasing, erase
 from distill.data.transforms import guard_posterize
 from distill.data.views import seed_view_rngs, view_seed
+from distill.errors import DataError, first_line
 
 if TYPE_CHECKING:
     from distill.config import DataConfig
@@ -76,8 +77,16 @@ class DeviceTrainViews(torch.utils.data.Dataset):
         header gives the size; nothing is decoded), or None and the decoded uint8 image."""
         data = self.split.encoded(i) if self.decode_on_device else None
         if data is not None and data[:2] == b"\xff\xd8":  # a JPEG: the device decodes it
-            return data, Image.open(io.BytesIO(data))
+            try:
+                return data, Image.open(io.BytesIO(data))
+            except OSError as e:  # a damaged header (UnidentifiedImageError)
+                raise DataError(f"{self.split.name(i)}: cannot decode image ({first_line(e)}); "
+                                "remove or replace it") from None
         return None, self.split.rgb(i)
+
+    def name(self, view: int) -> str:
+        """The file (or row) behind a view, for an error message."""
+        return self.split.name(view % len(self.split))
 
     def __getitem__(self, key):
         view, epoch = key
@@ -108,16 +117,19 @@ class DeviceTrainViews(torch.utils.data.Dataset):
         return (torch.cat([x[0] for x in items]), *default_collate([x[1:] for x in items]))
 
 
-def crops_of(flat: torch.Tensor, head: torch.Tensor, channels: int) -> List[torch.Tensor]:
+def crops_of(flat: torch.Tensor, head: torch.Tensor, channels: int,
+             name: Callable[[int], str] = "item {}".format) -> List[torch.Tensor]:
     """Each item's crop (C, h, w) uint8, on the flat buffer's device: pixel buffers viewed in place, JPEG
-    buffers decoded together (one batched `decode_jpeg`), then cut and flipped. One host sync."""
+    buffers decoded together (one batched `decode_jpeg`), then cut and flipped. One host sync. `name(k)`
+    names item k's file in the error for a JPEG that cannot be decoded."""
     rows = head.long().tolist()
     ends = torch.tensor([r[1] for r in rows]).cumsum(0).tolist()
     parts = [flat[end - r[1]:end] for r, end in zip(rows, ends)]
     jpegs = [k for k, r in enumerate(rows) if r[0] == JPEG]
     decoded = {}
     if jpegs:
-        decoded = dict(zip(jpegs, decode_jpegs([parts[k].cpu() for k in jpegs], flat.device)))
+        decoded = dict(zip(jpegs, decode_jpegs([parts[k].cpu() for k in jpegs], flat.device,
+                                               lambda j: name(jpegs[j]))))
     out = []
     for k, (kind, _, h, w, top, left, flip) in enumerate(rows):
         if kind == PIXELS:
@@ -128,20 +140,25 @@ def crops_of(flat: torch.Tensor, head: torch.Tensor, channels: int) -> List[torc
     return out
 
 
-def decode_jpegs(files: List[torch.Tensor], device) -> List[torch.Tensor]:
+def decode_jpegs(files: List[torch.Tensor], device, name: Callable[[int], str] = "file {}".format
+                 ) -> List[torch.Tensor]:
     """JPEG files (uint8 host tensors) -> RGB uint8 (3, H, W) on `device`, decoded there in one batch.
     nvJPEG refuses some files (CMYK ones, which ImageNet has): then each file is decoded alone, on the
-    device where it can be and on the CPU where not, so a file's pixels never depend on its batch."""
+    device where it can be and on the CPU where not, so a file's pixels never depend on its batch. A file
+    neither can decode (a damaged one) is a DataError naming it (`name(j)` for files[j])."""
     try:
         return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         pass
     out = []
-    for f in files:
+    for j, f in enumerate(files):
         try:
             out.append(decode_jpeg(f, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:
-            out.append(decode_jpeg(f, mode=ImageReadMode.RGB).to(device))
+            try:
+                out.append(decode_jpeg(f, mode=ImageReadMode.RGB).to(device))
+            except RuntimeError as e:
+                raise DataError(f"{name(j)}: cannot decode image ({first_line(e)}); remove or replace it") from None
     return out
 
 
@@ -159,16 +176,18 @@ def resize_crops(crops: List[torch.Tensor], size: int, interpolation: str) -> to
 class DeviceAugment:
     """On the training device, for a whole batch: decode (JPEG buffers), cut and resize the crops,
     RandAugment by the drawn parameters, normalisation, then random erasing; returns (float views,
-    labels, view ids) as the workers path does."""
+    labels, view ids) as the workers path does. `name(view)` names a view's file in a decoding error
+    (`DeviceTrainViews.name`)."""
 
-    def __init__(self, cfg: "DataConfig", rand_augment, normalize, channels: int = 3):
-        self.cfg, self.normalize, self.channels = cfg, normalize, channels
+    def __init__(self, cfg: "DataConfig", rand_augment, normalize, channels: int = 3,
+                 name: Callable[[int], str] = "view {}".format):
+        self.cfg, self.normalize, self.channels, self.name = cfg, normalize, channels, name
         self.ra_shape = rand_augment.shape if rand_augment is not None else None
         self.fill = rand_augment.fill if rand_augment is not None else None
 
     def __call__(self, flat, labels, index, params, keys):
         B, used = params.shape[0], HEAD
-        crops = crops_of(flat, params[:, :HEAD], self.channels)
+        crops = crops_of(flat, params[:, :HEAD], self.channels, lambda k: self.name(int(index[k])))
         images = resize_crops(crops, self.cfg.img_size, self.cfg.interpolation)
         if self.ra_shape is not None:
             n = self.ra_shape[0] * self.ra_shape[1]

@@ -128,6 +128,10 @@ class StreamedSplit(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def name(self, i: int) -> str:
+        """Image i's file (or row), for an error message."""
+        return f"image {i}"
+
     def encoded(self, i: int) -> Optional[bytes]:
         """The encoded file behind image i, for a device to decode; None where there is none."""
         return None

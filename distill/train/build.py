@@ -284,7 +284,7 @@ def device_augmented_batches(cfg: DataConfig, split, device, sampler: ShardedBat
     """`data.augment_on=device`: workers crop and draw; the device decodes (optionally), resizes and augments."""
     views = DeviceTrainViews(split, cfg, sampler.seed, decode_on_device=decodes_on_device(cfg, device))
     return LoaderBatches(views, sampler, device, cfg.num_workers,
-                         on_device=DeviceAugment(cfg, views.rand_augment, normalize, split.in_chans))
+                         on_device=DeviceAugment(cfg, views.rand_augment, normalize, split.in_chans, views.name))
 
 
 def build_augment(cfg: DataConfig, normalize: Normalize, num_classes: int) -> BatchAugment:

@@ -161,10 +161,13 @@ class HFSplit(StreamedSplit):
     def label(self, i: int) -> int:
         return int(self.ds[i][self.label_col])
 
+    def name(self, i: int) -> str:
+        return f"{self.where} row {i}"
+
     def pil(self, i: int) -> Image.Image:
         value = self.ds[i][self.image_col]
         if isinstance(value, dict):
-            return _open(value, f"{self.where} row {i}")
+            return _open(value, self.name(i))
         return Image.fromarray(np.asarray(value, dtype=np.uint8)).convert("RGB")  # array columns
 
     def encoded(self, i: int) -> Optional[bytes]:
@@ -177,13 +180,13 @@ class HFSplit(StreamedSplit):
         try:
             return Path(value["path"]).read_bytes()
         except (OSError, TypeError) as e:
-            raise DataError(f"{self.where} row {i}: cannot read image ({first_line(e)}); remove or replace it") from None
+            raise DataError(f"{self.name(i)}: cannot read image ({first_line(e)}); remove or replace it") from None
 
     def rgb(self, i: int) -> torch.Tensor:
         """uint8 (3, H, W) as stored (`data.augment_on=device`), decoded by torchvision."""
         data = self.encoded(i)
         if data is not None:
-            return decode_rgb(data, f"{self.where} row {i}")
+            return decode_rgb(data, self.name(i))
         return pil_to_tensor(Image.fromarray(np.asarray(self.ds[i][self.image_col], dtype=np.uint8)))
 
 

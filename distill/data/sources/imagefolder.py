@@ -60,8 +60,11 @@ class FolderSplit(StreamedSplit):
     def label(self, i: int) -> int:
         return int(self.labels[i])
 
+    def name(self, i: int) -> str:
+        return str(self.folder / os.fsdecode(self.paths[i]))
+
     def pil(self, i: int) -> Image.Image:
-        path = self.folder / os.fsdecode(self.paths[i])
+        path = self.name(i)
         try:
             with Image.open(path) as im:
                 return im.convert("RGB")
@@ -70,15 +73,15 @@ class FolderSplit(StreamedSplit):
 
     def encoded(self, i: int) -> bytes:
         """The file's bytes (`data.augment_on=device`)."""
-        path = self.folder / os.fsdecode(self.paths[i])
+        path = self.name(i)
         try:
-            return path.read_bytes()
+            return Path(path).read_bytes()
         except OSError as e:
             raise DataError(f"{path}: cannot read image ({first_line(e)}); check the path") from None
 
     def rgb(self, i: int) -> torch.Tensor:
         """uint8 (3, H, W) as stored (`data.augment_on=device`), decoded by torchvision."""
-        return decode_rgb(self.encoded(i), str(self.folder / os.fsdecode(self.paths[i])))
+        return decode_rgb(self.encoded(i), self.name(i))
 
 
 @register_source("imagefolder", streams=True)
