@@ -117,8 +117,8 @@ class DeviceTrainViews(torch.utils.data.Dataset):
         return (torch.cat([x[0] for x in items]), *default_collate([x[1:] for x in items]))
 
 
-def crops_of(flat: torch.Tensor, head: torch.Tensor, channels: int,
-             name: Callable[[int], str] = "item {}".format) -> List[torch.Tensor]:
+def crops_of(flat: torch.Tensor, head: torch.Tensor, channels: int, name: Callable[[int], str]
+             ) -> List[torch.Tensor]:
     """Each item's crop (C, h, w) uint8, on the flat buffer's device: pixel buffers viewed in place, JPEG
     buffers decoded together (one batched `decode_jpeg`), then cut and flipped. One host sync. `name(k)`
     names item k's file in the error for a JPEG that cannot be decoded."""
@@ -140,8 +140,7 @@ def crops_of(flat: torch.Tensor, head: torch.Tensor, channels: int,
     return out
 
 
-def decode_jpegs(files: List[torch.Tensor], device, name: Callable[[int], str] = "file {}".format
-                 ) -> List[torch.Tensor]:
+def decode_jpegs(files: List[torch.Tensor], device, name: Callable[[int], str]) -> List[torch.Tensor]:
     """JPEG files (uint8 host tensors) -> RGB uint8 (3, H, W) on `device`, decoded there in one batch.
     nvJPEG refuses some files (CMYK ones, which ImageNet has): then each file is decoded alone, on the
     device where it can be and on the CPU where not, so a file's pixels never depend on its batch. A file
