@@ -1,5 +1,5 @@
 """train.channels_last (timm's --channels-last): the student's and the teacher's convolutions train and run
-in NHWC, the saved weights load anywhere, and a run resumed from a checkpoint ends where the whole run did."""
+in NHWC, its weights are saved, and a run resumed from a checkpoint ends where the whole run did."""
 import json
 import shutil
 
@@ -38,8 +38,7 @@ def test_channels_last_trains_the_student_and_teacher_in_nhwc_and_resumes_exactl
     assert run_main("train", *TEACHER, f"output_dir={tmp_path}", "name=t").returncode == 0
     run = tmp_path / "t"
     assert layouts and all(s == {"student": {True}} for s in layouts)  # every conv weight, every step
-    weights = load_file(str(run / "student.safetensors"))  # packed: safetensors refuses strided tensors
-    assert all(w.is_contiguous() for w in weights.values())
+    weights = load_file(str(run / "student.safetensors"))  # written at all: safetensors refuses strided tensors
 
     # killed after its first epoch: the second is trained again from the checkpoint, to the same weights
     resumed = tmp_path / "again" / "t"
