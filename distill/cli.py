@@ -9,35 +9,40 @@ import json
 import sys
 from pathlib import Path
 
-from distill.commands.bench import format_table, run_bench, run_data_bench
-from distill.commands.evaluate import evaluate_run
-from distill.commands.export import export_run
-from distill.commands.prepare import prepare
-from distill.config import load_config, to_yaml
+# Light imports only: each command imports what it needs inside its function, so `--help` and a
+# one-line refusal never pay for torch (distill/config.py is a leaf for the same reason).
+from distill.config import precheck
 from distill.errors import USAGE_ERRORS, ConfigError, UserError
-from distill.methods import METHODS
-from distill.report.compare import load_runs, markdown_table, write_report
-from distill.report.estimate import estimate
-from distill.report.estimate import table as estimate_table
-from distill.report.study import load_study, plan, run_study
-from distill.runs.durable import check_folder_path
-from distill.runs.folder import RunComplete
-from distill.runs.launcher import end_with_launcher, first_to_report, peer_reported_error
-from distill.runs.peers import lost_peer_message
-from distill.runs.signals import Preempted
-from distill.train.trainer import Trainer
+from distill.runs.launcher import end_with_launcher, first_to_report
 
 JOB_FAILED = 1  # a lost process: the job failed, not the user's input (a launcher tells the two apart by it)
 INTERRUPTED = 130  # the shell's status for a run stopped by SIGINT
 
 
+def _load(args):
+    """The command's recipe and overrides as a validated config: what needs no registry is refused
+    first, before torch is imported."""
+    precheck(args.recipe, args.overrides)
+    from distill.recipe import load_config
+
+    return load_config(args.recipe, args.overrides)
+
+
 def cmd_config(args) -> int:
-    print(to_yaml(load_config(args.recipe, args.overrides)), end="")
+    from distill.config import to_yaml
+
+    print(to_yaml(_load(args)), end="")
     return 0
 
 
 def cmd_train(args) -> int:
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = _load(args)
+    from distill.runs.folder import RunComplete
+    from distill.runs.launcher import peer_reported_error
+    from distill.runs.peers import lost_peer_message
+    from distill.runs.signals import Preempted
+    from distill.train.trainer import Trainer
+
     run_dir = Path(cfg.output_dir) / cfg.name
     try:
         trainer = Trainer(cfg)
@@ -68,11 +73,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from distill.commands.evaluate import evaluate_run
+
     print(json.dumps(evaluate_run(Path(args.run_dir), args.overrides, ema=args.ema), indent=2))
     return 0
 
 
 def cmd_compare(args) -> int:
+    from distill.report.compare import load_runs, markdown_table, write_report
+    from distill.runs.durable import check_folder_path
+
     if args.out:  # before anything is read or printed
         check_folder_path(args.out, "--out")
     runs = load_runs(args.run_dirs)
@@ -83,7 +93,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = _load(args)
+    from distill.commands.bench import format_table, run_bench, run_data_bench
+
     if args.data:
         if args.reference or args.rounds != 1:
             raise ConfigError("--data times the input pipeline; drop --reference and --rounds")
@@ -98,16 +110,22 @@ def cmd_bench(args) -> int:
 
 
 def cmd_study(args) -> int:
+    from distill.report.study import load_study, plan, run_study
+
     if args.dry_run:
         jobs = plan(Path(args.study), args.overrides)
         for job in jobs:
             print(" ".join(job.cmd))
-        print("\n" + estimate_table(estimate(jobs, load_study(Path(args.study)))))
+        from distill.report.estimate import estimate, table
+
+        print("\n" + table(estimate(jobs, load_study(Path(args.study)))))
         return 0
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 
 
 def cmd_prepare(args) -> int:
+    from distill.commands.prepare import prepare
+
     m = prepare(Path(args.src), Path(args.dst), args.max_side, args.quality, args.workers)
     print(f"{args.dst}: {m['images']} images (long side <= {m['max_side']}), {m['written']} written, "
           f"{m['kept']} already there; train on it with data.root={args.dst}")
@@ -115,12 +133,16 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from distill.commands.export import export_run
+
     print(export_run(Path(args.run_dir), Path(args.out), ema=args.ema))
     return 0
 
 
 def cmd_methods(args) -> int:
     """One block per registered method: what it is, its paper, its keys, what it works with."""
+    from distill.methods import METHODS
+
     for m in METHODS.values():
         own = [f"distill.{k} (default {spec.default!r}; {spec.help})" for k, spec in m.keys.items()]
         supports = [w for w, ok in [("distillation token", m.token), ("logit cache", m.cache),
@@ -205,9 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv=None) -> argparse.Namespace:
+    """The command line, with `key=value` overrides taken wherever they stand (`distill bench RECIPE
+    --data train.epochs=1`), as users type them; anything else argparse does not know is its error."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if len(overrides) < len(extra) or (overrides and not hasattr(args, "overrides")):
+        parser.parse_args(argv)  # argparse's own message and exit status for what it does not know
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv=None) -> int:
     end_with_launcher()  # a process of a launched job must not outlive its launcher
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return args.func(args)
     except UserError as e:  # the one place a user's mistake becomes a message, not a traceback

@@ -2,6 +2,12 @@
 
 A recipe holds only what differs from the defaults below. The merged result is validated
 and handed out as plain dataclasses; each component receives the sub-config it needs.
+
+This module is a leaf: it imports no torch, timm or package of this project but `errors`, so that
+`distill --help` and a one-line refusal are instant. Each key's choices and bounds are field
+metadata (`choices=`, `min=`, `gt=`, `max=`, the shape of a method's `Key`), read by one validator,
+`check_fields`. What only a registry knows (the methods and their keys, the data sources, the
+trackers) is added by the loader, `distill/recipe.py`, which owns both sides.
 """
 from __future__ import annotations
 
@@ -16,15 +22,15 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from distill.data.sources import SOURCES
-from distill.data.checks import check_data
 from distill.errors import ConfigError
-from distill.methods import METHODS
-from distill.runs.trackers import TRACKERS
 
 # Field metadata, read by the code that needs the list, so that no second list can drift:
 VIEWS = "views"  # the key decides the training views (part of the logit cache's key; value: its group there)
 MAY_DIFFER = "may_differ"  # a resumed run may change the key (the run's identity is everything else)
+# Bounds and choices, read by `check_fields`: choices=(...), min= (>=), gt= (>), max= (<=); None passes the
+# bounds where the default is None (an unset optional key).
+UNIT = dict(min=0.0, max=1.0)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
 
 
 def _key(default, **metadata):
@@ -39,44 +45,50 @@ class DataConfig:
     name: str = _key("fashion_mnist", views="data")  # fashion_mnist | cifar10 | cifar100 | imagefolder | hf
     root: str = _key("data", views="views", may_differ=True)  # folder of the dataset; for `hf`, a hub id or a save_to_disk folder
     download: bool = True  # fetch cifar10/100 into `root` when missing (needs network)
-    train_subset: Optional[int] = _key(None, views="data")  # first N images of a fixed permutation of the train split
-    test_subset: Optional[int] = None
-    img_size: int = _key(32, views="data")  # smaller images are zero-padded (centred), larger ones resized
-    batch_size: int = _key(128, views="data")  # per process; the global batch is batch_size x world_size
-    eval_batch_size: int = 512
-    crop_padding: int = _key(4, views="data")  # random crop of img_size from the image padded by this much
+    train_subset: Optional[int] = _key(None, views="data", gt=0)  # first N images of a fixed permutation of the train split
+    test_subset: Optional[int] = _key(None, gt=0)
+    img_size: int = _key(32, views="data", gt=0)  # smaller images are zero-padded (centred), larger ones resized
+    batch_size: int = _key(128, views="data", gt=0)  # per process; the global batch is batch_size x world_size
+    eval_batch_size: int = _key(512, gt=0)
+    crop_padding: int = _key(4, views="data", min=0)  # random crop of img_size from the image padded by this much
     hflip: bool = _key(True, views="data")
-    mixup_alpha: float = _key(0.0, views="data")
-    cutmix_alpha: float = _key(0.0, views="data")
-    mixup_prob: float = _key(1.0, views="data")
-    label_smoothing: float = _key(0.1, views="data")
+    mixup_alpha: float = _key(0.0, views="data", min=0)
+    cutmix_alpha: float = _key(0.0, views="data", min=0)
+    mixup_prob: float = _key(1.0, views="data", **UNIT)
+    label_smoothing: float = _key(0.1, views="data", **UNIT)
     aug_seed: Optional[int] = None  # sample order and augmentation; None = `seed`, resolved at load (set it to share a logit cache)
     device_resident: bool = _key(True, may_differ=True)  # hold in-memory sets whole on the training device
     # DataLoader workers, for sets decoded per item (imagefolder, streamed hf, crop=rrc); None = min(4, usable cores)
-    num_workers: Optional[int] = _key(None, may_differ=True)
+    num_workers: Optional[int] = _key(None, may_differ=True, min=0)
     # --- real images (issue 12); names mirror timm's train.py flags
     in_memory: Optional[bool] = _key(None, views="views")  # hf/imagefolder decoded whole up front; None = auto (small hf sets, crop=pad)
     mean: Optional[List[float]] = _key(None, views="views")  # per channel in [0, 1]; None = the dataset's (hf: from ~1000 train images)
     std: Optional[List[float]] = _key(None, views="views")
-    crop: str = _key("pad", views="views")  # pad: pad-crop + flip on the device | rrc: timm's per-sample transforms in workers
+    crop: str = _key("pad", views="views", choices=("pad", "rrc"))  # pad: pad-crop + flip on the device | rrc: timm's per-sample transforms in workers
     scale: List[float] = _key([0.08, 1.0], views="views")  # rrc: area range of RandomResizedCrop
     ratio: List[float] = _key([3 / 4, 4 / 3], views="views")  # rrc: aspect-ratio range
-    interpolation: str = _key("bicubic", views="views")  # rrc: bilinear | bicubic | nearest | lanczos | ... | random (as DeiT)
+    interpolation: str = _key("bicubic", views="views", choices=INTERPOLATIONS)  # rrc: bilinear | bicubic | nearest | lanczos | ... | random (as DeiT)
     auto_augment: Optional[str] = _key(None, views="views")  # rrc: timm string (rand-m9-mstd0.5-inc1, augmix, v0, 3a) or trivialaugment
-    color_jitter: float = _key(0.4, views="views")  # rrc: brightness/contrast/saturation factor; timm drops it under auto_augment
-    reprob: float = _key(0.0, views="views")  # rrc: random-erasing probability (DeiT: 0.25)
-    remode: str = _key("pixel", views="views")  # rrc: random-erasing fill: pixel | rand | const
-    recount: int = _key(1, views="views")  # rrc: random-erasing regions per image
+    color_jitter: float = _key(0.4, views="views", min=0)  # rrc: brightness/contrast/saturation factor; timm drops it under auto_augment
+    reprob: float = _key(0.0, views="views", **UNIT)  # rrc: random-erasing probability (DeiT: 0.25)
+    remode: str = _key("pixel", views="views", choices=("pixel", "rand", "const"))  # rrc: random-erasing fill: pixel | rand | const
+    recount: int = _key(1, views="views", min=1)  # rrc: random-erasing regions per image
     # rrc: where RandAugment, normalisation and erasing run: per sample in the workers (timm's views pixel
-    # for pixel) | on the device, batch-wise, from the same per-view draws (distill/data/device_views.py)
-    augment_on: str = _key("workers", views="views")
+    # for pixel) | on the device, batch-wise, from the same per-view draws (distill/data/device/) | auto:
+    # the device on CUDA where it can run the recipe's augmentation, else the workers (resolved at load)
+    augment_on: str = _key("auto", views="views", choices=("auto", "workers", "device"))
     # augment_on=device: who decodes JPEGs: the workers | the device (nvJPEG on a GPU) | auto: the device on CUDA
-    decode_on: str = _key("auto", views="views")
-    crop_pct: float = 0.875  # rrc evaluation: resize to img_size / crop_pct, centre-crop img_size
-    aug_repeats: int = _key(1, views="views")  # repeated augmentation (DeiT: 3): each image r times per epoch, epoch length kept
-    mixup_switch_prob: float = _key(0.5, views="views")  # chance of CutMix over Mixup when both are on
-    mixup_mode: str = _key("batch", views="views")  # batch | pair | elem: one draw per batch, per pair, per sample
+    decode_on: str = _key("auto", views="views", choices=("auto", "workers", "device"))
+    crop_pct: float = _key(0.875, gt=0, max=1.0)  # rrc evaluation: resize to img_size / crop_pct, centre-crop img_size
+    aug_repeats: int = _key(1, views="views", min=1)  # repeated augmentation (DeiT: 3): each image r times per epoch, epoch length kept
+    mixup_switch_prob: float = _key(0.5, views="views", **UNIT)  # chance of CutMix over Mixup when both are on
+    mixup_mode: str = _key("batch", views="views", choices=("batch", "pair", "elem"))  # batch | pair | elem: one draw per batch, per pair, per sample
     cutmix_minmax: Optional[List[float]] = _key(None, views="views")  # CutMix box side as fractions [min, max]; forces CutMix
+
+    @property
+    def mixing(self) -> bool:
+        """Mixup or CutMix is on: the targets are soft, and samples are paired."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.cutmix_minmax is not None
 
 
 @dataclass
@@ -87,10 +99,10 @@ class StudentConfig:
     model: str = "distill_vit_tiny"
     drop_path_rate: float = 0.0
     distilled: bool = False  # add a DeiT distillation token and head
-    patch_size: Optional[int] = None  # override the size's patch size (any model that takes a patch_size)
-    embed_dim: Optional[int] = None  # override the size's width (distill_vit_*: a scaling ladder's rungs)
-    depth: Optional[int] = None  # override the size's number of blocks
-    num_heads: Optional[int] = None  # override the size's attention heads (must divide embed_dim)
+    patch_size: Optional[int] = _key(None, gt=0)  # override the size's patch size (any model that takes a patch_size)
+    embed_dim: Optional[int] = _key(None, gt=0)  # override the size's width (distill_vit_*: a scaling ladder's rungs)
+    depth: Optional[int] = _key(None, gt=0)  # override the size's number of blocks
+    num_heads: Optional[int] = _key(None, gt=0)  # override the size's attention heads (must divide embed_dim)
     pretrained: bool = False
     small_input_stem: bool = False  # CNNs: 3x3 stride-1 first conv, no max-pool (CIFAR-style)
     # start weights: a timm/DeiT .pth/.safetensors file, a run folder or an exported folder; adapted to the
@@ -105,56 +117,50 @@ class TeacherConfig:
     checkpoint: Optional[str] = None  # .safetensors/.pth file, or a run folder of this framework
     pretrained: bool = False  # hub weights, where the machine can reach the hub
     small_input_stem: bool = False
-    img_size: Optional[int] = None  # resize the student's batch to this; None keeps it
+    img_size: Optional[int] = _key(None, gt=0)  # resize the student's batch to this; None keeps it
     mean: Optional[List[float]] = None  # the teacher's normalisation; None = the data's
     std: Optional[List[float]] = None
 
 
 @dataclass
-class _DistillCommon:
+class DistillConfig:
+    """distill.*: the method, its weights, the logit cache. The loader (`distill/recipe.py`) extends it
+    with each registered method's own keys (`Method.keys`)."""
+
     type: str = "none"  # a registered method: `distill methods` lists them (distill/methods/)
-    alpha: float = 0.5  # weight of the teacher's term; (1 - alpha) on the label term
-    tau: float = 1.0  # temperature of the methods that soften logits (soft, kd, dkd, dist)
+    alpha: float = _key(0.5, **UNIT)  # weight of the teacher's term; (1 - alpha) on the label term
+    tau: float = _key(1.0, gt=0)  # temperature of the methods that soften logits (soft, kd, dkd, dist)
     standardize: bool = False  # z-score both sides' logits per sample before tau (Sun et al. 2024): soft, kd, dkd, dist
     cache: bool = _key(False, may_differ=True)  # record the teacher's logits once per view, replay them later
-    cache_topk: Optional[int] = None  # store only the top-k classes per view (fp16 + int16); None/0 = every logit
-
-
-# The common keys, then each method's own (`Method.keys`, in registration order): a new method's keys
-# arrive with its file.
-DistillConfig = dataclasses.make_dataclass(
-    "DistillConfig", [(name, Optional[spec.type] if spec.default is None else spec.type, field(default=spec.default))
-                      for method in METHODS.values() for name, spec in method.keys.items()],
-    bases=(_DistillCommon,), namespace={"__doc__": "distill.*: the method, its weights, the logit cache.",
-                                        "__module__": __name__})
+    cache_topk: Optional[int] = _key(None, min=0)  # store only the top-k classes per view (fp16 + int16); None/0 = every logit
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _key(200, may_differ=True)
-    lr: float = 3e-4  # at a global batch of lr_base_batch; scaled linearly (DeiT rule)
-    lr_base_batch: int = 512
-    min_lr: float = 1e-6
-    warmup_epochs: float = 5.0
-    weight_decay: float = 0.05
+    epochs: int = _key(200, may_differ=True, gt=0)
+    lr: float = _key(3e-4, gt=0)  # at a global batch of lr_base_batch; scaled linearly (DeiT rule)
+    lr_base_batch: int = _key(512, gt=0)
+    min_lr: float = _key(1e-6, min=0)
+    warmup_epochs: float = _key(5.0, min=0)
+    weight_decay: float = _key(0.05, min=0)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     clip_grad: Optional[float] = None  # max global grad norm; None = no clipping
-    grad_accum_steps: int = 1
-    mixed_precision: Optional[str] = None  # no | fp16 | bf16 | auto (what the device computes natively); None = Accelerate's config
+    grad_accum_steps: int = _key(1, gt=0)
+    mixed_precision: Optional[str] = _key(None, choices=(None, "no", "fp16", "bf16", "auto"))  # no | fp16 | bf16 | auto (what the device computes natively); None = Accelerate's config
     ema: bool = False
-    ema_decay: float = 0.9998
+    ema_decay: float = _key(0.9998, **UNIT)
     resume: str = _key("", may_differ=True)  # "" = new run, "auto" = latest checkpoint of this run name, or a path
-    eval_every: int = _key(1, may_differ=True)  # epochs between evaluations (the last epoch is always evaluated)
-    checkpoint_every: int = _key(1, may_differ=True)  # epochs between checkpoints (and after the last)
-    checkpoint_every_steps: int = _key(0, may_differ=True)  # also mid-epoch, every N steps; 0 = off
-    keep_checkpoints: int = _key(2, may_differ=True)
-    log_every: int = _key(50, may_differ=True)  # steps between progress updates (each one syncs with the device)
-    on_nonfinite: str = "stop"  # stop | skip (skipping syncs with the device every step)
+    eval_every: int = _key(1, may_differ=True, gt=0)  # epochs between evaluations (the last epoch is always evaluated)
+    checkpoint_every: int = _key(1, may_differ=True, gt=0)  # epochs between checkpoints (and after the last)
+    checkpoint_every_steps: int = _key(0, may_differ=True, min=0)  # also mid-epoch, every N steps; 0 = off
+    keep_checkpoints: int = _key(2, may_differ=True, gt=0)
+    log_every: int = _key(50, may_differ=True, gt=0)  # steps between progress updates (each one syncs with the device)
+    on_nonfinite: str = _key("stop", choices=("stop", "skip"))  # stop | skip (skipping syncs with the device every step)
     compile: bool = False
     channels_last: bool = False  # convolution weights in NHWC, as timm's --channels-last (ResNet-10t on a CPU: 1.2x)
     cuda_graphs: bool = False  # capture the whole step in a CUDA graph (1 GPU, in-memory data)
     deterministic: bool = False
-    dist_timeout_s: float = _key(600.0, may_differ=True)  # a collective waits this long for a lost process before the job ends
+    dist_timeout_s: float = _key(600.0, may_differ=True, gt=0)  # a collective waits this long for a lost process before the job ends
     # experiment trackers (Accelerate's): one name or a list, [] for none; `distill/runs/trackers.py` lists them
     log_with: Any = _key(["tensorboard"], may_differ=True)
 
@@ -169,31 +175,6 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-CHOICES = {
-    "data.name": tuple(SOURCES),
-    "data.crop": ("pad", "rrc"),
-    "data.interpolation": ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random"),
-    "data.remode": ("pixel", "rand", "const"),
-    "data.augment_on": ("workers", "device"),
-    "data.decode_on": ("auto", "workers", "device"),
-    "data.mixup_mode": ("batch", "pair", "elem"),
-    "distill.type": tuple(METHODS),
-    **{f"distill.{k}": spec.choices for m in METHODS.values() for k, spec in m.keys.items() if spec.choices},
-    "train.mixed_precision": (None, "no", "fp16", "bf16", "auto"),
-    "train.on_nonfinite": ("stop", "skip"),
-}
-POSITIVE = ("data.img_size", "data.batch_size", "data.eval_batch_size", "train.epochs",
-            "train.lr", "train.lr_base_batch", "train.grad_accum_steps", "train.keep_checkpoints",
-            "train.eval_every", "train.checkpoint_every",
-            "train.log_every", "train.dist_timeout_s", "distill.tau")
-NON_NEGATIVE = ("data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.num_workers", "data.color_jitter",
-                "train.min_lr", "train.warmup_epochs", "train.weight_decay",
-                "train.checkpoint_every_steps",
-                *(f"distill.{k}" for m in METHODS.values() for k, spec in m.keys.items() if spec.min == 0))
-UNIT_INTERVAL = ("distill.alpha", "data.label_smoothing", "data.mixup_prob", "train.ema_decay", "data.reprob",
-                 "data.mixup_switch_prob", "data.crop_pct")
 
 
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
@@ -243,12 +224,12 @@ def _get(cfg, key: str):
 
 def _check_finite(cfg: Config) -> None:
     """Every float (and list of floats) is finite: nan slips past `<= 0`, inf past `> 0`."""
-    for key, _ in _fields(Config):
+    for key, _ in _fields(type(cfg)):
         value = _get(cfg, key)
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             what = "finite numbers" if isinstance(value, list) else "a finite number"
-            raise ConfigError(f"{key}={value} must be {what} (the default is {_get(Config(), key)})")
+            raise ConfigError(f"{key}={value} must be {what} (the default is {_get(type(cfg)(), key)})")
 
 
 def _check_optimization(cfg: Config) -> None:
@@ -265,35 +246,48 @@ def _check_optimization(cfg: Config) -> None:
                           "(the chance that a block is dropped; e.g. 0.1)")
 
 
-def _check_values(cfg: Config) -> None:
-    def get(key):
-        return _get(cfg, key)
+def _bound_error(key: str, value, meta: dict):
+    """The one line for a value outside its field's bounds or choices, or None."""
+    if "choices" in meta and value not in meta["choices"]:
+        shown = ", ".join(str(a) for a in meta["choices"] if a is not None)
+        return f"{key}={value!r} is not one of: {shown}"
+    if value is None or isinstance(value, (str, bool, list, dict)):
+        return None
+    lo, gt, hi = meta.get("min"), meta.get("gt"), meta.get("max")
+    optional = " (or null for none)" if meta.get("optional") else ""
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        return f"{key}={value} must be in [{lo:g}, {hi:g}]"
+    if gt is not None and hi is not None and not gt < value <= hi:
+        return f"{key}={value} must be in ({gt:g}, {hi:g}]"
+    if gt is not None and not value > gt:
+        return f"{key}={value} must be > {gt:g}{optional}"
+    if lo is not None and not value >= lo:
+        return f"{key}={value} must be >= {lo:g}"
+    return None
 
+
+def check_fields(cfg: Config, choices: Optional[Dict[str, tuple]] = None) -> None:
+    """Every key against its field's metadata (`choices`, `min`, `gt`, `max`), and `choices` that only a
+    registry knows (`{"data.name": (...)}`, given by the loader): the one validator of single values."""
+    choices = choices or {}
+    for key, f in _fields(type(cfg)):
+        meta = dict(f.metadata)
+        if key in choices:
+            meta["choices"] = choices[key]
+        elif meta.get("choices") is None:
+            meta.pop("choices", None)
+        meta["optional"] = f.default is None
+        message = _bound_error(key, _get(cfg, key), meta)
+        if message:
+            raise ConfigError(message)
+
+
+def check_config(cfg: Config, choices: Optional[Dict[str, tuple]] = None) -> None:
+    """The checks that need no registry: finite numbers, each field's bounds, and the pairs of keys."""
     _check_finite(cfg)
     _check_optimization(cfg)
-    for key, allowed in CHOICES.items():
-        if get(key) not in allowed:
-            shown = ", ".join(str(a) for a in allowed if a is not None)
-            raise ConfigError(f"{key}={get(key)!r} is not one of: {shown}")
-    for key in POSITIVE:
-        if get(key) <= 0:
-            raise ConfigError(f"{key}={get(key)} must be > 0")
-    for key in NON_NEGATIVE:
-        if get(key) is not None and get(key) < 0:
-            raise ConfigError(f"{key}={get(key)} must be >= 0")
-    for key in UNIT_INTERVAL:
-        if not 0.0 <= get(key) <= 1.0:
-            raise ConfigError(f"{key}={get(key)} must be in [0, 1]")
-    for key in ("data.train_subset", "data.test_subset", "teacher.img_size", "student.patch_size",
-                "student.embed_dim", "student.depth", "student.num_heads"):
-        if get(key) is not None and get(key) <= 0:
-            raise ConfigError(f"{key}={get(key)} must be > 0 (or null for none)")
-    if cfg.distill.cache_topk is not None and cfg.distill.cache_topk < 0:
-        raise ConfigError(f"distill.cache_topk={cfg.distill.cache_topk} must be >= 0 (0 or null: dense storage)")
-    check_data(cfg.data)
-    METHODS[cfg.distill.type].check(cfg)  # the method's own rules: teacher, token, cache, its keys
-    mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0 or cfg.data.cutmix_minmax is not None
-    if mixing and cfg.data.batch_size % 2:
+    check_fields(cfg, choices)
+    if cfg.data.mixing and cfg.data.batch_size % 2:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be even under Mixup/CutMix "
                           "(timm pairs each sample with the batch reversed)")
     if cfg.train.resume not in ("", "auto") and not os.path.exists(cfg.train.resume):
@@ -302,18 +296,14 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"name={cfg.name!r} must be a plain folder name (no '/')")
 
 
-def _tracker_names(value) -> List[str]:
-    """`train.log_with` as a list of registered tracker names: one name, a list, or null or [] for none."""
-    names = [] if value is None else [value] if isinstance(value, str) else value
-    bad = [n for n in names if not isinstance(n, str) or n not in TRACKERS] if isinstance(names, list) else [value]
-    if bad:
-        raise ConfigError(f"train.log_with={bad[0]!r} is not a tracker; give one of {', '.join(TRACKERS)}, "
-                          "or a list (train.log_with=[tensorboard,mlflow])")
-    return list(dict.fromkeys(names))  # each once, in the order given
+def read_config(recipe: Optional[str], overrides: List[str] = (), schema: type = None) -> Config:
+    """A recipe file (or the defaults, if None) and `key=value` overrides merged into `schema` (a
+    `Config` class; the loader passes one whose `distill` section holds every method's keys), with the
+    values that are resolved once. Checks the recipe, the YAML, the keys and their types, not values.
 
-
-def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
-    """Resolve a recipe file (or the defaults, if None) and `key=value` overrides."""
+    With the plain `Config` schema a `distill.<method key>` is not known: `precheck` drops the
+    `distill` section to refuse everything else before the registries are imported."""
+    schema = schema or Config
     raw = _read_yaml(Path(recipe).resolve()) if recipe else {}
     for item in overrides:
         if "=" not in item:
@@ -321,7 +311,10 @@ def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
     try:
         given = OmegaConf.from_dotlist(list(overrides))
         _check_sections(OmegaConf.to_container(given), "override")
-        merged = OmegaConf.merge(OmegaConf.structured(Config), raw, given)
+        if schema is Config:  # no method keys in this schema: the distill section is checked by the loader
+            raw = {k: v for k, v in raw.items() if k != "distill"}
+            given = OmegaConf.create({k: v for k, v in OmegaConf.to_container(given).items() if k != "distill"})
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw, given)
         cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
@@ -334,9 +327,15 @@ def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
         cfg.data.aug_seed = cfg.seed
     if cfg.train.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false: Accelerate's "no"
         cfg.train.mixed_precision = "no"
-    cfg.train.log_with = _tracker_names(cfg.train.log_with)
-    _check_values(cfg)
     return cfg
+
+
+def precheck(recipe: Optional[str], overrides: List[str] = ()) -> None:
+    """The refusals that need no registry (a missing or broken recipe, an unknown key outside
+    `distill.`, a type, a bound), before anything heavy is imported."""
+    cfg = read_config(recipe, overrides)
+    _check_finite(cfg)
+    check_fields(cfg)  # the registries' choices (data.name, distill.type, train.log_with) are the loader's
 
 
 def to_yaml(cfg: Config) -> str:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from distill.runs import checkpoint as ckpt  # noqa: E402
 from distill.train.build import build_optimizer, build_scheduler, build_student  # noqa: E402
-from distill.config import load_config  # noqa: E402
+from distill.recipe import load_config  # noqa: E402
 
 
 def build(run_dir: Path):

@@ -46,7 +46,7 @@ def main() -> None:
 
     from distill.commands.bench import run_bench
     from distill.commands.bench_reference import CeilingLoop
-    from distill.config import load_config
+    from distill.recipe import load_config
 
     for augment_on, compile_ in [(a, c) for a in args.augment_on for c in (False, True)]:
         cfg = load_config("recipes/imagenet/deit_tiny.yaml", [

@@ -4,8 +4,9 @@ import graph between the project's modules and any cycle in it, the longest file
     python scripts/layout.py            # tree, graph, cycles, longest file and function
     python scripts/layout.py --check    # exit status 1 on an import cycle
 
-An edge is an `import` the module runs (at its top or inside a function); imports under
-`if TYPE_CHECKING:` are type hints and never run. A module's edge goes to the module it names
+An edge is any `import` the module holds: at its top, inside a function, or under
+`if TYPE_CHECKING:` (a type hint never runs, but a reader follows it all the same, so a circle of
+types is still a circle). A module's edge goes to the module it names
 (`from distill.methods.base import X` -> distill.methods.base; `from distill.data import splits` ->
 distill.data.splits), as import-linter counts them. Hand-written (not pydeps or import-linter)
 because neither is among the project's dependencies and the rule is twenty lines of `ast`.
@@ -32,22 +33,10 @@ def modules() -> Dict[str, Path]:
     return found
 
 
-def _type_checking_only(tree: ast.AST) -> Set[int]:
-    """Line numbers of the imports inside `if TYPE_CHECKING:` blocks."""
-    lines = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
-            lines |= {n.lineno for body in node.body for n in ast.walk(body) if isinstance(n, (ast.Import, ast.ImportFrom))}
-    return lines
-
-
 def imports(name: str, path: Path, known: Dict[str, Path]) -> Set[str]:
-    """The project modules `name` imports when it runs."""
-    tree = ast.parse(path.read_text())
-    hints, out = _type_checking_only(tree), set()
+    """The project modules `name` imports, type-only imports included."""
+    tree, out = ast.parse(path.read_text()), set()
     for node in ast.walk(tree):
-        if getattr(node, "lineno", None) in hints:
-            continue
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name in known}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module in known:

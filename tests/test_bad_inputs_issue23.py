@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 
 from conftest import PLAIN, ROOT, needs_fmnist
 from distill.cli import main
-from distill.config import load_config, to_yaml
+from distill.config import to_yaml
+from distill.recipe import load_config
 from distill.train.build import build_student
 
 HARD = "recipes/fashion_mnist/hard_tiny.yaml"

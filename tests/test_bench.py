@@ -8,7 +8,7 @@ import pytest
 import distill.train.step
 from conftest import PLAIN, ROOT, needs_fmnist, run_main
 from distill.commands.bench import run_bench
-from distill.config import load_config
+from distill.recipe import load_config
 
 pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 

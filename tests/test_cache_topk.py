@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from distill.train.cache import LogitCache, resolve_topk, topk_decode, topk_encode
-from distill.config import ConfigError, load_config
+from distill.config import ConfigError
+from distill.recipe import load_config
 from distill.errors import CacheError
 
 Z = [[2.0, 0.0, 1.0, -1.0, 0.5]]  # one view, 5 classes; top-2 are classes 0 and 2
@@ -164,7 +165,7 @@ def test_replay_check_compares_the_rest(tmp_path):
 def test_hard_loss_is_unchanged_and_soft_loss_is_the_rules():
     """Through the registered methods: hard on the reconstruction equals hard on the logits; soft is the KL to
     the rest-mass rule's distribution, which differs from the KL to the teacher's own."""
-    from distill.config import DistillConfig
+    from distill.recipe import DistillConfig
     from distill.methods import build_criterion, build_method
     torch.manual_seed(0)
     student, teacher, labels = torch.randn(16, 10), torch.randn(16, 10) * 3, torch.randint(0, 10, (16,))

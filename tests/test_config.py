@@ -7,7 +7,8 @@ from conftest import ROOT
 from dataclasses import fields
 
 from distill.cli import main
-from distill.config import Config, ConfigError, DataConfig, _read_yaml, load_config, to_yaml
+from distill.config import Config, ConfigError, DataConfig, _read_yaml, to_yaml
+from distill.recipe import load_config
 
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "studies" not in p.parts)  # studies: test_study
 def _recipe_param(p: Path):

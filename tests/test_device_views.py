@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import PLAIN, ROOT
 from distill.cli import main
-from distill.config import DataConfig, load_config
+from distill.config import DataConfig
+from distill.recipe import load_config
 from distill.data.augment import Normalize
 from distill.data.device_views import DeviceAugment, DeviceTrainViews
 from distill.data.loader import LoaderBatches, ShardedBatches

@@ -6,7 +6,8 @@ import torch
 
 from conftest import ROOT
 from distill.cli import main
-from distill.config import ConfigError, DistillConfig, load_config
+from distill.config import ConfigError
+from distill.recipe import DistillConfig, load_config
 from distill.methods import build_criterion, build_method
 
 S = [[1.0, 2.0, 0.0, -1.0], [0.5, -1.0, 1.5, 0.0], [2.0, 0.3, -0.5, 1.0]]  # student logits, 3 samples x 4 classes

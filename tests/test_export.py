@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from distill.train.build import build_student
 from distill.cli import main
-from distill.config import load_config, to_yaml
+from distill.config import to_yaml
+from distill.recipe import load_config
 from distill.errors import ConfigError
 from distill.commands.export import export_run
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from distill.config import ConfigError, load_config
+from distill.config import ConfigError
+from distill.recipe import load_config
 from distill.methods.feature import FeatureStudent, TeacherFeatures
 from teachers import create_model
 from teachers.teacher import Teacher

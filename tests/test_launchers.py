@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import PLAIN, ROOT, needs_fmnist
@@ -169,12 +170,12 @@ def test_several_processes_without_a_gpu_run_on_the_cpu(monkeypatch):
     """What Accelerate needs to start gloo on a machine without a GPU: cpu=True (before: not passed)."""
     from distill.runs import launcher
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
-    monkeypatch.setattr(launcher.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert launcher.accelerate_cpu()
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not launcher.accelerate_cpu()  # one process keeps Accelerate's own choice of device
-    monkeypatch.setattr(launcher.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert not launcher.accelerate_cpu()
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")

@@ -5,7 +5,8 @@ import pytest
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from distill.config import ConfigError, DistillConfig, load_config
+from distill.config import ConfigError
+from distill.recipe import DistillConfig, load_config
 from distill.methods import build_criterion, build_method
 from distill.methods.dkd import dkd_terms
 from distill.methods.hard import hard_distillation

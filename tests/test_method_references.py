@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import QUICK, ROOT, needs_fmnist, run_main
-from distill.config import ConfigError, DistillConfig, load_config
+from distill.config import ConfigError
+from distill.recipe import DistillConfig, load_config
 from distill.methods import build_criterion, build_method
 from distill.methods.feature import FeatureStudent, TeacherFeatures
 from teachers import create_model

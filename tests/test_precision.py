@@ -39,7 +39,7 @@ def test_the_quickstart_and_the_cpu_studies_take_precision_from_the_hardware():
 
 def test_a_teacher_with_random_weights_is_named():
     from conftest import ROOT
-    from distill.config import load_config
+    from distill.recipe import load_config
     from distill.train.build import run_warnings
     hard = str(ROOT / "recipes/fashion_mnist/hard_tiny.yaml")
     lines = run_warnings(load_config(hard, ["teacher.checkpoint=null"]), "no", "cpu")

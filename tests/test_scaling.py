@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT, needs_fmnist
 from distill.cli import main
-from distill.config import load_config
+from distill.recipe import load_config
 from distill.report.compare import load_runs
 from distill.report.scaling import check_prediction, ladder_rows, predict_holdout
 from distill.report.study import load_study, plan

@@ -3,6 +3,8 @@ the bugs a new user hit, each with a test that failed before its fix."""
 import ast
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from distill.train.cache import LogitCache
 from distill.config import TrainConfig
 from distill.errors import CacheError, UserError
 from distill.data.loader import DeviceBatches, ShardedBatches
-from distill.config import DistillConfig
+from distill.recipe import DistillConfig
 from distill.methods import build_method
 from distill.train.step import TrainStep, accelerate_hooks, graph_hooks
 from distill.train.teacher_logits import TeacherLogits
@@ -166,11 +168,29 @@ def test_no_import_cycle_and_files_and_functions_stay_short():
     spec.loader.exec_module(layout)
     known = layout.modules()
     graph = {name: layout.imports(name, path, known) for name, path in known.items()}
-    assert graph["distill.config"] >= {"distill.methods", "distill.data.sources"}  # the registries it reads
+    assert graph["distill.recipe"] >= {"distill.methods", "distill.data.sources"}  # the loader reads the registries
     assert layout.cycles(graph) == []
     assert layout.cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]  # the check can fail
     assert max(len(p.read_text().splitlines()) for p in known.values()) <= 400
     assert layout.longest_function(known)[0] <= 60, layout.longest_function(known)
+
+
+def test_config_is_a_leaf_and_the_command_line_starts_without_torch():
+    """config imports no registry (a type-only import counts too), and `--help`, an unknown key outside
+    `distill.` and a missing recipe are refused before torch, timm or torchvision is imported."""
+    spec = __import__("importlib.util").util.spec_from_file_location("layout", ROOT / "scripts" / "layout.py")
+    layout = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    known = layout.modules()
+    assert layout.imports("distill.config", known["distill.config"], known) == {"distill.errors"}
+    probe = ("import sys\nfrom distill.cli import main\n"
+             "for argv in (['--help'], ['train', '--help'], ['train', 'no/such.yaml'],\n"
+             "             ['config', 'recipes/fashion_mnist/plain_tiny.yaml', 'train.nope=1']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'accelerate') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    assert out.stderr.count("error: ") == 2, out.stderr  # the two refusals, one line each
 
 
 def test_interval_rate_counts_the_steps_it_covers():

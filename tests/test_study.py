@@ -6,7 +6,8 @@ import pytest
 
 from conftest import PLAIN, ROOT
 from distill.cli import main
-from distill.config import load_config, to_yaml
+from distill.config import to_yaml
+from distill.recipe import load_config
 from distill.errors import ConfigError
 from distill.report import stats
 from distill.report.compare import group, load_runs, variant_rows, write_report

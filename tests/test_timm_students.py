@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import ROOT, needs_fmnist, run_main
-from distill.config import load_config
+from distill.recipe import load_config
 from distill.errors import ConfigError
 from distill.methods import build_criterion, build_method
 from distill.train.build import build_student

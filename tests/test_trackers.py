@@ -12,7 +12,7 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 from conftest import PLAIN, ROOT, needs_fmnist, run_cli
 from distill.cli import main
-from distill.config import load_config
+from distill.recipe import load_config
 from distill.errors import ConfigError
 from distill.runs import trackers
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from distill.commands.export import run_weights
-from distill.config import load_config
+from distill.recipe import load_config
 from distill.data.augment import Normalize
 from distill.data.sources import load_split
 from distill.runs import records

@@ -25,7 +25,8 @@ import torch
 import yaml
 from timm.models import get_pretrained_cfg_value, save_for_hf
 
-from distill.config import DataConfig, load_config
+from distill.config import DataConfig
+from distill.recipe import load_config
 from distill.data.splits import STATS
 from distill.errors import ConfigError
 from distill.runs.durable import check_folder_path

@@ -25,7 +25,7 @@ from distill.errors import ConfigError
 
 STANDARDIZE_EPS = 1e-7  # the reference code's eps (sunshangquan/logit-standardization-KD), added to the std
 
-if TYPE_CHECKING:  # type hints only: the config imports this module to assemble DistillConfig
+if TYPE_CHECKING:  # type hints only
     from distill.config import Config
 
 Outputs = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
@@ -99,8 +99,7 @@ class Method(nn.Module):
             takes = ", ".join(m.name for m in METHODS.values() if "standardize" in m.reads)
             raise ConfigError(f"distill.standardize=true z-scores logits before a temperature, which "
                               f"distill.type={cls.name} does not use; set it for distill.type={{{takes}}} only")
-        mixing = cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0 or cfg.data.cutmix_minmax is not None
-        if mixing and not cls.mixup:
+        if cfg.data.mixing and not cls.mixup:
             raise ConfigError(f"distill.type={cls.name} needs one class per image, which Mixup/CutMix mixes: "
                               "set data.mixup_alpha=0 and data.cutmix_alpha=0 (and data.cutmix_minmax=null)")
         if cfg.distill.cache and cfg.distill.cache_topk and not cls.topk_cache:

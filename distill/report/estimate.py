@@ -21,7 +21,8 @@ from typing import List, Optional
 import torch
 from omegaconf import OmegaConf
 
-from distill.config import DataConfig, load_config
+from distill.config import DataConfig
+from distill.recipe import load_config
 from distill.data.sources import load_split
 from distill.errors import DataError
 from distill.train.build import build_student, native_precision

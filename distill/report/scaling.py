@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from distill.config import load_config
+from distill.recipe import load_config
 from distill.data.sources import load_split
 from distill.report import scaling_plots as plots
 from distill.report.compare import load_runs

@@ -19,7 +19,8 @@ from typing import Dict, List, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from distill.config import load_config, may_differ_on_resume
+from distill.config import may_differ_on_resume
+from distill.recipe import load_config
 from distill.errors import ConfigError
 from distill.report import scaling
 from distill.report.scaling import ladder_variant

@@ -26,7 +26,7 @@ def differing_key(cfg: Config, run_dir: Path, may_differ: set) -> Optional[Tuple
     if saved.get("data.aug_seed") is None:  # written before aug_seed was resolved at load: it meant `seed`
         saved["data.aug_seed"] = saved.get("seed")
     now = flat_dict(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    defaults = flat_dict(OmegaConf.to_container(OmegaConf.structured(Config)))
+    defaults = flat_dict(OmegaConf.to_container(OmegaConf.structured(type(cfg))))
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}  # keys added since: their default
     return next(((k, v, saved.get(k)) for k, v in now.items() if k not in may_differ and saved.get(k) != v), None)
 

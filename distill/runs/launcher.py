@@ -16,9 +16,6 @@ import sys
 from datetime import timedelta
 from typing import Optional
 
-import torch
-from accelerate.utils import parse_flag_from_env
-
 from distill.errors import ConfigError
 
 # The job's size: torchrun's variable, then MPI's (the ones Accelerate reads too).
@@ -43,6 +40,9 @@ def launcher() -> Optional[str]:
 def accelerate_cpu() -> bool:
     """Accelerate's `cpu`: asked for (ACCELERATE_USE_CPU, `accelerate launch --cpu`), or a job of
     several processes on a machine without a GPU, which then runs over gloo as launch.sh's does."""
+    import torch  # here, not at the top: the CLI reads this module before any command (see distill/cli.py)
+    from accelerate.utils import parse_flag_from_env
+
     several = (launched_processes() or 1) > 1
     return parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available())
 
@@ -89,6 +89,8 @@ def _job_store():
     env = os.environ
     if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or (launched_processes() or 1) < 2:
         return None
+    import torch
+
     try:  # a short timeout: never wait long on a launcher that is gone
         return torch.distributed.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False,
                                           timeout=timedelta(seconds=5))

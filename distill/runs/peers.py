@@ -53,7 +53,7 @@ def launcher_report(who: str, recipe: str, overrides) -> str:
     """The one line that ends a failed job: who ended first, and where to resume from."""
     # Imported here: the launcher process (`launch`) stays as light as torchrun itself, which
     # matters on a busy machine, where importing the data stack alone takes seconds.
-    from distill.config import load_config
+    from distill.recipe import load_config
     from distill.runs.checkpoint import latest_checkpoint
     try:
         cfg = load_config(recipe, [o for o in overrides if o != "train.resume=auto"])
