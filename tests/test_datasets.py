@@ -297,3 +297,17 @@ def test_device_and_dataloader_paths_augment_alike(tmp_path):
     evaluated = [torch.cat(t) for t in zip(*DeviceBatches(in_memory, None, "cpu", 6).iter_range(range(3, 40)))]
     loaded = [torch.cat(t) for t in zip(*LoaderBatches(files, None, "cpu", 2, 6).iter_range(range(3, 40)))]
     assert all(torch.equal(u, v) for u, v in zip(evaluated[:2], loaded[:2]))  # images, labels (eval is unaugmented)
+
+
+@needs_fmnist
+def test_a_source_carries_its_facts_and_they_are_the_datas():
+    """The registered entry's classes, channels, train size and statistics (what a dry run and an export
+    read without loading the data) agree with the data itself."""
+    from distill.data.sources import SOURCES
+
+    source = SOURCES["fashion_mnist"]
+    train = load_split(DataConfig(name="fashion_mnist"), train=True)
+    assert source.shape == (len(train), train.num_classes, train.in_chans) == (60000, 10, 1)
+    pixels = train.images[:10000, :, 2:30, 2:30].float() / 255  # the 28x28 images, without the padding to 32
+    assert abs(pixels.mean().item() - source.mean[0]) < 0.01 and abs(pixels.std().item() - source.std[0]) < 0.01
+    assert SOURCES["hf"].shape is None and SOURCES["imagefolder"].copy_of is not None  # the data knows these

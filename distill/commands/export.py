@@ -27,7 +27,7 @@ from timm.models import get_pretrained_cfg_value, save_for_hf
 
 from distill.config import DataConfig
 from distill.recipe import load_config
-from distill.data.splits import STATS
+from distill.data.sources import SOURCES
 from distill.errors import ConfigError
 from distill.runs.durable import check_folder_path
 from distill.runs.records import CONFIG, SUMMARY
@@ -70,11 +70,11 @@ def classes_and_channels(state: Dict[str, torch.Tensor], model_name: str) -> Tup
 
 def data_stats(cfg: DataConfig, in_chans: int) -> Optional[dict]:
     """The mean/std the run normalised with: the config's if it has them, else the dataset's published
-    constants (distill.data.splits.STATS); None where only the images know them (hf datasets)."""
+    constants (the registered source's); None where only the images know them (hf datasets)."""
     mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
     if mean is None or std is None:
-        name = "imagenet" if cfg.name == "imagefolder" else cfg.name  # image folders use ImageNet's
-        mean, std = STATS.get(name, (None, None))
+        source = SOURCES.get(cfg.name)
+        mean, std = (source.mean, source.std) if source else (None, None)
     if mean is None or len(mean) != in_chans or len(std) != in_chans:
         return None
     return dict(mean=tuple(mean), std=tuple(std))

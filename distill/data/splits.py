@@ -23,13 +23,6 @@ from distill.errors import DataError
 if TYPE_CHECKING:  # type hints only: the config imports the sources to list them
     from distill.config import DataConfig
 
-# Per-channel mean/std in [0, 1] units, the usual published constants.
-STATS = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 GRAY_MODES = {"1", "L", "LA"}
 
 

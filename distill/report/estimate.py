@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from distill.config import DataConfig
 from distill.recipe import load_config
-from distill.data.sources import load_split
+from distill.data.sources import SOURCES, load_split
 from distill.errors import DataError
 from distill.train.build import build_student, native_precision
 from distill.train.cost import forward_gflops, train_gflops
@@ -33,8 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 STEP_FLOPS = 2e11  # the timed steps' batch: the recipe's, or fewer images where a step would cost more
 
 
-# (train images, classes, channels) of the built-in sets: a dry run reads no data and downloads nothing
-KNOWN = {"fashion_mnist": (60000, 10, 1), "cifar10": (50000, 10, 3), "cifar100": (50000, 100, 3)}
 
 
 @lru_cache(maxsize=None)
@@ -42,8 +40,9 @@ def _split_shape(data_yaml: str, train_images: Optional[int]):
     """(train images, classes, channels) of a data config: a built-in set's, else read from the data,
     else `train_images` (scaling.train_images) with ImageNet's classes and channels."""
     data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.create(data_yaml)))
-    if data.name in KNOWN:
-        n, classes, chans = KNOWN[data.name]
+    known = SOURCES[data.name].shape if data.name in SOURCES else None  # a dry run reads no data where it can
+    if known:
+        n, classes, chans = known
         return data.train_subset or n, classes, chans
     try:
         test = load_split(data, train=False)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from distill.data.sources.imagefolder import copy_manifest
+from distill.data.sources import SOURCES
 from distill.runs import durable
 
 METRICS, SUMMARY, CONFIG = "metrics.jsonl", "summary.json", "config.yaml"
@@ -137,7 +137,8 @@ def compute(cfg, run, epoch_images: int) -> dict:
 
 def data_copy(data) -> Optional[dict]:
     """Which resized copy (`distill prepare`) an image folder is, from its prepare.json; None otherwise."""
-    return copy_manifest(data.root) if data.name == "imagefolder" and data.root else None
+    copy_of = SOURCES[data.name].copy_of if data.name in SOURCES else None
+    return copy_of(data.root) if copy_of and data.root else None
 
 
 def run_summary(cfg, run, history: list, wall_s: float, extra: dict, device, world_size,

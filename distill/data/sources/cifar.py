@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from distill.data.sources.registry import register_source
-from distill.data.splits import STATS, ImageSplit, in_memory_split
+from distill.data.sources.registry import published_stats, register_source
+from distill.data.splits import ImageSplit, in_memory_split
 from distill.errors import DataError, first_line
 
 if TYPE_CHECKING:
@@ -46,7 +46,10 @@ def _download_cifar(name: str, root: Path) -> None:
                         f"the python-version archive's folder {CIFAR[name][0]}/ in data.root") from None
 
 
-@register_source("cifar10", "cifar100")
+@register_source("cifar10", train_images=50000, num_classes=10, in_chans=3,
+                 mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))  # the published constants
+@register_source("cifar100", train_images=50000, num_classes=100, in_chans=3,
+                 mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
 def load_cifar(cfg: "DataConfig", train: bool) -> ImageSplit:
     """CIFAR-10/100 from torchvision's on-disk layout (python pickles), downloading if allowed."""
     folder_name, train_files, test_files, label_key, names_key, meta_file = CIFAR[cfg.name]
@@ -72,4 +75,4 @@ def load_cifar(cfg: "DataConfig", train: bool) -> ImageSplit:
     if names_key not in meta:
         raise DataError(f"{folder / meta_file}: no {names_key.decode()} entry; download it again")
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
-    return in_memory_split(np.concatenate(images), np.concatenate(labels), classes, STATS[cfg.name], cfg, train, cfg.name)
+    return in_memory_split(np.concatenate(images), np.concatenate(labels), classes, published_stats(cfg.name), cfg, train, cfg.name)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from distill.data.sources.registry import register_source
-from distill.data.splits import STATS, ImageSplit, in_memory_split
+from distill.data.sources.registry import published_stats, register_source
+from distill.data.splits import ImageSplit, in_memory_split
 from distill.errors import DataError, first_line
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ def _find_idx(folder: Path, stem: str) -> Optional[Path]:
     return next((folder / n for n in (stem + ".gz", stem) if (folder / n).is_file()), None)
 
 
-@register_source("fashion_mnist")
+@register_source("fashion_mnist", train_images=60000, num_classes=10, in_chans=1,
+                 mean=(0.2860,), std=(0.3530,))  # the published constants
 def load_fashion_mnist(cfg: "DataConfig", train: bool) -> ImageSplit:
     """Fashion-MNIST from IDX files in root, root/FashionMNIST/raw or Debian's dataset folder."""
     prefix = "train" if train else "t10k"
@@ -59,4 +60,5 @@ def load_fashion_mnist(cfg: "DataConfig", train: bool) -> ImageSplit:
         raise DataError(f"{img_path} holds {len(images)} images but {lbl_path} {len(labels)} labels; fetch both again")
     if labels.size and labels.max() >= len(FASHION_CLASSES):
         raise DataError(f"{lbl_path}: label {labels.max()} is out of range 0..9; fetch it again")
-    return in_memory_split(images[:, None], labels, FASHION_CLASSES, STATS["fashion_mnist"], cfg, train, "fashion_mnist")
+    stats = published_stats("fashion_mnist")
+    return in_memory_split(images[:, None], labels, FASHION_CLASSES, stats, cfg, train, "fashion_mnist")

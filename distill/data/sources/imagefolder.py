@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from distill.data.decode import decode_rgb
-from distill.data.sources.registry import register_source
-from distill.data.splits import STATS, ImageSplit, StreamedSplit, select_subset
+from distill.data.sources.registry import IMAGENET_MEAN, IMAGENET_STD, register_source
+from distill.data.splits import ImageSplit, StreamedSplit, select_subset
 from distill.errors import DataError, first_line
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class FolderSplit(StreamedSplit):
         self.paths = np.array([os.fsencode(Path(p).relative_to(self.folder)) for p, _ in samples], dtype=bytes)
         self.classes, self.img_size = classes, img_size
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-        self.mean, self.std = STATS["imagenet"]
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -84,7 +84,8 @@ class FolderSplit(StreamedSplit):
         return decode_rgb(self.encoded(i), self.name(i))
 
 
-@register_source("imagefolder", streams=True)
+@register_source("imagefolder", streams=True, in_chans=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 copy_of=copy_manifest)
 def load_imagefolder(cfg: "DataConfig", train: bool) -> Union[FolderSplit, ImageSplit]:
     """`root/train/<class>/*` and `root/val/` (or `root/test/`); classes sorted from train."""
     root = Path(cfg.root)
