@@ -60,7 +60,7 @@ class DataConfig:
     device_resident: bool = _key(True, may_differ=True)  # hold in-memory sets whole on the training device
     # DataLoader workers, for sets decoded per item (imagefolder, streamed hf, crop=rrc); None = min(4, usable cores)
     num_workers: Optional[int] = _key(None, may_differ=True, min=0)
-    # --- real images (issue 12); names mirror timm's train.py flags
+    # --- real images; names mirror timm's train.py flags
     in_memory: Optional[bool] = _key(None, views="views")  # hf/imagefolder decoded whole up front; None = auto (small hf sets, crop=pad)
     mean: Optional[List[float]] = _key(None, views="views")  # per channel in [0, 1]; None = the dataset's (hf: from ~1000 train images)
     std: Optional[List[float]] = _key(None, views="views")
@@ -157,7 +157,7 @@ class TrainConfig:
     log_every: int = _key(50, may_differ=True, gt=0)  # steps between progress updates (each one syncs with the device)
     on_nonfinite: str = _key("stop", choices=("stop", "skip"))  # stop | skip (skipping syncs with the device every step)
     compile: bool = False
-    channels_last: bool = False  # convolution weights in NHWC, as timm's --channels-last (ResNet-10t on a CPU: 1.2x)
+    channels_last: bool = False  # convolution weights in NHWC, as timm's --channels-last (faster CNNs; docs/speed.md)
     cuda_graphs: bool = False  # capture the whole step in a CUDA graph (1 GPU, in-memory data)
     deterministic: bool = False
     dist_timeout_s: float = _key(600.0, may_differ=True, gt=0)  # a collective waits this long for a lost process before the job ends

@@ -272,12 +272,11 @@ class Teacher(nn.Module):
         in_chans: the teacher's input channels; None = its first conv's. Gray data (1 channel)
             into a 3-channel teacher is repeated across channels.
         img_size: resize the batch to img_size x img_size (bilinear) first; None keeps it.
-        channels_last: run a CNN teacher in channels-last memory format (faster on GPUs).
     """
 
     def __init__(self, model: nn.Module, data_mean: Sequence[float], data_std: Sequence[float],
                  mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 in_chans: Optional[int] = None, img_size: Optional[int] = None, channels_last: bool = False):
+                 in_chans: Optional[int] = None, img_size: Optional[int] = None):
         super().__init__()
         conv = _first_conv(model)
         self.in_chans = in_chans or (conv[1].in_channels if conv else len(data_mean))
@@ -289,7 +288,6 @@ class Teacher(nn.Module):
             raise TeacherError("set both teacher.mean and teacher.std, or neither")
         self.model = model
         self.img_size = img_size
-        self.channels_last = channels_last
         self.expand = data_chans != self.in_chans  # (B, 1, H, W) -> (B, C, H, W)
 
         mean_s, std_s = _channels(data_mean), _channels(data_std)
@@ -303,8 +301,6 @@ class Teacher(nn.Module):
         self.register_buffer("scale", std_s / std_t * ones, persistent=False)
         self.register_buffer("shift", (mean_s - mean_t) / std_t * ones, persistent=False)
 
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
         self.requires_grad_(False)
         self.eval()
 
@@ -359,13 +355,11 @@ class Teacher(nn.Module):
         x = self._adapt_pixels(x)
         if resize:
             x = self._resize(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         return x
 
 
-def load_teacher(cfg, num_classes: int, in_chans: int, data_mean: Sequence[float], data_std: Sequence[float],
-                 channels_last: bool = False) -> Teacher:
+def load_teacher(cfg, num_classes: int, in_chans: int, data_mean: Sequence[float],
+                 data_std: Sequence[float]) -> Teacher:
     """Build `cfg.model` (a TeacherConfig), load its weights, freeze it, wrap it as a `Teacher`.
 
     Weights: `cfg.checkpoint` if set, else hub weights if `cfg.pretrained`, else none (tests).
@@ -385,5 +379,4 @@ def load_teacher(cfg, num_classes: int, in_chans: int, data_mean: Sequence[float
     mean, std = cfg.mean, cfg.std
     if mean is None and std is None and hub:
         mean, std = model.pretrained_cfg.get("mean"), model.pretrained_cfg.get("std")
-    return Teacher(model, data_mean, data_std, mean=mean, std=std, in_chans=chans,
-                   img_size=cfg.img_size, channels_last=channels_last)
+    return Teacher(model, data_mean, data_std, mean=mean, std=std, in_chans=chans, img_size=cfg.img_size)

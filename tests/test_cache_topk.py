@@ -100,7 +100,7 @@ def _soft_kl_to_uniform(teacher: torch.Tensor, tau: float) -> float:
 @pytest.mark.parametrize("k, lead", [(5, 25.0), (100, 30.0)])
 def test_confident_teachers_tail_survives_temperature(k, lead):
     """fp32 rounds log p of a class leading by ~20 to 0, so 1 - sum(kept p) is 0 and a tail rebuilt from it
-    vanishes at any tau (issue 21: 109.6 instead of 27.5 at k=5, lead 25). The stored log rest keeps it."""
+    vanishes at any tau (it read 109.6 instead of 27.5 at k=5, lead 25). The stored log rest keeps it."""
     z = torch.zeros(1, 1000)
     z[0, 0] = lead
     assert z.log_softmax(-1)[0, 0].item() == 0.0  # the case: the kept mass is exactly 1 in fp32

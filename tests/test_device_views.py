@@ -1,4 +1,4 @@
-"""`data.augment_on=device` (issue 24): the workers crop, flip and draw; RandAugment, normalisation and
+"""`data.augment_on=device`: the workers crop, flip and draw; RandAugment, normalisation and
 erasing run batch-wise on the device. The views are the workers path's draws (checked against timm's
 path on the same seeds) and stay a pure function of (seed, epoch, view): the same in 1 or N processes,
 with any number of workers."""

@@ -1,4 +1,4 @@
-"""The methods against their references (issue 21), each computed here independently of our code:
+"""The methods against their references, each computed here independently of our code:
 DeiT's soft term as its losses.py writes it, KD and DKD's label term as Hinton's and mdistiller's
 (plain cross-entropy), mdistiller's DKD warm-up, timm's FeatureDistillationTask, and logit
 standardisation (Sun et al. 2024) by numpy."""

@@ -1,5 +1,5 @@
 """Precision follows the hardware: `train.mixed_precision=auto` and the warning for an explicit bf16 on a
-CPU that only emulates it (issue 23)."""
+CPU that only emulates it."""
 import pytest
 
 from distill.train import build

@@ -1,4 +1,4 @@
-"""`distill prepare` (issue 24): a resized copy of an image folder, made once, resumable, recorded by runs."""
+"""`distill prepare`: a resized copy of an image folder, made once, resumable, recorded by runs."""
 import json
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""`train.resume=auto` on a finished run (issue 23, issue 22): the config is compared first, as for an
+"""`train.resume=auto` on a finished run: the config is compared first, as for an
 unfinished run; the same epochs answer "already complete"; more epochs extend the run. Through the CLI's
 `main` in this process: seven fresh interpreters would add ~40 s of imports."""
 import json

@@ -1,4 +1,4 @@
-"""The step hands the loss fp32 student outputs on both paths (issue 21, item 3).
+"""The step hands the loss fp32 student outputs on both paths.
 
 Eager, Accelerate's prepared model casts its outputs to fp32; graphed, the bare model under autocast
 returns bf16, and before the fix the loss (its log_softmax) ran on those. The teacher's output is

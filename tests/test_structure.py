@@ -194,7 +194,7 @@ def test_config_is_a_leaf_and_the_command_line_starts_without_torch():
 
 
 def test_interval_rate_counts_the_steps_it_covers():
-    """Bug 4: the end of an epoch (or the first interval after a resume) is shorter than log_every."""
+    """the end of an epoch (or the first interval after a resume) is shorter than log_every."""
     t = iter([0.0, 10.0, 12.0])
     rate = IntervalRate(images_per_step=32, step=3, clock=lambda: next(t))
     assert rate.read(13) == pytest.approx(10 * 32 / 10.0)  # 10 steps since the resume at step 3
@@ -202,7 +202,7 @@ def test_interval_rate_counts_the_steps_it_covers():
 
 
 def test_host_resident_batches_reach_the_training_device():
-    """Bug 3: with data.device_resident=false, batches stay on the host while Normalize sits on the
+    """with data.device_resident=false, batches stay on the host while Normalize sits on the
     device. The meta device stands in for a GPU: batches must be moved to it."""
     class Split:
         images, labels = torch.zeros(8, 1, 4, 4, dtype=torch.uint8), torch.arange(8)
@@ -217,7 +217,7 @@ def test_host_resident_batches_reach_the_training_device():
 @needs_fmnist
 @pytest.mark.parametrize("bad", ["student.patch_size=5", "data.img_size=30"])
 def test_patch_size_that_does_not_divide_the_image_is_one_line(tmp_path, bad, capsys):
-    """Bug 2: these passed the config and ended in an AssertionError traceback (exit 1). In-process:
+    """these passed the config and ended in an AssertionError traceback (exit 1). In-process:
     `main` returns the exit status, and an AssertionError would escape it."""
     assert main(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", *TINY, bad]) == 2
     err = capsys.readouterr().err
@@ -228,7 +228,7 @@ def test_patch_size_that_does_not_divide_the_image_is_one_line(tmp_path, bad, ca
 @needs_fmnist
 @pytest.mark.slow
 def test_bench_writes_no_checkpoint(tmp_path):
-    """Bug 5: `distill bench` with train.checkpoint_every_steps wrote checkpoints."""
+    """`distill bench` with train.checkpoint_every_steps wrote checkpoints."""
     res = run_main("bench", PLAIN, f"output_dir={tmp_path}", *TINY, "train.checkpoint_every_steps=2",
                   "--steps", "2", "--warmup", "1")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -238,7 +238,7 @@ def test_bench_writes_no_checkpoint(tmp_path):
 @needs_fmnist
 @pytest.mark.slow
 def test_run_killed_before_its_summary_resumes_to_the_same_result(short_run, tmp_path):
-    """Bug 6: killed after the last checkpoint, before summary.json: resumed with final_top1 null.
+    """killed after the last checkpoint, before summary.json: resumed with final_top1 null.
     (Resumed in a fresh process, as `short_run` ran: its evaluation must match to the last image.)"""
     run = tmp_path / short_run.name
     shutil.copytree(short_run, run)
@@ -257,7 +257,7 @@ def test_run_killed_before_its_summary_resumes_to_the_same_result(short_run, tmp
 @needs_fmnist
 @pytest.mark.slow
 def test_resume_auto_without_a_checkpoint_says_so(tmp_path):
-    """Bug 7: train.resume=auto on a folder without a checkpoint started over silently."""
+    """train.resume=auto on a folder without a checkpoint started over silently."""
     res = run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "name=r")
     assert res.returncode == 0, res.stderr[-2000:]
     shutil.rmtree(tmp_path / "r" / "checkpoints")
@@ -271,7 +271,7 @@ def test_resume_auto_without_a_checkpoint_says_so(tmp_path):
 @needs_fmnist
 @pytest.mark.slow
 def test_compiled_run_saves_the_bare_student_and_evaluates(tmp_path):
-    """Bug 1: train.compile=true saved `_orig_mod.` keys and `distill eval` stopped with a traceback."""
+    """train.compile=true saved `_orig_mod.` keys and `distill eval` stopped with a traceback."""
     res = run_cli("train", PLAIN, f"output_dir={tmp_path}", *TINY, "data.train_subset=64", "data.test_subset=64",
                   "train.compile=true", "name=c")
     assert res.returncode == 0, res.stderr[-2000:]

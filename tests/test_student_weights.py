@@ -1,4 +1,4 @@
-"""A student started from weights (issue 22, item 2) and the position embedding at other sizes (items 2-3):
+"""A student started from weights and the position embedding at other sizes:
 `student.checkpoint` (a timm/DeiT file, a run folder, an export folder) through timm's loader, the same
 through `timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=PATH))`, and
 `dynamic_img_size=True` as timm's VisionTransformer has it. No weights can be downloaded here: the

@@ -1,4 +1,4 @@
-"""Any timm model as a student (issue 22, item 1): built for the data's size, the student.* keys and
+"""Any timm model as a student: built for the data's size, the student.* keys and
 `student.kwargs` passed where the model takes them and refused in one line where it does not, the
 distillation token only where the model has one, every method without a token open to it."""
 import json

@@ -77,6 +77,6 @@ class DKD(Method):
             self.warmup_weight.fill_(min(epochs / self.warmup, 1.0))
 
     def term(self, logits, teacher_logits, targets):
-        tckd, nckd = dkd_terms(logits.float(), teacher_logits, class_ids(targets), self.tau)
+        tckd, nckd = dkd_terms(logits, teacher_logits, class_ids(targets), self.tau)
         return (self.warmup_weight * (self.dkd_alpha * tckd + self.dkd_beta * nckd),
                 {"dkd_tckd": tckd, "dkd_nckd": nckd, "dkd_warmup": self.warmup_weight})

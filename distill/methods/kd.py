@@ -34,5 +34,5 @@ class KD(Method):
         self.tau = cfg.tau
 
     def term(self, logits, teacher_logits, targets):
-        kd = kd_distillation(logits.float(), teacher_logits, self.tau)
+        kd = kd_distillation(logits, teacher_logits, self.tau)  # fp32: the base casts both
         return kd, {"kd": kd}

@@ -39,4 +39,4 @@ class Soft(Method):
         self.tau, self.kl_reduction = cfg.tau, cfg.kl_reduction
 
     def term(self, logits, teacher_logits, targets):
-        return soft_distillation(logits.float(), teacher_logits, self.tau, self.kl_reduction), {}
+        return soft_distillation(logits, teacher_logits, self.tau, self.kl_reduction), {}

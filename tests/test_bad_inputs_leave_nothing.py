@@ -1,4 +1,4 @@
-"""Issue 23's bad inputs: each ends in one `error: ...` line naming the problem and its fix, exit
+"""Bad inputs to train, compare, export and eval: each ends in one `error: ...` line naming the problem and its fix, exit
 status 2, no traceback, and nothing lost: no run folder left behind (so the corrected command runs),
 no file half-written or overwritten."""
 import json
