@@ -142,6 +142,9 @@ class TrainConfig:
     lr_base_batch: int = _key(512, gt=0)
     min_lr: float = _key(1e-6, min=0)
     warmup_epochs: float = _key(5.0, min=0)
+    schedule: str = _key("cosine", choices=("cosine", "wsd"))  # wsd: warm-up, stable, cooldown (distill/train/schedule.py)
+    cooldown: float = _key(0.2, gt=0, max=1.0)  # wsd: the fraction of the run spent in the cooldown
+    cooldown_shape: str = _key("1-sqrt", choices=("1-sqrt", "linear"))  # wsd: how the cooldown decays
     weight_decay: float = _key(0.05, min=0)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     clip_grad: Optional[float] = None  # max global grad norm; None = no clipping

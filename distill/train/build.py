@@ -6,7 +6,6 @@ sub-config it needs.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +34,7 @@ from distill.train.cache import LogitCache, cache_key, cache_root, resolve_topk
 from distill.train.cost import count_params, forward_gflops, train_gflops
 from distill.train.graphed import GraphedStep, make_capturable
 from distill.train.start import load_start
+from distill.train.schedule import lr_factor
 from distill.train.step import TrainStep, accelerate_hooks, graph_hooks
 from distill.train.teacher_logits import TeacherLogits
 from teachers import create_model_at, load_teacher
@@ -231,21 +231,15 @@ def scaled_lr(cfg: TrainConfig, global_batch: int) -> float:
 
 
 def build_scheduler(optimizer, cfg: TrainConfig, updates_per_epoch: int, ticks_per_update: int):
-    """Linear warm-up, then cosine decay to `min_lr`, per optimizer update.
-
-    Accelerate's prepared scheduler ticks once per process at every update (it assumes a schedule
-    written for one process), so the schedule is laid out in ticks: updates x ticks_per_update.
-    """
-    total = max(1, cfg.epochs * updates_per_epoch) * ticks_per_update
-    warmup = int(cfg.warmup_epochs * updates_per_epoch) * ticks_per_update
-    base_lr = optimizer.param_groups[0]["lr"]
-    floor = min(cfg.min_lr / base_lr, 1.0)
+    """`train.schedule` per optimizer update (`distill/train/schedule.py`), as a LambdaLR. Accelerate's
+    prepared scheduler ticks once per process at every update (it assumes a schedule written for one
+    process), so the schedule is laid out in ticks: updates x ticks_per_update."""
+    total = max(1, cfg.epochs * updates_per_epoch)
+    warmup = int(cfg.warmup_epochs * updates_per_epoch)
+    floor = min(cfg.min_lr / optimizer.param_groups[0]["lr"], 1.0)
 
     def factor(tick: int) -> float:
-        if tick < warmup:
-            return (tick + ticks_per_update) / (warmup + ticks_per_update)
-        progress = (tick - warmup) / max(1, total - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return lr_factor(tick, total, warmup, floor, cfg.schedule, cfg.cooldown, cfg.cooldown_shape, ticks_per_update)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

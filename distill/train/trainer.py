@@ -23,6 +23,7 @@ from distill.runs.signals import Preempted, StopRequest
 from distill.train.build import build_run, make_accelerator, run_warnings
 from distill.train.evaluate import evaluate
 from distill.train.graphed import make_capturable
+from distill.train.schedule import check_fork, fork_source
 from distill.train.timing import IntervalRate
 
 
@@ -150,6 +151,10 @@ class Trainer(Loop):
         acc = make_accelerator(cfg, run_dir)
         self.resume_from = resolve_run_dir(acc, cfg, run_dir)  # before anything is built: refuse to overwrite
         super().__init__(cfg, acc)
+        self.forked_from = fork_source(self.resume_from, run_dir) if self.resume_from else None
+        if self.forked_from is not None:  # another run's checkpoint: a cooldown fork, or refused
+            updates_per_epoch = self.run.data.steps_per_epoch // cfg.train.grad_accum_steps
+            check_fork(cfg, self.resume_from, self.forked_from, updates_per_epoch)
         self.new_folder = not (self.run_dir / records.CONFIG).exists()  # every rank looks before one creates it
         create_run_dir(acc, cfg, self.run_dir)
         self.stop = StopRequest(acc)
@@ -234,6 +239,8 @@ class Trainer(Loop):
     def _finish(self, wall_s: float) -> dict:
         acc, r = self.accelerator, self.run
         extra = extension(self.run_dir, self.cfg.train.epochs)  # before this run's summary replaces the old
+        if self.forked_from is not None:  # its FLOPs before the checkpoint are the source run's
+            extra["forked_from"] = str(self.resume_from)
         if r.teacher is not None:  # how often the final student agrees with its teacher
             extra["teacher_agreement"] = self._evaluate(r.model, teacher=r.teacher)["teacher_agreement"]
         summary = {}
