@@ -172,6 +172,10 @@ def gains(rows: List[dict], baselines: Dict[str, str]) -> List[dict]:
     return out
 
 
+def _finite(v: float) -> Optional[float]:
+    return v if math.isfinite(v) else None  # JSON has no inf
+
+
 def baselines(rows: List[dict]) -> Dict[str, str]:
     """Each method's baseline: its rows' `baseline`, else `plain` where the table has it, else the
     table's first method; the baseline itself has none."""
@@ -185,10 +189,16 @@ def baselines(rows: List[dict]) -> Dict[str, str]:
     return out
 
 
+def students_of(rows: List[dict], method: str) -> int:
+    """The students a method's teacher taught: its distinct (params, images) cells; seed replicates
+    of one cell are one student trained again, not another student to amortise over."""
+    return len({(r["params"], r["images"]) for r in rows if r["method"] == method})
+
+
 def _law(fit: MethodFit) -> dict:
     sol = fit.solution
-    return {"form": fit.form.name, "expression": fit.form.expression, "cv_error": fit.cv[fit.form.name],
-            "candidates": {k: (v if math.isfinite(v) else None) for k, v in fit.cv.items()},
+    return {"form": fit.form.name, "expression": fit.form.expression, "cv_error": _finite(fit.cv[fit.form.name]),
+            "candidates": {k: _finite(v) for k, v in fit.cv.items()},
             "parameters": parameters(fit), "reference": fit.refs,
             "fit": {"converged": sol.converged, "starts": sol.starts, "starts_converged": sol.starts_converged,
                     "starts_at_best": sol.starts_at_best, "huber_loss": sol.loss},
@@ -211,7 +221,7 @@ def analyse(rows: List[dict], bootstrap: int = 400, students: Optional[int] = No
             except ValueError as e:
                 laws[m] = {"form": None, "not_fitted": str(e)}
         base = baselines(rows)
-        counts = {m: students or len({(r["params"], r["images"]) for r in rows if r["method"] == m}) for m in methods}
+        counts = {m: students or students_of(rows, m) for m in methods}
         comparisons = [compare(fits[base[m]], fits[m], cost, counts) for m in methods
                        if m in fits and base.get(m) in fits for cost in TEACHER_COSTS]
         preds = predictions(fits, [r for r in rows if r.get("holdout")], seed)

@@ -31,33 +31,44 @@ _REFIT_STARTS = 3  # grid starts (best by initial loss) added to the full-data s
 _CV_STARTS = 8  # grid starts (best by initial loss) for each leave-one-size-out fit
 
 
+_BLAS: Optional[list] = None  # (set_num_threads, get_num_threads) of each loaded OpenBLAS, found once
+
+
+def _blas_libraries() -> list:
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = []
+        try:
+            paths = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line}
+        except OSError:  # not Linux: leave the threads alone
+            paths = set()
+        for path in sorted(paths):
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for get, put in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                             ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+                             ("openblas_get_num_threads", "openblas_set_num_threads")):
+                if hasattr(lib, get) and hasattr(lib, put):
+                    _BLAS.append((getattr(lib, put), getattr(lib, get)))
+                    break
+    return _BLAS
+
+
 @contextmanager
 def one_blas_thread():
     """Run the fits with one OpenBLAS thread, restored afterwards. Each L-BFGS-B step makes a few
     tiny BLAS calls (5 parameters, 10 corrections); OpenBLAS wakes its threads for each, which on a
     shared 2-core machine made a step 30x slower (5 ms against 0.15 ms). What threadpoolctl does,
     by hand: it is not a dependency, and numpy and scipy each load their own OpenBLAS."""
-    libs = []
-    try:
-        paths = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line}
-    except OSError:  # not Linux: leave the threads alone
-        paths = set()
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get, put in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                         ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-                         ("openblas_get_num_threads", "openblas_set_num_threads")):
-            if hasattr(lib, get) and hasattr(lib, put):
-                libs.append((getattr(lib, put), getattr(lib, get)()))
-                getattr(lib, put)(1)
-                break
+    before = [(put, get()) for put, get in _blas_libraries()]
+    for put, _ in before:
+        put(1)
     try:
         yield
     finally:
-        for put, threads in libs:
+        for put, threads in before:
             put(threads)
 
 
@@ -126,13 +137,14 @@ def solve(form: Form, x, y, starts, best_of: Optional[int] = None) -> Solution:
     starts = [np.clip(np.asarray(s, float), lo, hi) for s in starts]
     if best_of is not None and len(starts) > best_of:
         starts = sorted(starts, key=lambda s: fun(s)[0])[:best_of]
-    results = [minimize(fun, s, jac=True, method="L-BFGS-B", bounds=bounds,
-                        options={"maxiter": 1000, "ftol": 1e-10, "gtol": 1e-7}) for s in starts]
+    with one_blas_thread():
+        results = [minimize(fun, s, jac=True, method="L-BFGS-B", bounds=bounds,
+                            options={"maxiter": 1000, "ftol": 1e-10, "gtol": 1e-7}) for s in starts]
     results = [r for r in results if np.isfinite(r.fun)]
     if not results:
         raise ValueError(f"the {form.name} law gave a non-positive error from every start")
     best = min(results, key=lambda r: r.fun)
-    at_best = sum(1 for r in results if r.fun - best.fun <= 1e-6 * max(abs(best.fun), 1e-12))
+    at_best = sum(1 for r in results if r.fun - best.fun <= max(1e-6 * abs(best.fun), 1e-10))
     return Solution(best.x, float(best.fun), bool(best.success), len(starts),
                     sum(1 for r in results if r.success), at_best)
 
@@ -176,7 +188,8 @@ def cv_error(form: Form, rows: List[dict], refs) -> float:
     return float(np.mean(errors))
 
 
-def bootstrap(form: Form, rows: List[dict], refs, sol: Solution, draws: int, seed: int) -> tuple:
+def bootstrap(form: Form, rows: List[dict], refs, sol: Solution, draws: int, seed: int,
+              refit_starts: int = _REFIT_STARTS) -> tuple:
     """Residual bootstrap: each draw keeps every run's (N, D, C) and redraws its log error as the
     fit plus a residual resampled with replacement, then refits from the full-data solution and the
     best grid starts. Residuals are centred and inflated by sqrt(n / (n - p)), since a fit's own
@@ -194,7 +207,7 @@ def bootstrap(form: Form, rows: List[dict], refs, sol: Solution, draws: int, see
         y_b = fitted * np.exp(rng.choice(res, size=len(y)))
         grid = form.starts(x, y_b)
         best = solve(form, x, y_b, [sol.theta], None)
-        more = solve(form, x, y_b, grid, _REFIT_STARTS)
+        more = solve(form, x, y_b, grid, refit_starts) if refit_starts else best
         pick = best if best.loss <= more.loss else more
         out.append(pick.theta)
         hits.append(hits_bounds(form, pick.theta, float(y_b.min())))
@@ -203,19 +216,20 @@ def bootstrap(form: Form, rows: List[dict], refs, sol: Solution, draws: int, see
     return np.array(out).reshape(draws, p), np.array(hits, bool).reshape(draws, p), converged, res
 
 
-def fit_method(method: str, rows: List[dict], draws: int, seed: int = 0,
-               forms=("zhai", "chinchilla", "kaplan")) -> MethodFit:
+def fit_method(method: str, rows: List[dict], draws: int, seed: int = 0, forms=tuple(FORMS),
+               best_of: Optional[int] = None, refit_starts: int = _REFIT_STARTS) -> MethodFit:
     """Choose the form by leave-one-size-out error over `rows` (the fitted runs only), fit it from
-    the whole grid of starts, and bootstrap it."""
+    the whole grid of starts (or its `best_of` best), and bootstrap it. With one form in `forms`
+    nothing is chosen (its cv error is still measured where it can be)."""
     refs = references(rows)
     cv = {name: cv_error(FORMS[name], rows, refs) for name in forms}
-    if not any(np.isfinite(v) for v in cv.values()):
+    if len(forms) > 1 and not any(np.isfinite(v) for v in cv.values()):
         raise ValueError(f"method {method}: no law can be chosen by leaving one size out: it needs runs of "
                          f"at least 3 sizes and more runs than parameters (got {len(rows)} runs of "
                          f"{len({r['params'] for r in rows})} sizes)")
     form = FORMS[min(cv, key=cv.get)]
-    sol = fit_form(form, rows, refs)
-    boot, hits, converged, res = bootstrap(form, rows, refs, sol, draws, seed)
+    sol = fit_form(form, rows, refs, best_of)
+    boot, hits, converged, res = bootstrap(form, rows, refs, sol, draws, seed, refit_starts)
     return MethodFit(method, form, sol, refs, cv, boot, hits, converged, res, list(rows))
 
 
