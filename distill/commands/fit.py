@@ -5,39 +5,16 @@ numpy, scipy and matplotlib only (no torch), so a refusal is instant. See docs/f
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 from distill.errors import ConfigError
-from distill.report.fit_claims import analyse
-from distill.report.fit_report import markdown, plots
-from distill.report.fit_runs import HUBER_DELTA
+from distill.report.fit_report import fit_rows, write_fit
 from distill.report.run_table import read_runs
 from distill.runs import durable
 
 MIN_BOOTSTRAP = 10  # fewer refits give no 2.5th and 97.5th percentile worth printing
-
-
-def fit_rows(rows: List[dict], bootstrap: int, students: Optional[int], seed: int = 0) -> tuple:
-    """`analyse` plus the settings a reader needs; (result, fits). Refuses a table with no law."""
-    result, fits = analyse(rows, bootstrap, students, seed)
-    if not fits:
-        reasons = "; ".join(f"{m}: {law['not_fitted']}" for m, law in result["laws"].items())
-        raise ConfigError(f"no method could be fitted: {reasons}")
-    result["settings"] = {"rows": len(rows), "held_out": sum(1 for r in rows if r.get("holdout")),
-                          "bootstrap": bootstrap, "seed": seed, "huber_delta": HUBER_DELTA,
-                          "students": students, "level": 0.95}
-    return result, fits
-
-
-def write_fit(result: dict, fits: dict, rows: List[dict], folder: Path, level: int = 1) -> List[Path]:
-    """fits.json, report.md and the plots into an existing `folder`; returns the figures."""
-    figures = plots(result, fits, rows, folder)
-    (folder / "fits.json").write_text(json.dumps(result, indent=2) + "\n")
-    (folder / "report.md").write_text(markdown(result, figures, level))
-    return figures
 
 
 def run_fit(runs, out, holdout_params: Optional[float] = None, bootstrap: int = 400,

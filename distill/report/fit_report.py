@@ -1,10 +1,11 @@
-"""report.md and the plots of a fit (`distill fit`, and the scaling section of `distill study`),
+"""fits.json, report.md and the plots of a fit (`distill fit`, and the scaling section of `distill study`),
 written from the result `distill.report.fit_claims.analyse` returns: every figure in the text is
 a field of fits.json."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import matplotlib
 
@@ -12,8 +13,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from distill.report.fit_claims import frontier  # noqa: E402
-from distill.report.fit_runs import LEVEL, cell_means  # noqa: E402
+from distill.errors import ConfigError  # noqa: E402
+from distill.report.fit_claims import analyse, frontier  # noqa: E402
+from distill.report.fit_runs import HUBER_DELTA, LEVEL, cell_means  # noqa: E402
 
 
 def _g(v, spec=".3g") -> str:
@@ -186,4 +188,25 @@ def plots(result: dict, fits: dict, rows: List[dict], out) -> List[Path]:
         figures.append(predicted_vs_measured(result["predictions"], out))
     if result["gains"]:
         figures.append(gain_vs_size(result["gains"], out))
+    return figures
+
+
+def fit_rows(rows: List[dict], bootstrap: int, students: Optional[int], seed: int = 0) -> tuple:
+    """`analyse` plus the settings a reader needs; (result, fits). Refuses a table with no law."""
+    result, fits = analyse(rows, bootstrap, students, seed)
+    if not fits:
+        reasons = "; ".join(f"{m}: {law['not_fitted']}" for m, law in result["laws"].items())
+        raise ConfigError(f"no method could be fitted: {reasons}")
+    result["settings"] = {"rows": len(rows), "held_out": sum(1 for r in rows if r.get("holdout")),
+                          "bootstrap": bootstrap, "seed": seed, "huber_delta": HUBER_DELTA,
+                          "students": students, "level": 0.95}
+    return result, fits
+
+
+def write_fit(result: dict, fits: dict, rows: List[dict], folder: Path, level: int = 1) -> List[Path]:
+    """fits.json, report.md and the plots into an existing `folder` (a temporary one: the caller
+    renames it into place); returns the figures."""
+    figures = plots(result, fits, rows, folder)
+    (folder / "fits.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / "report.md").write_text(markdown(result, figures, level))
     return figures

@@ -220,14 +220,14 @@ def fit_method(method: str, rows: List[dict], draws: int, seed: int = 0, forms=t
                best_of: Optional[int] = None, refit_starts: int = _REFIT_STARTS) -> MethodFit:
     """Choose the form by leave-one-size-out error over `rows` (the fitted runs only), fit it from
     the whole grid of starts (or its `best_of` best), and bootstrap it. With one form in `forms`
-    nothing is chosen (its cv error is still measured where it can be)."""
+    nothing is chosen and no cv error measured (nan)."""
     refs = references(rows)
-    cv = {name: cv_error(FORMS[name], rows, refs) for name in forms}
+    cv = {name: (cv_error(FORMS[name], rows, refs) if len(forms) > 1 else float("nan")) for name in forms}
     if len(forms) > 1 and not any(np.isfinite(v) for v in cv.values()):
         raise ValueError(f"method {method}: no law can be chosen by leaving one size out: it needs runs of "
                          f"at least 3 sizes and more runs than parameters (got {len(rows)} runs of "
                          f"{len({r['params'] for r in rows})} sizes)")
-    form = FORMS[min(cv, key=cv.get)]
+    form = FORMS[min(cv, key=cv.get)] if len(forms) > 1 else FORMS[forms[0]]
     sol = fit_form(form, rows, refs, best_of)
     boot, hits, converged, res = bootstrap(form, rows, refs, sol, draws, seed, refit_starts)
     return MethodFit(method, form, sol, refs, cv, boot, hits, converged, res, list(rows))
