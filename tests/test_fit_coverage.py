@@ -8,7 +8,7 @@ import numpy as np
 from distill.report.fit_claims import predictions
 from distill.report.fit_runs import fit_method, one_blas_thread
 
-REPLICAS, DRAWS, NOISE = 40, 30, 0.03  # NOISE: the seed noise's standard deviation in log error
+REPLICAS, DRAWS, NOISE = 40, 50, 0.03  # NOISE: the seed noise's standard deviation in log error
 SIZES, HELD, IMAGES = (1e5, 3e5, 1e6), 2e6, (2e4, 4e4, 8e4)
 
 

@@ -80,9 +80,12 @@ def _fake_run(folder: Path, name: str, seed: int, params: int, images: int, top1
 
 
 @needs_fmnist
-def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path):
+def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path, monkeypatch):
     """Runs that follow a known joint law exactly: the prediction for the held-out rung is the law's
     value there; a second call keeps the first prediction; measured runs made after it are compared."""
+    from distill.report import scaling
+
+    monkeypatch.setattr(scaling, "BOOTSTRAP", 10)
     study_file = tmp_path / "s.yaml"
     study = yaml.safe_load(CPU_STUDY.read_text())
     study.update(output_dir=str(tmp_path / "runs"))
@@ -201,4 +204,10 @@ def test_the_studys_scaling_report_is_distill_fit_on_its_runs(tmp_path, monkeypa
     for key in ("laws", "predictions", "holdout_errors", "crossings", "gains"):
         assert study[key] == alone[key], key
     assert study["laws"]["plain"]["runs"] == 18 and len(study["predictions"]) == 3
+    law = alone["laws"]["plain"]
+    assert law["form"] in law["candidates"] and law["cv_error"] == min(v for v in law["candidates"].values() if v)
+    assert all({"value", "low", "high", "on_bound"} <= set(p) for p in law["parameters"].values())
+    assert all({"predicted_top1", "low", "high", "persistence_top1", "loglinear_top1", "measured_top1"} <= set(p)
+               for p in alone["predictions"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit", "report", "study"]  # no temporary folder left
     assert "## Scaling fits" in (out / "report.md").read_text()

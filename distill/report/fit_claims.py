@@ -109,7 +109,7 @@ def predictions(fits: Dict[str, MethodFit], held: List[dict], seed: int) -> List
             continue
         flops = float(np.mean([r["flops"] for r in runs]))
         measured = [float(r["top1"]) for r in runs if r.get("top1") is not None]
-        m = max(len(measured), 1)
+        m = len(runs)  # the cell's runs, measured or planned: the interval is for their mean
         point = float(fit.error(fit.solution.theta, [params], [images], [flops])[0])
         drawn = np.array([fit.error(t, [params], [images], [flops])[0] for t in fit.draws])
         noise = rng.choice(fit.residuals, size=(len(drawn), m)).mean(axis=1)  # seed noise of a mean of m runs
@@ -156,7 +156,7 @@ def gains(rows: List[dict], baselines: Dict[str, str]) -> List[dict]:
     """Each method's gain in top-1 points over its baseline in the same cell (same params and
     images), paired by seed, with the 95% t half-width (None with fewer than two pairs)."""
     top1: Dict[tuple, Dict[int, float]] = {}
-    for r in rows:
+    for r in (r for r in rows if r.get("top1") is not None):  # planned runs (a study's prediction) have none
         top1.setdefault((r["method"], r["params"], r["images"]), {})[r["seed"]] = float(r["top1"])
     out = []
     for (method, params, images), mine in sorted(top1.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):

@@ -23,7 +23,8 @@ def _g(v, spec=".3g") -> str:
 
 
 def _table(head: List[str], body: List[list]) -> List[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(map(str, r)) + " |" for r in body]
+    rows = ["| " + " | ".join(map(str, r)) + " |" for r in body]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows]
 
 
 def _laws(laws: dict) -> List[str]:

@@ -67,8 +67,8 @@ def check_table(rows: List[dict], where: str) -> List[dict]:
         for m in methods:
             values = {r.get(key) for r in rows if r["method"] == m} - {None}
             if len(values) > 1:
-                raise ConfigError(f"{where}: method {m!r} has rows with different {key} ({', '.join(map(str, sorted(values)))}): "
-                                  "one value per method")
+                found = ", ".join(map(str, sorted(values)))
+                raise ConfigError(f"{where}: method {m!r} has rows with different {key} ({found}): one value per method")
     for r in rows:
         if r.get("baseline") and r["baseline"] not in methods:
             raise ConfigError(f"{where}: method {r['method']!r} names baseline {r['baseline']!r}, which no row "

@@ -1,7 +1,8 @@
 """The scaling report of a scaling study: the ladder's runs as a table for `distill fit`, fitted by the
 same code (`distill.report.fit_claims`), so a study's report and `distill fit` on its runs.jsonl
 cannot disagree; plus the prediction the study made for its held-out rung before that rung ran
-(`predict_holdout`, kept in `prediction.json`), with the measurement beside it.
+(`predict_holdout`, the same fit on the other rungs, kept in `prediction.json`), with the
+measurement beside it.
 
 Writes `runs.jsonl`, `fits.json` and the fit's plots into the report folder and appends a section
 to `report.md`.
@@ -17,12 +18,11 @@ from distill.config import load_config
 from distill.data.sources import load_split
 from distill.report.compare import load_runs
 from distill.report.fit_report import fit_rows, markdown, plots
-from distill.report.joint_law import fit_joint_law
 from distill.report.run_table import check_row, check_table
 from distill.report.stats import mean, std
 from distill.runs import durable, records
 from distill.train.build import build_student
-from distill.train.cost import count_params
+from distill.train.cost import count_params, train_gflops
 
 PREDICTION = "prediction.json"
 BOOTSTRAP = 400  # refits per law in a study's report, as `distill fit`'s default
@@ -51,52 +51,44 @@ def ladder_rows(runs: list, sc) -> List[dict]:
     return rows
 
 
-def _try(fit, *args, **kwargs):
-    """A fit, or the reason it could not be made (too few points): a report shows both."""
-    try:
-        return fit(*args, **kwargs)
-    except ValueError as e:
-        return str(e)
-
-
-def joint(rows: List[dict], method: str):
-    """The joint law E(N, D) of test error over every run of `method` (or why it could not be fitted)."""
-    mine = [r for r in rows if r["method"] == method]
-    return _try(fit_joint_law, [r["params"] for r in mine], [r["images"] for r in mine], [r["error"] for r in mine])
-
-
-def holdout_params(job) -> int:
-    """Parameters of the held-out rung, built from its run's config (classes and channels from the
-    test split's header: nothing is trained)."""
+def holdout_student(job) -> tuple:
+    """(parameters, training FLOPs per image) of the held-out rung, built from its run's config
+    (classes and channels from the test split's header: nothing is trained)."""
     cfg = load_config(job.recipe, job.settings)
     test = load_split(cfg.data, train=False)
-    return count_params(build_student(cfg.student, test.num_classes, test.in_chans, cfg.data.img_size))
+    model = build_student(cfg.student, test.num_classes, test.in_chans, cfg.data.img_size)
+    shape = (test.in_chans, cfg.data.img_size, cfg.data.img_size)
+    return count_params(model), train_gflops(model, shape) * 1e9
 
 
 def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
-    """Fit each method's joint law on the finished rungs and write the held-out rung's predicted top-1
-    per budget into `folder/prediction.json`, with the time it was made; an existing one is kept
-    (a prediction is made once, before the held-out runs start)."""
+    """Fit each method's law on the finished rungs, as `distill fit` does, and write the held-out
+    rung's predicted top-1 per budget (95% interval for the mean of its planned seeds) into
+    `folder/prediction.json`, with the time it was made; an existing one is kept (a prediction is made
+    once, before the held-out runs start)."""
     path = Path(folder) / PREDICTION
     if path.exists():
         return path
     runs = load_runs([j.run_dir for j in done_jobs if (j.run_dir / records.SUMMARY).exists()])
     rows = ladder_rows(runs, sc)
-    params = holdout_params(holdout_jobs[0])
+    table = fit_table(rows, runs, sc)
+    params, per_image = holdout_student(holdout_jobs[0])
     images = {r["epochs"]: r["images"] for r in rows}
+    planned: Dict[str, int] = {}
+    for j in holdout_jobs:
+        planned[j.variant] = planned.get(j.variant, 0) + 1
+    held = [{"method": m, "params": params, "images": images[e], "flops": per_image * images[e], "seed": s,
+             "top1": None, "holdout": True} for m in sc.methods for e in sc.epochs if e in images
+            for s in range(planned.get(ladder_variant(m, sc.holdout, e), 1))]
+    result, _ = fit_rows(table + held, BOOTSTRAP, None)
+    epochs_of = {v: k for k, v in images.items()}
     out = {"made_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "holdout": sc.holdout,
-           "holdout_params": params, "law": "joint", "fitted_on": len(rows), "predictions": [], "fits": {}}
-    for method in sc.methods:
-        fit = joint(rows, method)
-        out["fits"][method] = fit if isinstance(fit, str) else fit.to_dict()
-        for epochs in sc.epochs:
-            if isinstance(fit, str) or epochs not in images:
-                continue
-            err, (lo, hi) = float(fit.predict(params, images[epochs])), fit.band(params, images[epochs])
-            out["predictions"].append({"run": ladder_variant(method, sc.holdout, epochs), "method": method,
-                                       "epochs": epochs, "params": params, "images": images[epochs],
-                                       "predicted_top1": 100 * (1 - err), "low": 100 * (1 - float(hi)),
-                                       "high": 100 * (1 - float(lo))})
+           "holdout_params": params, "law": {m: law["form"] for m, law in result["laws"].items()},
+           "fitted_on": len(table), "fits": result["laws"],
+           "predictions": [{"run": ladder_variant(p["method"], sc.holdout, epochs_of[p["images"]]),
+                            "epochs": epochs_of[p["images"]], **{k: p[k] for k in (
+                                "method", "params", "images", "flops", "predicted_top1", "low", "high")}}
+                           for p in result["predictions"]]}
     durable.write_text(path, json.dumps(out, indent=2) + "\n", f"prediction {path}")
     return path
 
@@ -147,7 +139,8 @@ def _prediction(pred) -> List[str]:
     if not pred:
         return ["No prediction was made (the study has no held-out rung that ran after the others).", ""]
     head = ["run", "predicted top-1 % [95% band]", "measured (mean ± std)", "predicted - measured", "made before"]
-    lines = [f"Made at {pred['made_at']} from {pred['fitted_on']} runs of the other rungs ({pred['law']} law), for "
+    law = pred["law"] if isinstance(pred["law"], str) else ", ".join(f"{m}: {f}" for m, f in pred["law"].items())
+    lines = [f"Made at {pred['made_at']} from {pred['fitted_on']} runs of the other rungs (law: {law}), for "
              f"`{pred['holdout']}` ({pred['holdout_params']:,} parameters):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in pred["predictions"]:
