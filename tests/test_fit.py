@@ -183,3 +183,12 @@ def test_an_existing_folder_and_an_unknown_size_are_refused(tmp_path, capsys):
     assert main(["fit", str(COMMITTED), "--out", str(tmp_path / "new"), "--holdout-params", "7"]) == 2
     assert "no run has that many parameters" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine" and not (tmp_path / "new").exists()
+
+
+def test_a_table_too_small_to_choose_a_law_is_refused_in_one_line(tmp_path, capsys):
+    rows = [{"method": "plain", "params": n, "images": d, "flops": 100 * n * d, "seed": 0, "top1": 70.0}
+            for n in (1e5, 3e5) for d in (2e4, 4e4, 8e4)]
+    assert main(["fit", str(_write(tmp_path / "runs.jsonl", rows)), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no method could be fitted: plain: ") and "at least 3 sizes, got 2" in err
+    assert "\n" not in err and not (tmp_path / "out").exists()

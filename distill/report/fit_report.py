@@ -140,7 +140,7 @@ def error_vs_compute(fits: dict, rows: List[dict], out: Path) -> Path:
             ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, lw=0)
     ax.set_xscale("log")
     ax.set(xlabel="student training compute (FLOPs)", ylabel="test error (%)",
-           title="Error against compute: laws over the fitted range, 95% band")
+           title="Error against compute: laws over the fitted range\n(band: 95% over the refits, the law's uncertainty only)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return _save(fig, out, "error_vs_compute.png")

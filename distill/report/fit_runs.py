@@ -205,9 +205,8 @@ def bootstrap(form: Form, rows: List[dict], refs, sol: Solution, draws: int, see
     out, hits, converged = [], [], 0
     for _ in range(draws):
         y_b = fitted * np.exp(rng.choice(res, size=len(y)))
-        grid = form.starts(x, y_b)
         best = solve(form, x, y_b, [sol.theta], None)
-        more = solve(form, x, y_b, grid, refit_starts) if refit_starts else best
+        more = solve(form, x, y_b, form.starts(x, y_b), refit_starts) if refit_starts else best
         pick = best if best.loss <= more.loss else more
         out.append(pick.theta)
         hits.append(hits_bounds(form, pick.theta, float(y_b.min())))
@@ -221,10 +220,14 @@ def fit_method(method: str, rows: List[dict], draws: int, seed: int = 0, forms=t
     """Choose the form by leave-one-size-out error over `rows` (the fitted runs only), fit it from
     the whole grid of starts (or its `best_of` best), and bootstrap it. With one form in `forms`
     nothing is chosen and no cv error measured (nan)."""
+    sizes = len({r["params"] for r in rows})
+    if len(forms) > 1 and sizes < 3:
+        raise ValueError(f"choosing a law by leaving one size out needs fitted runs of at least 3 "
+                         f"sizes, got {sizes} ({len(rows)} runs not held out)")
     refs = references(rows)
     cv = {name: (cv_error(FORMS[name], rows, refs) if len(forms) > 1 else float("nan")) for name in forms}
     if len(forms) > 1 and not any(np.isfinite(v) for v in cv.values()):
-        raise ValueError(f"method {method}: no law can be chosen by leaving one size out: it needs runs of "
+        raise ValueError(f"no law can be chosen by leaving one size out: it needs runs of "
                          f"at least 3 sizes and more runs than parameters (got {len(rows)} runs of "
                          f"{len({r['params'] for r in rows})} sizes)")
     form = FORMS[min(cv, key=cv.get)] if len(forms) > 1 else FORMS[forms[0]]
