@@ -123,6 +123,14 @@ def cmd_study(args) -> int:
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 
 
+def cmd_fit(args) -> int:
+    from distill.commands.fit import run_fit  # numpy and scipy only: a refusal stays instant
+
+    out = run_fit(args.runs, args.out, args.holdout_params, args.bootstrap, args.students)
+    print(f"fits.json, report.md and plots in {out}")
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from distill.commands.prepare import prepare
 
@@ -216,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the commands, each run's FLOPs and estimated hours; run nothing")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("fit", help="fit scaling laws to a JSONL table of runs (see docs/fit.md)")
+    p.add_argument("runs", help="JSONL, one run a line: method, params, images, flops, seed, top1, ...")
+    p.add_argument("--out", required=True, help="a new folder for fits.json, report.md and the plots")
+    p.add_argument("--holdout-params", type=float, help="hold out the runs with this many parameters")
+    p.add_argument("--bootstrap", type=int, default=400, help="bootstrap refits (default 400)")
+    p.add_argument("--students", type=int,
+                   help="students the teacher's training is amortised over (default: each method's cells)")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("methods", help="list the distillation methods (distill.type), their papers and keys")
     p.set_defaults(func=cmd_methods)

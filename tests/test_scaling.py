@@ -80,9 +80,12 @@ def _fake_run(folder: Path, name: str, seed: int, params: int, images: int, top1
 
 
 @needs_fmnist
-def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path):
+def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path, monkeypatch):
     """Runs that follow a known joint law exactly: the prediction for the held-out rung is the law's
     value there; a second call keeps the first prediction; measured runs made after it are compared."""
+    from distill.report import scaling
+
+    monkeypatch.setattr(scaling, "BOOTSTRAP", 10)
     study_file = tmp_path / "s.yaml"
     study = yaml.safe_load(CPU_STUDY.read_text())
     study.update(output_dir=str(tmp_path / "runs"))
@@ -170,3 +173,41 @@ def test_every_rung_of_the_gpu_ladders_trains_a_few_steps(study, data):
         assert steps == 1 and all(torch.isfinite(torch.tensor(v)) for v in terms.values()), (size, terms)
         x = torch.zeros(1, 1, cfg.data.img_size, cfg.data.img_size)
         assert loop.run.model.eval()(x).shape == (1, 10), size
+
+
+def test_the_studys_scaling_report_is_distill_fit_on_its_runs(tmp_path, monkeypatch):
+    """write_scaling_report writes runs.jsonl and fits.json; `distill fit` on that runs.jsonl gives the
+    same fits (one fitting code path), and the held-out rung is held out in both."""
+    from distill.commands.fit import run_fit
+    from distill.report import scaling
+    from distill.report.study import Scaling, StudyRun
+
+    monkeypatch.setattr(scaling, "BOOTSTRAP", 10)
+    sc = Scaling(sizes={s: [] for s in ("a", "b", "c", "d")}, epochs=[1, 2, 4],
+                 methods={"plain": StudyRun(recipe="plain.yaml")}, holdout="d")
+    n = {"a": 100_000, "b": 300_000, "c": 1_000_000, "d": 2_000_000}
+    dirs = []
+    for size in sc.sizes:
+        for e in sc.epochs:
+            for seed in (0, 1):
+                err = (0.1 + 0.3 * (n[size] / 1e5) ** -0.4 + 0.5 * e ** -0.6) * (1 + 0.01 * (-1) ** (seed + e))
+                name = f"plain_{size}_e{e}_s{seed}"
+                _fake_run(tmp_path / "study", name, seed, n[size], 20_000 * e, 100 * (1 - err))
+                dirs.append(tmp_path / "study" / name)
+    out = tmp_path / "report"
+    out.mkdir()
+    path = scaling.write_scaling_report(load_runs(dirs), sc, tmp_path / "study", out)
+    study = json.loads(path.read_text())
+    table = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(table) == 24 and {r["params"] for r in table if r["holdout"]} == {2_000_000}
+    alone = json.loads((run_fit(out / "runs.jsonl", tmp_path / "fit", bootstrap=10) / "fits.json").read_text())
+    for key in ("laws", "predictions", "holdout_errors", "crossings", "gains"):
+        assert study[key] == alone[key], key
+    assert study["laws"]["plain"]["runs"] == 18 and len(study["predictions"]) == 3
+    law = alone["laws"]["plain"]
+    assert law["form"] in law["candidates"] and law["cv_error"] == min(v for v in law["candidates"].values() if v)
+    assert all({"value", "low", "high", "on_bound"} <= set(p) for p in law["parameters"].values())
+    assert all({"predicted_top1", "low", "high", "persistence_top1", "loglinear_top1", "measured_top1"} <= set(p)
+               for p in alone["predictions"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit", "report", "study"]  # no temporary folder left
+    assert "## Scaling fits" in (out / "report.md").read_text()

@@ -1,40 +1,31 @@
-"""The scaling report: what a ladder of students says about size, compute and distillation.
+"""The scaling report of a scaling study: the ladder's runs as a table for `distill fit`, fitted by the
+same code (`distill.report.fit_claims`), so a study's report and `distill fit` on its runs.jsonl
+cannot disagree; plus the prediction the study made for its held-out rung before that rung ran
+(`predict_holdout`, the same fit on the other rungs, kept in `prediction.json`), with the
+measurement beside it.
 
-From the finished runs of a scaling study (`distill.report.study.Scaling`), per method:
-- test error (and test cross-entropy) against training compute, Zhai et al.'s saturating law fitted
-  on the compute frontier (the configurations no cheaper one beats), with bootstrap intervals;
-- test error against parameters at each budget (images seen), the same law;
-- the joint law E(N, D) (`distill.report.joint_law`) over every run, which also made the prediction
-  for the held-out rung before it ran (`predict_holdout`, kept in `prediction.json`);
-- the compute-optimal size per compute budget from the joint law, and the measured best per budget;
-- distillation's gain per size and budget (paired by seed), and the compute where it stops paying,
-  with and without the teacher's share (its training, and its forwards: live, or a recording shared
-  by every run that replays it).
-Writes `scaling.json` and the plots into the report folder and appends a section to `report.md`.
+Writes `runs.jsonl`, `fits.json` and the fit's plots into the report folder and appends a section
+to `report.md`.
 """
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
-
 from distill.recipe import load_config
 from distill.data.sources import load_split
-from distill.report import scaling_plots as plots
 from distill.report.compare import load_runs
-from distill.report.fits import best_per_budget, breakeven_compute, fit_power_law
-from distill.report.joint_law import fit_joint_law
-from distill.report.scaling_text import markdown
-from distill.report.stats import mean, paired_diff_ci, std
+from distill.report.fit_report import fit_rows, markdown, plots
+from distill.report.run_table import check_row, check_table
+from distill.report.stats import mean, std
 from distill.runs import durable, records
 from distill.train.build import build_student
-from distill.train.cost import count_params
+from distill.train.cost import count_params, train_gflops
 
 PREDICTION = "prediction.json"
+BOOTSTRAP = 400  # refits per law in a study's report, as `distill fit`'s default
 
 
 def ladder_variant(method: str, size: str, epochs: int) -> str:
@@ -60,108 +51,44 @@ def ladder_rows(runs: list, sc) -> List[dict]:
     return rows
 
 
-def teacher_shares(rows: List[dict], runs: list, sc) -> None:
-    """Each distilled row's share of the teacher's compute, `teacher_share` (FLOPs): the teacher run's
-    training spread over every student it taught, plus the teacher forwards of its logit-cache group
-    (the recording and the replays' checks) spread over that group; live runs pay their own."""
-    teachers = {r["summary"]["name"]: r["summary"].get("flops") or 0.0 for r in runs}
-    taught: Dict[str, int] = {}
-    for m in sc.methods:
-        taught[m] = sum(1 for r in rows if r["method"] == m)
-    groups: Dict[str, List[dict]] = {}
-    for r in rows:
-        if r["logit_cache"]:
-            groups.setdefault(r["logit_cache"], []).append(r)
-    for r in rows:
-        teacher_run = sc.methods[r["method"]].teacher  # None: no teacher, or hub weights (trained elsewhere)
-        training = next((f for name, f in teachers.items() if teacher_run and name.startswith(f"{teacher_run}_s")), 0.0)
-        group = groups.get(r["logit_cache"], [r])
-        inference = sum(g["teacher_flops"] for g in group) / len(group)
-        r["teacher_share"] = training / max(taught[r["method"]], 1) + inference
-
-
-def _means(rows: List[dict], key: str) -> Dict[tuple, dict]:
-    """(method, size, epochs) -> mean compute, params, images, value and its spread over seeds."""
-    cells: Dict[tuple, List[dict]] = {}
-    for r in rows:
-        cells.setdefault((r["method"], r["size"], r["epochs"]), []).append(r)
-    return {k: {"flops": mean([r["flops"] for r in v]), "params": v[0]["params"], "images": v[0]["images"],
-                "value": mean([r[key] for r in v]), "std": std([r[key] for r in v]), "n": len(v), "runs": v}
-            for k, v in cells.items()}
-
-
-def frontier(cells: Dict[tuple, dict], method: str) -> List[tuple]:
-    """The method's cells that no cheaper cell beats: the compute frontier Zhai et al. fit."""
-    mine = sorted((k for k in cells if k[0] == method), key=lambda k: cells[k]["flops"])
-    kept, best = [], math.inf
-    for k in mine:
-        if cells[k]["value"] < best:
-            kept.append(k)
-            best = cells[k]["value"]
-    return kept
-
-
-def _try(fit, *args, **kwargs):
-    """A fit, or the reason it could not be made (too few points): a report shows both."""
-    try:
-        return fit(*args, **kwargs)
-    except ValueError as e:
-        return str(e)
-
-
-def fit_method(rows: List[dict], method: str) -> dict:
-    """Every law of one method: compute frontier (error, cross-entropy), per budget, joint."""
-    mine = [r for r in rows if r["method"] == method]
-    out = {}
-    for key in ("error", "test_loss"):
-        cells = _means(mine, key)
-        pts = [r for k in frontier(cells, method) for r in cells[k]["runs"]]
-        out[f"{key}_vs_compute"] = _try(fit_power_law, [r["flops"] for r in pts], [r[key] for r in pts])
-    for epochs in sorted({r["epochs"] for r in mine}):
-        pts = [r for r in mine if r["epochs"] == epochs]
-        out[f"error_vs_params_e{epochs}"] = _try(fit_power_law, [r["params"] for r in pts], [r["error"] for r in pts])
-    out["joint"] = joint(rows, method)
-    return out
-
-
-def joint(rows: List[dict], method: str):
-    """The joint law E(N, D) of test error over every run of `method` (or why it could not be fitted)."""
-    mine = [r for r in rows if r["method"] == method]
-    return _try(fit_joint_law, [r["params"] for r in mine], [r["images"] for r in mine], [r["error"] for r in mine])
-
-
-def holdout_params(job) -> int:
-    """Parameters of the held-out rung, built from its run's config (classes and channels from the
-    test split's header: nothing is trained)."""
+def holdout_student(job) -> tuple:
+    """(parameters, training FLOPs per image) of the held-out rung, built from its run's config
+    (classes and channels from the test split's header: nothing is trained)."""
     cfg = load_config(job.recipe, job.settings)
     test = load_split(cfg.data, train=False)
-    return count_params(build_student(cfg.student, test.num_classes, test.in_chans, cfg.data.img_size))
+    model = build_student(cfg.student, test.num_classes, test.in_chans, cfg.data.img_size)
+    shape = (test.in_chans, cfg.data.img_size, cfg.data.img_size)
+    return count_params(model), train_gflops(model, shape) * 1e9
 
 
 def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
-    """Fit each method's joint law on the finished rungs and write the held-out rung's predicted top-1
-    per budget into `folder/prediction.json`, with the time it was made; an existing one is kept
-    (a prediction is made once, before the held-out runs start)."""
+    """Fit each method's law on the finished rungs, as `distill fit` does, and write the held-out
+    rung's predicted top-1 per budget (95% interval for the mean of its planned seeds) into
+    `folder/prediction.json`, with the time it was made; an existing one is kept (a prediction is made
+    once, before the held-out runs start)."""
     path = Path(folder) / PREDICTION
     if path.exists():
         return path
     runs = load_runs([j.run_dir for j in done_jobs if (j.run_dir / records.SUMMARY).exists()])
     rows = ladder_rows(runs, sc)
-    params = holdout_params(holdout_jobs[0])
+    table = fit_table(rows, runs, sc)
+    params, per_image = holdout_student(holdout_jobs[0])
     images = {r["epochs"]: r["images"] for r in rows}
+    planned: Dict[str, int] = {}
+    for j in holdout_jobs:
+        planned[j.variant] = planned.get(j.variant, 0) + 1
+    held = [{"method": m, "params": params, "images": images[e], "flops": per_image * images[e], "seed": s,
+             "top1": None, "holdout": True} for m in sc.methods for e in sc.epochs if e in images
+            for s in range(planned.get(ladder_variant(m, sc.holdout, e), 1))]
+    result, _ = fit_rows(table + held, BOOTSTRAP, None)
+    epochs_of = {v: k for k, v in images.items()}
     out = {"made_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "holdout": sc.holdout,
-           "holdout_params": params, "law": "joint", "fitted_on": len(rows), "predictions": [], "fits": {}}
-    for method in sc.methods:
-        fit = joint(rows, method)
-        out["fits"][method] = fit if isinstance(fit, str) else fit.to_dict()
-        for epochs in sc.epochs:
-            if isinstance(fit, str) or epochs not in images:
-                continue
-            err, (lo, hi) = float(fit.predict(params, images[epochs])), fit.band(params, images[epochs])
-            out["predictions"].append({"run": ladder_variant(method, sc.holdout, epochs), "method": method,
-                                       "epochs": epochs, "params": params, "images": images[epochs],
-                                       "predicted_top1": 100 * (1 - err), "low": 100 * (1 - float(hi)),
-                                       "high": 100 * (1 - float(lo))})
+           "holdout_params": params, "law": {m: law["form"] for m, law in result["laws"].items()},
+           "fitted_on": len(table), "fits": result["laws"],
+           "predictions": [{"run": ladder_variant(p["method"], sc.holdout, epochs_of[p["images"]]),
+                            "epochs": epochs_of[p["images"]], **{k: p[k] for k in (
+                                "method", "params", "images", "flops", "predicted_top1", "low", "high")}}
+                           for p in result["predictions"]]}
     durable.write_text(path, json.dumps(out, indent=2) + "\n", f"prediction {path}")
     return path
 
@@ -169,65 +96,6 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
 def baseline(sc) -> str:
     """The method the others are compared with: `plain` if the study has it, else its first."""
     return "plain" if "plain" in sc.methods else next(iter(sc.methods))
-
-
-def gains(rows: List[dict], sc) -> List[dict]:
-    """Each distilled method's gain over plain per (size, budget): top-1 points, paired by seed."""
-    base = baseline(sc)
-    top1: Dict[tuple, Dict[int, float]] = {}  # (method, size, epochs) -> {seed: top-1}
-    for r in rows:
-        top1.setdefault((r["method"], r["size"], r["epochs"]), {})[r["seed"]] = r["top1"]
-    out = []
-    for (method, size, epochs), a in top1.items():
-        b = top1.get((base, size, epochs), {})
-        seeds = sorted(set(a) & set(b))
-        if method == base or not seeds:
-            continue
-        gain, half = paired_diff_ci([a[s] for s in seeds], [b[s] for s in seeds])
-        params = next(r["params"] for r in rows if (r["method"], r["size"]) == (method, size))
-        out.append({"method": method, "size": size, "epochs": epochs, "params": params, "budget": epochs,
-                    "gain": gain, "gain_ci": half if math.isfinite(half) else 0.0, "seeds": len(seeds)})
-    return out
-
-
-def optimal_sizes(rows: List[dict], fits: dict) -> List[dict]:
-    """Compute-optimal size per compute budget from each method's joint law: FLOPs per image grow as a
-    power of parameters (fitted on the ladder), so at compute C a model of N parameters sees
-    D = C / flops(N) images; N* minimises E(N, D) on a log grid over the ladder's range x [1/2, 4]."""
-    per_image = {r["params"]: r["flops"] / r["images"] for r in rows}
-    slope, icept = np.polyfit(np.log(list(per_image)), np.log(list(per_image.values())), 1)
-    lo, hi = min(per_image), max(per_image)
-    grid = np.geomspace(lo / 2, hi * 4, 400)
-    budgets = np.geomspace(min(r["flops"] for r in rows), max(r["flops"] for r in rows) * 10, 5)
-    out = []
-    for method, f in fits.items():
-        law = f.get("joint")
-        if isinstance(law, str) or law is None:
-            continue
-        for c in budgets:
-            err = law.predict(grid, c / np.exp(icept + slope * np.log(grid)))
-            n = float(grid[int(np.argmin(err))])
-            out.append({"method": method, "flops": float(c), "params": n, "top1": 100 * (1 - float(err.min())),
-                        "at_edge": n in (grid[0], grid[-1])})
-    return out
-
-
-def breakeven(rows: List[dict], fits: dict, sc) -> List[dict]:
-    """Where each distilled method's compute law meets plain's, the teacher's share excluded and
-    included (its mean share per run of that method)."""
-    base = baseline(sc)
-    out = []
-    for method in (m for m in sc.methods if m != base):
-        p, d = fits[base].get("error_vs_compute"), fits[method].get("error_vs_compute")
-        if isinstance(p, str) or isinstance(d, str):
-            continue
-        share = mean([r["teacher_share"] for r in rows if r["method"] == method])
-        lo, hi = min(r["flops"] for r in rows) / 10, max(r["flops"] for r in rows) * 100
-        found = breakeven_compute(p, d, share, lo, hi)
-        out.append({"method": method, "teacher_share_flops": share, "range": [lo, hi],
-                    "excluded": found["excluded"], "included": found["included"],
-                    "better_at_lo": found["better_at_lo"], "better_at_hi": found["better_at_hi"]})
-    return out
 
 
 def check_prediction(folder: Path, rows: List[dict]) -> Optional[dict]:
@@ -248,48 +116,55 @@ def check_prediction(folder: Path, rows: List[dict]) -> Optional[dict]:
     return pred
 
 
+def fit_table(rows: List[dict], runs: list, sc) -> List[dict]:
+    """The ladder's runs as `distill fit` reads them (docs/fit.md): `teacher_flops` the training FLOPs
+    of the method's teacher run (none for hub weights, trained elsewhere), `baseline` the study's."""
+    trained = {r["summary"]["name"]: r["summary"].get("flops") for r in runs}
+    base = baseline(sc)
+    table = []
+    for r in rows:
+        teacher = sc.methods[r["method"]].teacher
+        cost = next((f for name, f in trained.items() if teacher and name.startswith(f"{teacher}_s")), None)
+        row = {k: r[k] for k in ("run", "method", "size", "params", "images", "flops", "seed", "top1", "test_loss",
+                                 "holdout")}
+        if cost:
+            row["teacher_flops"] = cost
+        if r["method"] != base:
+            row["baseline"] = base
+        table.append(check_row(row, f"run {r['run']}"))
+    return check_table(table, "the study's runs")
+
+
+def _prediction(pred) -> List[str]:
+    if not pred:
+        return ["No prediction was made (the study has no held-out rung that ran after the others).", ""]
+    head = ["run", "predicted top-1 % [95% band]", "measured (mean ± std)", "predicted - measured", "made before"]
+    law = pred["law"] if isinstance(pred["law"], str) else ", ".join(f"{m}: {f}" for m, f in pred["law"].items())
+    lines = [f"Made at {pred['made_at']} from {pred['fitted_on']} runs of the other rungs (law: {law}), for "
+             f"`{pred['holdout']}` ({pred['holdout_params']:,} parameters):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in pred["predictions"]:
+        lines.append(f"| {p['run']} | {p['predicted_top1']:.2f} [{p['low']:.2f}, {p['high']:.2f}] | "
+                     + ("-" if p["measured_top1"] is None else f"{p['measured_top1']:.2f} ± {p['measured_std']:.2f}")
+                     + " | " + ("-" if p["error_points"] is None else f"{p['error_points']:+.2f}")
+                     + f" | {'yes' if p['made_before_runs'] else 'no'} |")
+    return lines + [""]
+
+
 def write_scaling_report(runs: list, sc, folder: Path, out: Path) -> Path:
-    """scaling.json, the plots, and a section of report.md; returns scaling.json's path."""
+    """runs.jsonl, fits.json and the plots into `out`, and a section of report.md; returns fits.json's
+    path. The fit is `distill fit out/runs.jsonl`'s, with the study's held-out rung held out."""
+    out = Path(out)
     rows = ladder_rows(runs, sc)
-    teacher_shares(rows, runs, sc)
-    fits = {m: fit_method(rows, m) for m in sc.methods}
-    result = {"runs": rows, "fits": {m: {k: (v if isinstance(v, str) else v.to_dict()) for k, v in f.items()}
-                                     for m, f in fits.items()},
-              "prediction": check_prediction(folder, rows), "gains": gains(rows, sc),
-              "optimal_size": optimal_sizes(rows, fits), "breakeven": breakeven(rows, fits, sc),
-              "best_measured": best_per_budget([{**r, "budget": r["epochs"]} for r in rows])}
-    figures = _plots(rows, fits, result, sc, out)
-    path = Path(out) / "scaling.json"
-    durable.write_text(path, json.dumps(result, indent=2, default=float) + "\n", str(path))
-    with open(Path(out) / "report.md", "a") as f:
-        f.write(markdown(result, sc, figures))
+    table = fit_table(rows, runs, sc)
+    result, fits = fit_rows(table, BOOTSTRAP, None)
+    result["prediction"] = check_prediction(folder, rows)
+    durable.write_text(out / "runs.jsonl", "".join(json.dumps(r) + "\n" for r in table), str(out / "runs.jsonl"))
+    figures = plots(result, fits, table, out)
+    path = out / "fits.json"
+    durable.write_text(path, json.dumps(result, indent=2) + "\n", str(path))
+    text = markdown(result, figures, level=2)
+    with open(out / "report.md", "a") as f:
+        f.write("\n" + text + "\n### The prediction made before the held-out rung ran\n\n"
+                + "\n".join(_prediction(result["prediction"])))
     return path
-
-
-def _plots(rows, fits, result, sc, out) -> List[Path]:
-    cells = _means(rows, "error")
-    series = []
-    for (method, size) in {(k[0], k[1]) for k in cells}:
-        ks = sorted((k for k in cells if k[:2] == (method, size)), key=lambda k: cells[k]["flops"])
-        series.append({"label": f"{method} {size}", "method": method, "params": cells[ks[0]]["params"],
-                       "compute": [cells[k]["flops"] for k in ks], "error": [cells[k]["value"] for k in ks],
-                       "error_std": [cells[k]["std"] for k in ks]})
-    series.sort(key=lambda s: (s["params"], s["method"]))
-    laws = {m: f["error_vs_compute"] for m, f in fits.items() if not isinstance(f["error_vs_compute"], str)}
-    figures = [plots.error_vs_compute(series, laws, out)]
-    if result["gains"]:
-        figures.append(plots.gain_vs_size(result["gains"], out))
-    pred = result["prediction"]
-    if pred and any(p["measured_top1"] is not None for p in pred["predictions"]):
-        figures.append(plots.predicted_vs_measured(
-            [{"label": p["run"], "predicted": p["predicted_top1"], "low": p["low"], "high": p["high"],
-              "measured": p["measured_top1"]} for p in pred["predictions"] if p["measured_top1"] is not None], out))
-    longest = max(sc.epochs)
-    for method, f in fits.items():
-        law = f.get(f"error_vs_params_e{longest}")
-        if not isinstance(law, str):
-            pts = [r for r in rows if r["method"] == method and r["epochs"] == longest]
-            figures.append(plots.fit_curve([r["params"] for r in pts], [r["error"] for r in pts], law, out,
-                                           "student parameters", f"test error ({longest} epochs)",
-                                           f"error_vs_params_{method}.png"))
-    return figures

@@ -1,0 +1,40 @@
+"""`distill fit RUNS --out DIR`: fit scaling laws to a table of runs; write fits.json, report.md and
+the plots into DIR, all at once (a new folder, renamed into place when complete).
+
+numpy, scipy and matplotlib only (no torch), so a refusal is instant. See docs/fit.md.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from distill.errors import ConfigError
+from distill.report.fit_report import fit_rows, write_fit
+from distill.report.run_table import read_runs
+from distill.runs import durable
+
+MIN_BOOTSTRAP = 10  # fewer refits give no 2.5th and 97.5th percentile worth printing
+
+
+def run_fit(runs, out, holdout_params: Optional[float] = None, bootstrap: int = 400,
+            students: Optional[int] = None, seed: int = 0) -> Path:
+    """Check the arguments and the table, fit, and write DIR; returns DIR."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} exists and is not an empty folder: give a new folder (nothing is overwritten)")
+    durable.check_folder_path(out, "--out")
+    if bootstrap < MIN_BOOTSTRAP:
+        raise ConfigError(f"--bootstrap {bootstrap}: at least {MIN_BOOTSTRAP} refits are needed for a 95% interval")
+    if students is not None and students < 1:
+        raise ConfigError(f"--students {students}: the teacher is amortised over at least 1 student")
+    rows = read_runs(runs, holdout_params)
+    result, fits = fit_rows(rows, bootstrap, students, seed)
+    result["settings"]["runs"] = str(runs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    with durable.out_of_space(f"the fit into {out}", out.parent, cleanup=[tmp]):
+        tmp.mkdir()
+        write_fit(result, fits, rows, tmp)
+        durable.replace_dir(tmp, out)
+    return out

@@ -1,0 +1,194 @@
+"""`distill fit`: the laws' gradients, a law recovered from noiseless runs, every crossing inside the
+data (and none outside), a floor on its bound flagged, gains paired within the cell, the teacher
+amortised over students (not seed replicates), the committed table's fields, and one-line refusals."""
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq, check_grad
+
+from conftest import ROOT
+from distill.cli import main
+from distill.report.fit_claims import baselines, compare, gains, students_of, teacher_share
+from distill.report.fit_report import markdown
+from distill.report.fit_runs import MethodFit, Solution, fit_form, parameters, references, solve
+from distill.report.laws import FORMS
+from distill.report.run_table import read_runs
+
+COMMITTED = ROOT / "docs/scaling_cpu/runs.jsonl"
+
+
+def test_each_laws_gradient_matches_finite_differences():
+    x = (np.array([1.0, 3.0, 8.0]), np.array([1.0, 2.0, 4.0]), np.array([1.0, 6.0, 30.0]))
+    y = np.array([0.3, 0.2, 0.15])
+    for form in FORMS.values():
+        theta = np.array(form.starts(x, y)[5]) + 0.01
+        for j in range(3):
+            xj = tuple(a[j:j + 1] for a in x)
+            err = check_grad(lambda t: form.value_grad(t, xj)[0][0], lambda t: form.value_grad(t, xj)[1][0], theta)
+            assert err < 1e-5 * max(1.0, abs(form.value_grad(theta, xj)[0][0])), (form.name, j, err)
+
+
+def _grid_rows(law, sizes=(1e5, 3e5, 1e6), images=(2e4, 4e4, 8e4), seeds=(0, 1), method="plain", noise=None):
+    rows = []
+    for n in sizes:
+        for d in images:
+            for s in seeds:
+                err = law(n, d) * (1.0 if noise is None else math.exp(noise()))
+                rows.append({"method": method, "params": n, "images": d, "flops": 100.0 * n * d, "seed": s,
+                             "top1": 100 * (1 - err), "holdout": False})
+    return rows
+
+
+def test_a_law_is_recovered_from_noiseless_runs():
+    def law(n, d):  # chinchilla in units of the smallest n and d
+        return 0.1 + 0.3 * (n / 1e5) ** -0.4 + 0.5 * (d / 2e4) ** -0.6
+
+    rows = _grid_rows(law, seeds=(0,))
+    sol = fit_form(FORMS["chinchilla"], rows, references(rows))
+    e0, la, alpha, lb, beta = sol.theta
+    assert sol.converged and sol.starts_at_best >= 2
+    assert (e0, math.exp(la), alpha, math.exp(lb), beta) == pytest.approx((0.1, 0.3, 0.4, 0.5, 0.6), rel=1e-3)
+
+
+def _zhai_fit(method, theta, c_max, teacher_flops=0.0):
+    """A MethodFit of Zhai's law with known parameters over student computes [1e11, c_max * 1e11]
+    (sizes 1e5 and 1e6, flops = 100 N D); its 'refits' are the law itself, nudged."""
+    rows = [{"method": method, "params": n, "images": d, "flops": 100.0 * n * d, "seed": 0, "top1": 50.0,
+             "teacher_flops": teacher_flops} for n in (1e5, 1e6) for d in (1e4, c_max * 1e3)]
+    draws = np.array([np.asarray(theta) * (1 + 0.002 * k) for k in (-2, -1, 0, 1, 2)])
+    sol = Solution(np.asarray(theta, float), 0.0, True, 1, 1, 1)
+    return MethodFit(method, FORMS["zhai"], sol, references(rows), {"zhai": 0.0}, draws,
+                     np.zeros(draws.shape, bool), 5, np.zeros(1), rows)
+
+
+def test_every_crossing_inside_the_data_is_reported_with_an_interval_and_none_outside():
+    # plain 0.2 c^-1 + 0.15 against kd 0.2 c^-0.3 + 0.10: plain is lower between two crossings
+    plain_theta, kd_theta = (math.log(0.2), 1.0, 0.15, 0.0), (math.log(0.2), 0.3, 0.10, 0.0)
+
+    def gap(c):
+        return 0.2 / c + 0.15 - (0.2 * c ** -0.3 + 0.10)
+
+    truth = [brentq(gap, 1.0, 10.0), brentq(gap, 10.0, 1e4)]
+    assert 1 < truth[0] < 10 < truth[1] < 1e3
+    both = compare(_zhai_fit("plain", plain_theta, 1e3), _zhai_fit("kd", kd_theta, 1e3), "free", {"plain": 4, "kd": 4})
+    assert [x["flops"] / 1e11 for x in both["crossings"]] == pytest.approx(truth, rel=1e-6)  # both, not the first
+    for x in both["crossings"]:
+        assert x["low"] <= x["flops"] <= x["high"] and x["draws_with_crossing"] == 1.0
+    assert [s["lower_error"] for s in both["segments"]] == ["kd", "plain", "kd"]
+    inside = compare(_zhai_fit("plain", plain_theta, 30.0), _zhai_fit("kd", kd_theta, 30.0), "free",
+                     {"plain": 4, "kd": 4})
+    assert both["range"][1] / 1e11 == pytest.approx(1e3) and inside["range"][1] / 1e11 == pytest.approx(30.0)
+    assert [x["flops"] / 1e11 for x in inside["crossings"]] == pytest.approx(truth[:1], rel=1e-6)  # none beyond 30
+
+
+def test_the_teacher_moves_the_crossing_and_a_teacher_beyond_the_data_gives_none():
+    plain_theta, kd_theta = (math.log(0.2), 1.0, 0.15, 0.0), (math.log(0.2), 0.3, 0.10, 0.0)
+    plain, kd = _zhai_fit("plain", plain_theta, 1e3), _zhai_fit("kd", kd_theta, 1e3, teacher_flops=8e11)
+    share = teacher_share(kd, "amortised", 4)
+    assert share == 2e11 and teacher_share(kd, "full", 4) == 8e11 and teacher_share(kd, "free", 4) == 0.0
+    amortised = compare(plain, kd, "amortised", {"plain": 4, "kd": 4})
+    assert amortised["range"][0] == pytest.approx(1e11 + share)
+
+    def gap(c):  # total compute c (units of 1e11); kd's student got c - 2
+        return 0.2 / c + 0.15 - (0.2 * (c - 2.0) ** -0.3 + 0.10)
+
+    roots = [x["flops"] / 1e11 for x in amortised["crossings"]]
+    assert roots and all(abs(gap(r)) < 1e-9 for r in roots) and all(3.0 <= r <= 1e3 for r in roots)
+    full = compare(plain, _zhai_fit("kd", kd_theta, 1e3, teacher_flops=1e15), "full", {"plain": 4, "kd": 4})
+    assert full["range"] is None and full["crossings"] == []
+
+
+def test_a_floor_on_its_bound_is_flagged_and_never_reported_as_an_asymptote():
+    c = np.geomspace(1, 100, 9)
+    y = 0.15 + 0.02 * np.log10(c)  # error that does not fall with compute: the floor is pushed to min(y)
+    rows = [{"method": "plain", "params": 1e5, "images": 1e4 * ci, "flops": 1e11 * ci, "seed": 0,
+             "top1": 100 * (1 - yi)} for ci, yi in zip(c, y)]
+    sol = fit_form(FORMS["zhai"], rows, references(rows))
+    fit = MethodFit("plain", FORMS["zhai"], sol, references(rows), {"zhai": 0.0}, np.empty((0, 4)),
+                    np.empty((0, 4), bool), 0, np.zeros(1), rows)
+    e0 = parameters(fit)["E0"]
+    assert e0["floor"] and e0["on_bound"] and min(abs(e0["value"] - b) for b in e0["bounds"]) < 1e-6
+    assert e0["bounds"][1] == pytest.approx(0.15)  # the floor may not exceed the smallest measured error
+    hits = np.zeros((20, 4), bool)
+    hits[:3, 2] = True  # 15% of the refits: flagged even where the point estimate is inside
+    inner = MethodFit("plain", FORMS["zhai"], Solution(np.array([0.0, 0.5, 0.05, 0.0]), 0.0, True, 1, 1, 1),
+                      references(rows), {}, np.zeros((20, 4)), hits, 20, np.zeros(1), rows)
+    assert parameters(inner)["E0"]["on_bound"] and parameters(inner)["E0"]["bound_share"] == 0.15
+    hits[2, 2] = False  # 10%: not more than the threshold
+    assert not parameters(inner)["E0"]["on_bound"]
+    law = {"form": "zhai", "expression": "", "candidates": {"zhai": 0.0}, "runs": 9, "sizes": [1e5],
+           "fit": {"starts": 1, "converged": True, "starts_at_best": 1}, "bootstrap": {"converged": 0, "draws": 0},
+           "reference": references(rows), "parameters": parameters(fit)}
+    result = {"settings": {"rows": 9, "held_out": 0, "bootstrap": 0, "seed": 0, "huber_delta": 1e-3},
+              "laws": {"plain": law}, "predictions": [], "holdout_errors": {}, "comparisons": [], "gains": [],
+              "students": {"plain": 1}}
+    line = next(ln for ln in markdown(result, []).splitlines() if ln.startswith("| E0 "))
+    assert "on a bound" in line and "not an estimate" in line
+
+
+def test_gains_pair_each_cell_with_the_same_student_and_budget_by_seed():
+    rows = read_runs(COMMITTED)
+    found = {(g["size"], g["images"]): g for g in gains(rows, baselines(rows))}
+    g = found[("w64d2", 39936.0)]
+    kd = {r["seed"]: r["top1"] for r in rows if r.get("run", "").startswith("kd_w64d2_e8_")}
+    plain = {r["seed"]: r["top1"] for r in rows if r.get("run", "").startswith("plain_w64d2_e8_")}
+    assert g["gain"] == pytest.approx(np.mean([kd[s] - plain[s] for s in (0, 1)]))  # -1.69, not +7.64
+    assert g["gain"] < 0 and g["half_width"] == pytest.approx(16.07, abs=0.01) and g["seeds"] == [0, 1]
+    assert len(found) == 12 and all(v["baseline"] == "plain" for v in found.values())
+
+
+def test_the_teacher_is_amortised_over_students_not_seed_replicates():
+    rows = read_runs(COMMITTED)
+    assert students_of(rows, "kd") == 12  # 4 sizes x 3 budgets; the 24 runs are 2 seeds of each
+    teacher = {r["teacher_flops"] for r in rows if r["method"] == "kd"}
+    assert len(teacher) == 1 and all(r.get("teacher_flops") is None for r in rows if r["method"] == "plain")
+    assert sum(r["holdout"] for r in rows) == 12 and {r["params"] for r in rows if r["holdout"]} == {1252330.0}
+
+
+def test_solve_records_how_the_starts_went():
+    x = (np.ones(6), np.ones(6), np.geomspace(1, 50, 6))
+    y = 0.2 * x[2] ** -0.4 + 0.1
+    sol = solve(FORMS["zhai"], x, y, FORMS["zhai"].starts(x, y))
+    assert sol.converged and sol.starts == 24 and 1 <= sol.starts_at_best <= sol.starts_converged <= 24
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("line, says", [
+    ({"method": "plain", "params": 1e5, "images": 2e4, "flops": 1e12, "seed": 0}, "line 2: missing field 'top1'"),
+    ({"method": "plain", "params": 1e5, "images": 2e4, "flops": 1e12, "seed": 0, "top1": 120}, "'top1'"),
+    ({"method": "plain", "params": "big", "images": 2e4, "flops": 1e12, "seed": 0, "top1": 70}, "'params'"),
+    ({"method": "plain", "params": 1e5, "images": 2e4, "flops": 1e12, "seed": 0, "top1": 70, "holdout": "yes"},
+     "'holdout'"),
+])
+def test_a_bad_row_is_refused_in_one_line_naming_its_line_and_field(tmp_path, capsys, line, says):
+    good = {"method": "plain", "params": 1e5, "images": 2e4, "flops": 1e12, "seed": 0, "top1": 70.0}
+    runs = _write(tmp_path / "runs.jsonl", [good, line])
+    assert main(["fit", str(runs), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and says.replace("line 2", f"{runs}:2") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_folder_and_an_unknown_size_are_refused(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    assert main(["fit", str(COMMITTED), "--out", str(tmp_path / "out")]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert main(["fit", str(COMMITTED), "--out", str(tmp_path / "new"), "--holdout-params", "7"]) == 2
+    assert "no run has that many parameters" in capsys.readouterr().err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine" and not (tmp_path / "new").exists()
+
+
+def test_a_table_too_small_to_choose_a_law_is_refused_in_one_line(tmp_path, capsys):
+    rows = [{"method": "plain", "params": n, "images": d, "flops": 100 * n * d, "seed": 0, "top1": 70.0}
+            for n in (1e5, 3e5) for d in (2e4, 4e4, 8e4)]
+    assert main(["fit", str(_write(tmp_path / "runs.jsonl", rows)), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no method could be fitted: plain: ") and "at least 3 sizes, got 2" in err
+    assert "\n" not in err and not (tmp_path / "out").exists()
