@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill.data.sources import SOURCES
 from distill.data.checks import check_data
 from distill.errors import ConfigError
 from distill.methods import METHODS
+from distill.methods.plugins import is_path, load_plugins, with_plugin_keys
 from distill.runs.trackers import TRACKERS
 
 # Field metadata, read by the code that needs the list, so that no second list can drift:
@@ -169,6 +170,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    plugins: List[str] = field(default_factory=list)  # methods from outside: modules or .py files (docs/methods.md)
 
 
 CHOICES = {
@@ -216,6 +218,9 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path}: expected a mapping of keys, got {type(raw).__name__}")
     _check_sections(raw, f"recipe {path}")
+    if isinstance(raw.get("plugins"), list):  # a plugin file is relative to the recipe that names it, as `base:` is
+        raw["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) and is_path(p) else p
+                          for p in raw["plugins"]]
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -272,6 +277,7 @@ def _check_values(cfg: Config) -> None:
     _check_finite(cfg)
     _check_optimization(cfg)
     for key, allowed in CHOICES.items():
+        allowed = tuple(METHODS) if key == "distill.type" else allowed  # with the plugins' methods
         if get(key) not in allowed:
             shown = ", ".join(str(a) for a in allowed if a is not None)
             raise ConfigError(f"{key}={get(key)!r} is not one of: {shown}")
@@ -321,7 +327,11 @@ def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
     try:
         given = OmegaConf.from_dotlist(list(overrides))
         _check_sections(OmegaConf.to_container(given), "override")
-        merged = OmegaConf.merge(OmegaConf.structured(Config), raw, given)
+        if isinstance(given.get("plugins"), ListConfig):  # on the command line: relative to the working directory
+            given.plugins = [str(Path(p).resolve()) if is_path(str(p)) else p for p in given.plugins]
+        plugins = given.get("plugins", raw.get("plugins", []))
+        load_plugins(list(plugins) if isinstance(plugins, (list, ListConfig)) else [])  # before the schema
+        merged = OmegaConf.merge(OmegaConf.structured(with_plugin_keys(Config, DistillConfig)), raw, given)
         cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
