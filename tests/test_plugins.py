@@ -107,3 +107,27 @@ def test_distill_methods_lists_an_entry_point_and_a_file_plugin_with_their_origi
 def test_distill_methods_names_a_bad_plugin_in_one_line(tmp_path):
     res = run_main("methods", tmp_path / "nothing.py")
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "is not a file" in res.stderr
+
+
+def test_resume_with_a_changed_plugin_is_one_line_before_anything_runs(tmp_path, registry):
+    """The run folder as a run made with the plugin leaves it (config.yaml, plugins.json); the plugin file
+    then changes, and `train.resume=auto` stops in one line naming it."""
+    from distill.config import to_yaml
+
+    path = write_plugin(tmp_path, "halves_c")
+    rec = recipe(tmp_path, "halves_c", "halves_c.py")
+    cfg = load_config(str(rec), [f"output_dir={tmp_path / 'runs'}"])
+    run_dir = tmp_path / "runs" / cfg.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    plugins.write_record(run_dir, cfg.distill.type, cfg.plugins, lambda p, t: p.write_text(t))
+    path.write_text(path.read_text().replace("0.5", "0.75"))
+    res = run_main("train", rec, f"output_dir={tmp_path / 'runs'}", "train.resume=auto")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
+    assert res.stderr.startswith("error: plugin ") and "changed since the run began" in res.stderr
+
+
+def test_a_plugin_key_out_of_range_is_one_line(tmp_path, registry):
+    write_plugin(tmp_path, "halves_d")
+    with pytest.raises(ConfigError, match=r"distill.halves_d_scale=-1.0 must be >= 0.0"):
+        load_config(str(recipe(tmp_path, "halves_d", "halves_d.py")), ["distill.halves_d_scale=-1"])

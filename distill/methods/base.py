@@ -116,6 +116,12 @@ class Method(nn.Module):
         if cfg.distill.cache and cfg.distill.cache_topk and not cls.topk_cache:
             raise ConfigError(f"distill.cache_topk stores top-k logits, which distill.type={cls.name} cannot use; "
                               "set distill.cache_topk=0")
+        for key, spec in cls.keys.items():  # the built-ins' are also checked by the config; a plugin's only here
+            value = getattr(cfg.distill, key)
+            if spec.choices is not None and value not in spec.choices:
+                raise ConfigError(f"distill.{key}={value!r} is not one of: {', '.join(map(str, spec.choices))}")
+            if spec.min is not None and value is not None and value < spec.min:
+                raise ConfigError(f"distill.{key}={value} must be >= {spec.min}")
         for other in METHODS.values() if cls.needs_teacher else ():  # a plain run ignores them (study overrides)
             for key, spec in other.keys.items():
                 if other is not cls and getattr(cfg.distill, key) != spec.default:
