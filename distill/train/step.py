@@ -82,7 +82,8 @@ class TrainStep:
         # since it is returned for the logit cache and a replay must match it exactly (methods cast it)
         # a method that keeps per-sample state (CRD's memory bank) is told which images it sees: the view
         # id modulo the split's size (`distill.data.loader`: repeated views of an image share its index)
-        extra = {"index": index % self.criterion.num_samples} if self.criterion.needs_index else {}
+        wants = getattr(self.criterion, "needs_index", False)  # a bare loss module (tests) takes no index
+        extra = {"index": index % self.criterion.num_samples} if wants else {}
         terms = self.criterion(convert_to_fp32(outputs), targets, teacher_out, **extra)
         if h.skip_nonfinite is not None and h.skip_nonfinite(terms["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
