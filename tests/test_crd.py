@@ -142,8 +142,10 @@ def test_crd_refuses_in_one_line(override, message):
 
 
 # ---- a run killed after epoch 1 and resumed: identical weights and memory bank -----------------------
-TINY = ["data.train_subset=256", "data.test_subset=200", "data.batch_size=32", "train.epochs=3",
-        "teacher.checkpoint=null", "distill.crd_negatives=64", "train.lr_base_batch=32"]
+# 4 steps of 32 images an epoch; a random-weight ResNet-10t teacher at its own stem (a cheap forward)
+TINY = ["data.train_subset=128", "data.test_subset=100", "data.batch_size=32", "train.epochs=2",
+        "teacher.checkpoint=null", "teacher.model=resnet10t", "teacher.small_input_stem=false",
+        "distill.crd_negatives=64", "train.lr_base_batch=32"]
 NAME = "fashion_mnist_crd_tiny"
 
 
@@ -178,3 +180,28 @@ def test_crd_killed_after_epoch_1_resumes_to_identical_weights_and_bank(tmp_path
     for key in ("method.memory.memory_s", "method.memory.memory_t", "method.memory.z", "method.embed_s.linear.weight"):
         assert torch.equal(banks[0][key], banks[1][key]), key
     assert not torch.equal(first["method.memory.memory_s"], banks[1]["method.memory.memory_s"]), "the bank moves"
+
+
+# ---- 2 processes against 1 on the same global batch -----------------------------------------------
+@needs_fmnist
+@pytest.mark.slow
+def test_crd_on_two_processes_matches_one(tmp_path):
+    """2 x 16 against 1 x 32: the bank is updated from the all-gathered batch and the negatives are drawn
+    for the global batch, so both train the same weights and bank up to summation order."""
+    import os
+
+    args = [*train_args(tmp_path / "two")[1:], "train.epochs=1", "data.batch_size=16", "train.mixed_precision=no"]
+    env = {**os.environ, "NPROC": "2", "MASTER_PORT": "29657", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+           "CUDA_VISIBLE_DEVICES": ""}
+    two = subprocess.run([str(ROOT / "launch.sh"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run_cli(*train_args(tmp_path / "one"), "train.epochs=1", "train.mixed_precision=no",
+                  env={"OMP_NUM_THREADS": "1"})
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (load_file(str(d / NAME / "student.safetensors")) for d in (tmp_path / "two", tmp_path / "one"))
+    d = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    banks = [load_file(str(latest_checkpoint(d / NAME) / "model.safetensors")) for d in (tmp_path / "two", tmp_path / "one")]
+    bank = max((banks[0][k] - banks[1][k]).abs().max().item() for k in banks[0] if k.startswith("method.memory"))
+    print(f"CRD 1 vs 2 processes: |dw| median {d.median().item():.2e}, max {d.max().item():.2e}; bank max {bank:.2e}")
+    assert d.median().item() < 1e-5 and d.max().item() < 1e-2 and bank < 1e-2
