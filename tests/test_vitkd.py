@@ -84,3 +84,29 @@ def test_vitkd_refuses_a_cnn_teacher_in_one_line():
     teacher = Teacher(create_model("resnet10t", num_classes=10, in_chans=1), [0.5], [0.25])
     with pytest.raises(ConfigError, match="student and teacher must both be ViTs"):
         vitkd().wrap(student, teacher, 1, 32)
+
+
+@pytest.mark.slow
+def test_vitkd_trains_and_checkpoints_its_modules_beside_the_student(tmp_path):
+    """One tiny epoch through the trainer with a random ViT teacher: both terms logged, the maps, mask token
+    and convolutions in the checkpoint and changed by training, none of them in the exported student."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from conftest import FMNIST, run_main
+
+    if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed")
+    res = run_main("train", "recipes/fashion_mnist/vitkd_tiny.yaml", f"output_dir={tmp_path}", "teacher.checkpoint=null",
+                   "data.train_subset=128", "data.test_subset=100", "data.batch_size=32", "data.cutmix_alpha=0",
+                   "train.epochs=1", "train.lr_base_batch=32", "distill.vitkd_alpha=0.01", "distill.vitkd_beta=0.01")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "fashion_mnist_vitkd_tiny"
+    (metrics,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics["loss_vitkd_mimic"] > 0 and metrics["loss_vitkd_generate"] > 0
+    (ckpt,) = list((run / "checkpoints").iterdir())
+    state = load_file(str(ckpt / "model.safetensors"))
+    assert state["method.mask_token"].abs().sum() > 0, "the mask token (zeros at the start) trains"
+    assert {"method.align_low.0.weight", "method.generation.0.weight"} <= state.keys()
+    assert not any(k.startswith("method") for k in load_file(str(run / "student.safetensors")))
