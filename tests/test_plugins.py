@@ -90,6 +90,7 @@ def test_a_run_records_its_plugin_and_a_changed_plugin_refuses_the_resume(tmp_pa
         plugins.check_unchanged(run_dir)
 
 
+@pytest.mark.slow  # a fresh interpreter, so the installed entry point is found as a user's would be
 def test_distill_methods_lists_an_entry_point_and_a_file_plugin_with_their_origin(tmp_path):
     site = tmp_path / "site"
     (site / "halves_ep-0.1.dist-info").mkdir(parents=True)
