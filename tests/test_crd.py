@@ -205,3 +205,25 @@ def test_crd_on_two_processes_matches_one(tmp_path):
     bank = max((banks[0][k] - banks[1][k]).abs().max().item() for k in banks[0] if k.startswith("method.memory"))
     print(f"CRD 1 vs 2 processes: |dw| median {d.median().item():.2e}, max {d.max().item():.2e}; bank max {bank:.2e}")
     assert d.median().item() < 1e-5 and d.max().item() < 1e-2 and bank < 1e-2
+
+
+def test_crd_trains_a_timm_vit_student_against_a_timm_cnn_teacher():
+    """One step on timm's own ViT (its forward_head(pre_logits=True)) and a ResNet teacher: every student
+    parameter and both heads reached; the bank rows of the batch moved, the others not."""
+    from teachers import create_model
+    from teachers.teacher import Teacher
+
+    torch.manual_seed(0)
+    student = create_model("vit_tiny_patch16_224", num_classes=10, in_chans=1, img_size=32, patch_size=8)
+    teacher = Teacher(create_model("resnet10t", num_classes=10, in_chans=1), [0.5], [0.25])
+    method = build_method(DistillConfig(type="crd", crd_negatives=16), build_criterion(False, 0.0))
+    trainable, step_teacher = method.wrap(student, teacher, 1, 32, num_samples=20)
+    bank = method.memory.memory_s.clone()
+    x, index = torch.randn(4, 1, 32, 32), torch.tensor([3, 5, 11, 0])
+    method.set_progress(0.5)
+    out = method(trainable(x), torch.tensor([1, 2, 3, 4]), step_teacher(x), index=index)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and out["distill"] > 0
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    moved = (method.memory.memory_s != bank).any(dim=1).nonzero().flatten().tolist()
+    assert moved == sorted(index.tolist())
