@@ -204,7 +204,9 @@ def test_crd_on_two_processes_matches_one(tmp_path):
     banks = [load_file(str(latest_checkpoint(d / NAME) / "model.safetensors")) for d in (tmp_path / "two", tmp_path / "one")]
     bank = max((banks[0][k] - banks[1][k]).abs().max().item() for k in banks[0] if k.startswith("method.memory"))
     print(f"CRD 1 vs 2 processes: |dw| median {d.median().item():.2e}, max {d.max().item():.2e}; bank max {bank:.2e}")
-    assert d.median().item() < 1e-5 and d.max().item() < 1e-2 and bank < 1e-2
+    # measured: max 6.8e-6, bank 3.1e-5; with each rank updating its bank from its own half alone (no
+    # all-gather, DDP not broadcasting it): median 7.2e-6, max 2.2e-4, bank 0.25
+    assert d.median().item() < 1e-5 and d.max().item() < 1e-4 and bank < 1e-3
 
 
 def test_crd_trains_a_timm_vit_student_against_a_timm_cnn_teacher():

@@ -90,6 +90,10 @@ class WithMethod(nn.Module):
     def __init__(self, student: nn.Module, method: nn.Module):
         super().__init__()
         self.student, self.method = student, method
+        # DDP would broadcast rank 0's buffers before every forward: for a memory bank, N rows at every step
+        # (ImageNet's CRD banks: 1.3 GB). A method keeps its buffers the same on every rank itself (CRD:
+        # from all-gathered updates), so DDP leaves them alone (torch reads this attribute at wrap time).
+        self._ddp_params_and_buffers_to_ignore = [f"method.{name}" for name, _ in method.named_buffers()]
 
     def forward(self, x: torch.Tensor):
         return self.student(x)
