@@ -148,9 +148,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    """One block per registered method: what it is, its paper, its keys, what it works with."""
+    """One block per registered method: what it is, its paper, its keys, what it works with, where it came from."""
     from distill.methods import METHODS
+    from distill.methods.plugins import SOURCES, load_plugins
 
+    load_plugins(args.plugins)  # installed entry points, then the plugins named here
     for m in METHODS.values():
         own = [f"distill.{k} (default {spec.default!r}; {spec.help})" for k, spec in m.keys.items()]
         supports = [w for w, ok in [("distillation token", m.token), ("logit cache", m.cache),
@@ -158,6 +160,9 @@ def cmd_methods(args) -> int:
         print(f"{m.name:8s} {m.summary}\n{'':8s} paper: {m.paper}\n"
               f"{'':8s} keys: {', '.join([f'distill.{k}' for k in m.reads] + own) or '-'}\n"
               f"{'':8s} works with: {', '.join(supports) or '-'}{'' if m.needs_teacher else ' (no teacher)'}")
+        if m.name in SOURCES:
+            print(f"{'':8s} from: plugin {SOURCES[m.name]['plugin']} (module {SOURCES[m.name]['module']}, "
+                  f"{SOURCES[m.name]['file']})")
     return 0
 
 
@@ -235,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("methods", help="list the distillation methods (distill.type), their papers and keys")
+    p.add_argument("plugins", nargs="*", help="plugins to load first: modules or .py files (as a recipe's plugins:)")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("config", help="print the fully resolved config")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill.errors import ConfigError
@@ -178,6 +178,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    plugins: List[str] = field(default_factory=list)  # methods from outside: modules or .py files (docs/methods.md)
 
 
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
@@ -200,12 +201,41 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path}: expected a mapping of keys, got {type(raw).__name__}")
     _check_sections(raw, f"recipe {path}")
+    if isinstance(raw.get("plugins"), list):  # a plugin file is relative to the recipe that names it, as `base:` is
+        raw["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) and is_plugin_path(p) else p
+                          for p in raw["plugins"]]
     base = raw.pop("base", None)
     if base is None:
         return raw
     bases = base if isinstance(base, list) else [base]  # several bases merge in order
     parents = [_read_yaml((path.parent / str(b)).resolve(), seen + (path,)) for b in bases]
     return OmegaConf.to_container(OmegaConf.merge(*parents, raw))
+
+
+def is_plugin_path(spec: str) -> bool:
+    """A plugin named by its file (`my_method.py`, `path/to/it`), not by a module (`my_pkg.my_method`)."""
+    return spec.endswith(".py") or "/" in spec
+
+
+def _given(overrides: List[str]):
+    """The overrides as OmegaConf's dotlist, plugin files resolved against the working directory."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=2)")
+    given = OmegaConf.from_dotlist(list(overrides))
+    if isinstance(given.get("plugins"), ListConfig):  # on the command line: relative to the working directory
+        given.plugins = [str(Path(p).resolve()) if is_plugin_path(str(p)) else p for p in given.plugins]
+    return given
+
+
+def read_plugins(recipe: Optional[str], overrides: List[str] = ()) -> List[str]:
+    """The `plugins:` a recipe and its overrides name (the loader imports them before the schema is made)."""
+    raw = _read_yaml(Path(recipe).resolve()) if recipe else {}
+    try:
+        plugins = _given(overrides).get("plugins", raw.get("plugins", []))
+    except OmegaConfBaseException:
+        return []  # read_config says what is wrong with the overrides
+    return [str(p) for p in plugins] if isinstance(plugins, (list, ListConfig)) else []
 
 
 def _check_sections(raw: dict, source: str) -> None:
@@ -308,11 +338,8 @@ def read_config(recipe: Optional[str], overrides: List[str] = (), schema: type =
     `distill` section to refuse everything else before the registries are imported."""
     schema = schema or Config
     raw = _read_yaml(Path(recipe).resolve()) if recipe else {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=2)")
     try:
-        given = OmegaConf.from_dotlist(list(overrides))
+        given = _given(overrides)
         _check_sections(OmegaConf.to_container(given), "override")
         if schema is Config:  # no method keys in this schema: the distill section is checked by the loader
             raw = {k: v for k, v in raw.items() if k != "distill"}

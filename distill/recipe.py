@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import field
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from distill import config as leaf
 from distill.config import Config, ConfigError
 from distill.data.checks import check_data
 from distill.data.sources import SOURCES
 from distill.methods import METHODS
+from distill.methods.plugins import load_plugins
 from distill.runs.trackers import TRACKERS
 
 
@@ -26,16 +27,23 @@ def _method_field(spec):
     return kind, field(default=spec.default, metadata=meta)
 
 
-# distill.*: the common keys, then each method's own (`Method.keys`, in registration order): a new
-# method's keys arrive with its file.
-DistillConfig = dataclasses.make_dataclass(
-    "DistillConfig", [(name, *_method_field(spec)) for method in METHODS.values() for name, spec in method.keys.items()],
-    bases=(leaf.DistillConfig,), namespace={"__doc__": leaf.DistillConfig.__doc__, "__module__": __name__})
+def schema() -> Tuple[type, type]:
+    """(DistillConfig, Config) from the methods registered now: the common `distill.*` keys, then each
+    method's own (`Method.keys`, in registration order), so a new method's keys, a plugin's included,
+    arrive with its file. An instance of either is an instance of the leaf's class."""
+    own = [(name, *_method_field(spec)) for method in METHODS.values() for name, spec in method.keys.items()]
+    names = tuple(name for name, *_ in own)
+    if names not in _SCHEMAS:
+        section = dataclasses.make_dataclass("DistillConfig", own, bases=(leaf.DistillConfig,), namespace={
+            "__doc__": leaf.DistillConfig.__doc__, "__module__": __name__})
+        run = dataclasses.make_dataclass("Config", [("distill", section, field(default_factory=section))],
+                                         bases=(Config,), namespace={"__doc__": Config.__doc__, "__module__": __name__})
+        _SCHEMAS[names] = section, run
+    return _SCHEMAS[names]
 
-# The run's config with that distill section; an instance is a `distill.config.Config`.
-RunConfig = dataclasses.make_dataclass(
-    "Config", [("distill", DistillConfig, field(default_factory=DistillConfig))],
-    bases=(Config,), namespace={"__doc__": Config.__doc__, "__module__": __name__})
+
+_SCHEMAS: Dict[tuple, Tuple[type, type]] = {}
+DistillConfig, RunConfig = schema()  # the built-in methods' (tests build a DistillConfig directly)
 
 
 def _tracker_names(value) -> List[str]:
@@ -68,7 +76,8 @@ def resolve_augment_on(d) -> str:
 
 def load_config(recipe: Optional[str], overrides: List[str] = ()) -> Config:
     """Resolve a recipe file (or the defaults, if None) and `key=value` overrides into a validated config."""
-    cfg = leaf.read_config(recipe, overrides, RunConfig)
+    load_plugins(leaf.read_plugins(recipe, overrides))  # their methods and keys join the registry first
+    cfg = leaf.read_config(recipe, overrides, schema()[1])
     cfg.train.log_with = _tracker_names(cfg.train.log_with)
     choices = {"data.name": tuple(SOURCES), "distill.type": tuple(METHODS)}
     leaf.check_config(cfg, choices)

@@ -346,6 +346,11 @@ class Teacher(nn.Module):
                                f"batch ({first_line(e)}); set teacher.img_size to the size it was built or trained "
                                f"for{example}: the teacher resizes the batch to it") from None
 
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's batch as `self.model` takes it, for a caller that runs the model its own way (a
+        method's `TeacherTaps` asks for intermediate layers)."""
+        return self._inputs(x)
+
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         """The student's batch as the teacher's model takes it: its channels, normalisation and size."""
         resize = self.img_size is not None and tuple(x.shape[-2:]) != (self.img_size, self.img_size)

@@ -74,11 +74,20 @@ class Method(nn.Module):
     cache: ClassVar[bool] = True  # its teacher output can be recorded and replayed (`distill.cache`)
     topk_cache: ClassVar[bool] = True  # ... also as TinyViT's top-k logits (`distill.cache_topk`)
     mixup: ClassVar[bool] = True  # takes Mixup/CutMix's soft targets
+    # The open contract (docs/methods.md). A method may also
+    needs_index: ClassVar[bool] = False  # ... take `index=`: each view's dataset index (B,), in [0, num_samples)
+    taps: ClassVar[bool] = False  # ... get `Taps` (logits, pre-logits, unpooled layers) from student and teacher
+    student_layers: Tuple[int, ...] = ()  # with taps: the student's forward_intermediates indices (set in __init__)
+    teacher_layers: Tuple[int, ...] = ()  # ... and the teacher's
+    layer_fmt: str = "NCHW"  # ... their layout: NCHW maps, or NLC tokens (ViTs only)
+    # ... and own parameters and persistent buffers (built in `setup`): trained, checkpointed and resumed
+    # with the student (`WithMethod`), never exported with it
 
     def __init__(self, cfg, base_criterion: nn.Module):
         """`cfg`: the `DistillConfig`; `base_criterion`: the label term (`build_criterion`)."""
         super().__init__()
         self.base_criterion, self.alpha, self.standardize = base_criterion, cfg.alpha, cfg.standardize
+        self.num_samples = 0  # images in the train split, set by `wrap` (a memory bank's rows)
 
     @classmethod
     def check(cls, cfg: "Config") -> None:
@@ -92,9 +101,10 @@ class Method(nn.Module):
         if cfg.distill.cache and not cls.needs_teacher:
             cached = ", ".join(m.name for m in METHODS.values() if m.cache)
             raise ConfigError(f"distill.cache=true needs a teacher: distill.type={{{cached}}} (a plain run has none)")
-        if cfg.distill.cache and not cls.cache:
-            raise ConfigError(f"distill.cache=true stores teacher logits, but distill.type={cls.name} computes its "
-                              "teacher's output live; set distill.cache=false")
+        if cfg.distill.cache and (cls.taps or not cls.cache):
+            what = "features" if cls.taps else "output"
+            raise ConfigError(f"distill.cache=true stores teacher logits, but distill.type={cls.name} needs its "
+                              f"teacher's {what} live; set distill.cache=false")
         if cfg.distill.standardize and "standardize" not in cls.reads:
             takes = ", ".join(m.name for m in METHODS.values() if "standardize" in m.reads)
             raise ConfigError(f"distill.standardize=true z-scores logits before a temperature, which "
@@ -105,6 +115,12 @@ class Method(nn.Module):
         if cfg.distill.cache and cfg.distill.cache_topk and not cls.topk_cache:
             raise ConfigError(f"distill.cache_topk stores top-k logits, which distill.type={cls.name} cannot use; "
                               "set distill.cache_topk=0")
+        for key, spec in cls.keys.items():  # the built-ins' are also checked by the config; a plugin's only here
+            value = getattr(cfg.distill, key)
+            if spec.choices is not None and value not in spec.choices:
+                raise ConfigError(f"distill.{key}={value!r} is not one of: {', '.join(map(str, spec.choices))}")
+            if spec.min is not None and value is not None and value < spec.min:
+                raise ConfigError(f"distill.{key}={value} must be >= {spec.min}")
         for other in METHODS.values() if cls.needs_teacher else ():  # a plain run ignores them (study overrides)
             for key, spec in other.keys.items():
                 if other is not cls and getattr(cfg.distill, key) != spec.default:
@@ -115,9 +131,25 @@ class Method(nn.Module):
         """Called before every step with the epochs done once it ends (a fraction within an epoch), for
         weights that follow the schedule (DKD's warm-up). Most methods ignore it."""
 
-    def wrap(self, student: nn.Module, teacher: Optional[nn.Module], in_chans: int, img_size: int):
-        """(the module that trains, the teacher the step runs). Most methods train the student itself."""
+    def wrap(self, student: nn.Module, teacher: Optional[nn.Module], in_chans: int, img_size: int,
+             num_samples: int = 0):
+        """(the module that trains, the teacher the step runs). Most methods train the student itself; a
+        method with `taps` gets both wrapped to return `Taps`, and one that owns state after `setup`
+        trains beside the student in `WithMethod`. `num_samples`: images in the train split."""
+        from distill.methods.taps import StudentTaps, TeacherTaps, WithMethod  # taps imports nothing of this file
+
+        self.num_samples = num_samples
+        if self.taps:
+            student = StudentTaps(student, self.student_layers, self.layer_fmt)
+            teacher = TeacherTaps(teacher, self.teacher_layers, self.layer_fmt) if teacher is not None else None
+        self.setup(student, teacher, in_chans, img_size)
+        if len(self.state_dict()):  # parameters or persistent buffers: they train and checkpoint with the student
+            student = WithMethod(student, self)
         return student, teacher
+
+    def setup(self, student: nn.Module, teacher: Optional[nn.Module], in_chans: int, img_size: int) -> None:
+        """Build the method's own modules and buffers, once the models are known (`taps.probe(student,
+        in_chans, img_size)` gives their widths; `self.num_samples` the train split's size). Most build none."""
 
     def split(self, outputs: Outputs) -> Tuple[torch.Tensor, torch.Tensor]:
         """(class logits, the logits the teacher's term scores): the two heads of a distilled student."""

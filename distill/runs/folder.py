@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from distill.config import Config, flat_dict, may_differ_on_resume, to_yaml
 from distill.errors import ConfigError, UserError
+from distill.methods import plugins
 from distill.runs import checkpoint as ckpt
 from distill.runs import durable, records
 
@@ -37,6 +38,7 @@ def _check_same_run(cfg: Config, run_dir: Path) -> None:
         k, now, saved = found
         raise ConfigError(f"{k}={now!r} differs from the run being resumed ({saved!r} in "
                           f"{run_dir / records.CONFIG}); resume with the same settings or start a new run with name=...")
+    plugins.check_unchanged(run_dir)  # the same settings, and the same plugin code behind them
 
 
 def read_summary(run_dir: Path) -> Optional[dict]:
@@ -113,6 +115,7 @@ def create_run_dir(accelerator, cfg: Config, run_dir: Path) -> None:
     if accelerator.is_main_process and not (run_dir / records.CONFIG).exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         durable.write_text(run_dir / records.CONFIG, to_yaml(cfg), str(run_dir / records.CONFIG))
+        plugins.write_record(run_dir, cfg.distill.type, cfg.plugins, lambda p, t: durable.write_text(p, t, str(p)))
     accelerator.wait_for_everyone()
 
 

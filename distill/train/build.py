@@ -347,7 +347,9 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
             teacher = load_teacher(cfg.teacher, data.num_classes, in_chans, data.mean, data.std)
         teacher.to(acc.device, memory_format=memory_format)  # frozen, in eval mode; never prepared (no DDP)
         teacher.check_input(in_chans, img_size)  # here, not at the first step: before the run folder exists
-    trainable, step_teacher = method.wrap(model, teacher, in_chans, img_size)  # feature: student + projection
+    # feature: student + projection; a method with state (CRD): student + the method (`methods.taps.WithMethod`)
+    trainable, step_teacher = method.wrap(model, teacher, in_chans, img_size,
+                                          data.train_batches.sampler.num_samples)
     trainable.to(acc.device, memory_format=memory_format)
     cost = RunCost(count_params(model), forward_gflops(model, shape), train_gflops(trainable, shape),
                    forward_gflops(step_teacher, shape) if step_teacher is not None else 0.0)

@@ -49,6 +49,13 @@ _CUSTOM[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
     sdpa_backward_flop_count(grad_out_shape, q_shape, k_shape, v_shape))
 
 
+def _tensors(out) -> list:
+    """The tensors of a forward's output: a tensor, (class, dist) logits, or a method's `Taps` (with a list)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in (out if isinstance(out, (tuple, list)) else ()) for t in _tensors(o)]
+
+
 def train_gflops(model: torch.nn.Module, input_size: Sequence[int], batch: int = 2) -> float:
     """Training GFLOPs per image: one forward in training mode and its backward, counted by
     `torch.utils.flop_counter` (multiply-add = 2 FLOPs; matmuls, convolutions, attention), per image.
@@ -63,6 +70,5 @@ def train_gflops(model: torch.nn.Module, input_size: Sequence[int], batch: int =
     with torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []):
         with FlopCounterMode(display=False, custom_mapping=_CUSTOM) as counter:
             out = clone(x)
-            outs = out if isinstance(out, (tuple, list)) else (out,)
-            sum(o.float().sum() for o in outs).backward()
+            sum(o.float().sum() for o in _tensors(out) if o.requires_grad).backward()
     return counter.get_total_flops() / batch / 1e9

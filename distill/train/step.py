@@ -80,7 +80,11 @@ class TrainStep:
                     teacher_out = self.teacher(x)
         # every loss term in fp32 (a bf16 log_softmax is off by ~0.3%); teacher_out keeps its dtype,
         # since it is returned for the logit cache and a replay must match it exactly (methods cast it)
-        terms = self.criterion(convert_to_fp32(outputs), targets, teacher_out)
+        # a method that keeps per-sample state (CRD's memory bank) is told which images it sees: the view
+        # id modulo the split's size (`distill.data.loader`: repeated views of an image share its index)
+        wants = getattr(self.criterion, "needs_index", False)  # a bare loss module (tests) takes no index
+        extra = {"index": index % self.criterion.num_samples} if wants else {}
+        terms = self.criterion(convert_to_fp32(outputs), targets, teacher_out, **extra)
         if h.skip_nonfinite is not None and h.skip_nonfinite(terms["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             return None
