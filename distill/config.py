@@ -12,6 +12,7 @@ trackers) is added by the loader, `distill/recipe.py`, which owns both sides.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from distill.errors import ConfigError
 # Field metadata, read by the code that needs the list, so that no second list can drift:
 VIEWS = "views"  # the key decides the training views (part of the logit cache's key; value: its group there)
 MAY_DIFFER = "may_differ"  # a resumed run may change the key (the run's identity is everything else)
-# Bounds and choices, read by `check_fields`: choices=(...), min= (>=), gt= (>), max= (<=); None passes the
+# Bounds and choices, read by `check_fields`: choices=(...), min= (>=), gt= (>), max= (<=), lt= (<); None passes the
 # bounds where the default is None (an unset optional key).
 UNIT = dict(min=0.0, max=1.0)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
@@ -93,11 +94,10 @@ class DataConfig:
 
 @dataclass
 class StudentConfig:
-    """The model being trained: a `distill_vit_*` student, or any timm model (a ViT, ConViT or Swin student,
-    a teacher run), built for data.img_size where it takes an img_size."""
+    """The model being trained: `distill_vit_*` or any timm model, built for data.img_size where it can."""
 
     model: str = "distill_vit_tiny"
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = _key(0.0, min=0, lt=1.0)  # the chance that a block is dropped
     distilled: bool = False  # add a DeiT distillation token and head
     patch_size: Optional[int] = _key(None, gt=0)  # override the size's patch size (any model that takes a patch_size)
     embed_dim: Optional[int] = _key(None, gt=0)  # override the size's width (distill_vit_*: a scaling ladder's rungs)
@@ -147,7 +147,7 @@ class TrainConfig:
     cooldown_shape: str = _key("1-sqrt", choices=("1-sqrt", "linear"))  # wsd: how the cooldown decays
     weight_decay: float = _key(0.05, min=0)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    clip_grad: Optional[float] = None  # max global grad norm; None = no clipping
+    clip_grad: Optional[float] = _key(None, gt=0)  # max global grad norm; None = no clipping
     grad_accum_steps: int = _key(1, gt=0)
     mixed_precision: Optional[str] = _key(None, choices=(None, "no", "fp16", "bf16", "auto"))  # no | fp16 | bf16 | auto (what the device computes natively); None = Accelerate's config
     ema: bool = False
@@ -249,10 +249,7 @@ def _check_sections(raw: dict, source: str) -> None:
 
 
 def _get(cfg, key: str):
-    obj = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return functools.reduce(getattr, key.split("."), cfg)
 
 
 def _check_finite(cfg: Config) -> None:
@@ -271,12 +268,6 @@ def _check_optimization(cfg: Config) -> None:
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ConfigError(f"train.betas={list(betas)} must be two numbers in [0, 1) (AdamW's decay rates, "
                           "e.g. [0.9, 0.999])")
-    if cfg.train.clip_grad is not None and cfg.train.clip_grad <= 0:  # a negative norm reverses the gradients
-        raise ConfigError(f"train.clip_grad={cfg.train.clip_grad} must be > 0 (the largest gradient norm), "
-                          "or null for no clipping")
-    if not 0.0 <= cfg.student.drop_path_rate < 1.0:
-        raise ConfigError(f"student.drop_path_rate={cfg.student.drop_path_rate} must be in [0, 1) "
-                          "(the chance that a block is dropped; e.g. 0.1)")
 
 
 def _bound_error(key: str, value, meta: dict):
@@ -286,8 +277,10 @@ def _bound_error(key: str, value, meta: dict):
         return f"{key}={value!r} is not one of: {shown}"
     if value is None or isinstance(value, (str, bool, list, dict)):
         return None
-    lo, gt, hi = meta.get("min"), meta.get("gt"), meta.get("max")
+    lo, gt, hi, lt = meta.get("min"), meta.get("gt"), meta.get("max"), meta.get("lt")
     optional = " (or null for none)" if meta.get("optional") else ""
+    if lo is not None and lt is not None and not lo <= value < lt:
+        return f"{key}={value} must be in [{lo:g}, {lt:g})"
     if lo is not None and hi is not None and not lo <= value <= hi:
         return f"{key}={value} must be in [{lo:g}, {hi:g}]"
     if gt is not None and hi is not None and not gt < value <= hi:
@@ -331,11 +324,8 @@ def check_config(cfg: Config, choices: Optional[Dict[str, tuple]] = None) -> Non
 
 def read_config(recipe: Optional[str], overrides: List[str] = (), schema: type = None) -> Config:
     """A recipe file (or the defaults, if None) and `key=value` overrides merged into `schema` (a
-    `Config` class; the loader passes one whose `distill` section holds every method's keys), with the
-    values that are resolved once. Checks the recipe, the YAML, the keys and their types, not values.
-
-    With the plain `Config` schema a `distill.<method key>` is not known: `precheck` drops the
-    `distill` section to refuse everything else before the registries are imported."""
+    `Config` class whose `distill` section holds every method's keys: the loader's; with the leaf's own,
+    `precheck` leaves `distill.*` to the loader), the values resolved once. Checks keys and types only."""
     schema = schema or Config
     raw = _read_yaml(Path(recipe).resolve()) if recipe else {}
     try:

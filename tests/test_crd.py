@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, needs_fmnist, run_cli
-from distill.config import ConfigError, DistillConfig, load_config
+from distill.config import ConfigError
+from distill.recipe import DistillConfig, load_config
 from distill.methods import build_criterion, build_method
 from distill.methods.crd import ContrastMemory, Embed
 from distill.methods.taps import Taps, WithMethod

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import students  # noqa: F401  (registers distill_vit_*)
-from distill.config import DistillConfig
+from distill.recipe import DistillConfig
 from distill.methods import Method, build_criterion
 from distill.methods.taps import StudentTaps, TeacherTaps, WithMethod
 from distill.train.step import TrainStep, graph_hooks

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import students  # noqa: F401
-from distill.config import ConfigError, DistillConfig
+from distill.config import ConfigError
+from distill.recipe import DistillConfig
 from distill.methods import build_criterion, build_method
 from distill.methods.taps import Taps, WithMethod
 from teachers import create_model

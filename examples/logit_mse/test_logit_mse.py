@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.config import ConfigError, load_config
+from distill.config import ConfigError
+from distill.recipe import load_config
 from distill.methods import METHODS, build_criterion, build_method
 
 HERE = Path(__file__).resolve().parent
