@@ -192,3 +192,20 @@ def test_a_table_too_small_to_choose_a_law_is_refused_in_one_line(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no method could be fitted: plain: ") and "at least 3 sizes, got 2" in err
     assert "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_the_docs_state_the_committed_fits_crossings_and_errors():
+    """Every crossing (with its interval) and the held-out errors beside their baselines, as the committed
+    fits.json has them, appear in the two pages that state them; a page left stale fails here."""
+    fits = json.loads((ROOT / "docs/scaling_cpu/fit/fits.json").read_text())
+    def sci(x):  # as the pages write it: 3.52e11
+        return f"{x:.2e}".replace("e+", "e")
+
+    expected = [f"{sci(c['flops'])} [{sci(c['low'])}, {sci(c['high'])}]" for c in fits["crossings"]]
+    errors = fits["holdout_errors"]["all"]
+    expected += [f"{errors[k]:.2f}" for k in ("predicted", "persistence", "loglinear")]
+    for page in ("docs/scaling_cpu/README.md", "docs/scaling.md"):
+        text = (ROOT / page).read_text()
+        missing = [e for e in expected if e not in text]
+        assert not missing, f"{page} does not state {missing}"
+    assert not any(c["teacher_cost"] == "full" for c in fits["crossings"])  # "in full, never inside the data"
