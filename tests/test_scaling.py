@@ -172,7 +172,7 @@ def test_every_rung_of_the_gpu_ladders_trains_a_few_steps(study, data):
         terms, steps = loop.train_epoch(0)
         assert steps == 1 and all(torch.isfinite(torch.tensor(v)) for v in terms.values()), (size, terms)
         x = torch.zeros(1, 1, cfg.data.img_size, cfg.data.img_size)
-        assert loop.run.model.eval()(x).shape == (1, 10), size
+        assert loop.run.student.eval()(x).shape == (1, 10), size
 
 
 def test_the_studys_scaling_report_is_distill_fit_on_its_runs(tmp_path, monkeypatch):

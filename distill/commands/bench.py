@@ -140,7 +140,7 @@ def _teacher_share(trainer, pool, steps: int, warmup: int, train_s: float) -> di
 
 def _inference(trainer, images, steps: int, warmup: int) -> float:
     """The student's eval forward at `data.eval_batch_size`, images/s."""
-    run, acc, model = trainer.run, trainer.accelerator, trainer.run.model
+    run, acc, model = trainer.run, trainer.accelerator, trainer.run.student
     model.eval()
     x = run.data.normalize(images[:1].expand(trainer.cfg.data.eval_batch_size, -1, -1, -1).contiguous())
 

@@ -70,13 +70,13 @@ class RunCost:
 
 @dataclass
 class Run:
-    """Everything a run is made of. `model` is the student itself (never compiled or wrapped: what
-    is saved, evaluated and averaged); `student` is the prepared module that trains (for feature
-    distillation, the student with its projection, from `Method.wrap`)."""
+    """Everything a run is made of. `student` is the student itself (never compiled or wrapped: what
+    is saved, evaluated and averaged); `trainable` is the prepared module that trains (the student, or
+    the student with a method's own modules, from `Method.wrap`)."""
 
     data: RunData
-    model: torch.nn.Module
     student: torch.nn.Module
+    trainable: torch.nn.Module
     teacher: Optional[torch.nn.Module]
     teacher_logits: TeacherLogits
     method: Method

@@ -44,7 +44,7 @@ class Loop:
     def train_epoch(self, epoch: int, start_step: int = 0):
         """Steps `start_step`.. of `epoch`; returns (mean loss terms, steps run)."""
         acc, cfg, r = self.accelerator, self.cfg, self.run
-        r.student.train()
+        r.trainable.train()
         r.data.train_batches.sampler.set_epoch(epoch, start_step)
         r.teacher_logits.start_epoch(epoch, start_step, self.device)
         # loss sums of the epoch so far (restored from the checkpoint after a mid-epoch resume)
@@ -96,7 +96,7 @@ class Loop:
         salt = epoch_salt(r.data.aug_seed, epoch)
         mix = r.data.augment.mix_params(r.data.aug_seed, epoch, step, images.shape).to(self.device, non_blocking=True)
         cached = r.teacher_logits.cached(step, lambda: r.data.augment.apply(images, labels, index, salt, mix)[0])
-        with acc.accumulate(r.student):
+        with acc.accumulate(r.trainable):
             out = r.step(images, labels, index, salt, mix, cached)
             if out is None:
                 return None
@@ -104,7 +104,7 @@ class Loop:
         terms, t_logits = out
         r.teacher_logits.observe(step, t_logits)
         if r.ema is not None and acc.sync_gradients:
-            r.ema.update(r.model)
+            r.ema.update(r.student)
         return terms
 
     # ---- guards and hooks ------------------------------------------------------------------------
@@ -216,7 +216,7 @@ class Trainer(Loop):
 
     def _end_epoch(self, terms: dict, n_steps: int, train_s: float, epoch_t0: float, run_eval: bool) -> None:
         acc, r, p = self.accelerator, self.run, self.run.progress
-        metrics = self._evaluate(r.model) if run_eval else {}
+        metrics = self._evaluate(r.student) if run_eval else {}
         if r.ema is not None and run_eval:
             metrics["ema_top1"] = self._evaluate(r.ema.module)["top1"]
         if metrics:
@@ -234,7 +234,7 @@ class Trainer(Loop):
 
     def _save(self, global_step: int) -> None:
         ckpt.save_checkpoint(self.accelerator, self.run_dir, global_step, self.cfg.train.keep_checkpoints,
-                             self.run.model)
+                             self.run.student)
 
     def _finish(self, wall_s: float) -> dict:
         acc, r = self.accelerator, self.run
@@ -242,10 +242,10 @@ class Trainer(Loop):
         if self.forked_from is not None:  # its FLOPs before the checkpoint are the source run's
             extra["forked_from"] = str(self.resume_from)
         if r.teacher is not None:  # how often the final student agrees with its teacher
-            extra["teacher_agreement"] = self._evaluate(r.model, teacher=r.teacher)["teacher_agreement"]
+            extra["teacher_agreement"] = self._evaluate(r.student, teacher=r.teacher)["teacher_agreement"]
         summary = {}
         if acc.is_main_process:
-            ckpt.save_weights_atomic(r.model.state_dict(), self.run_dir / "student.safetensors")
+            ckpt.save_weights_atomic(r.student.state_dict(), self.run_dir / "student.safetensors")
             if r.ema is not None:
                 ckpt.save_weights_atomic(r.ema.module.state_dict(), self.run_dir / "student_ema.safetensors")
             summary = records.run_summary(self.cfg, r, records.read_metrics(self.run_dir),
