@@ -72,7 +72,7 @@ def test_every_method_without_a_token_trains_a_timm_student(method, extra):
                          "teacher.model=resnet10t", "teacher.small_input_stem=false", *extra, recipe=recipe)
     teacher = load_teacher(cfg.teacher, 10, 1, [0.29], [0.35])
     loss_fn = build_method(cfg.distill, build_criterion(False, 0.0))
-    trainable, step_teacher = loss_fn.wrap(model, teacher, 1, 32)
+    trainable, step_teacher = loss_fn.wrap(model, teacher, 1, 32, 64)  # as build_run calls it (64 images)
     with torch.no_grad():
         teacher_out = step_teacher(X)
     terms = loss_fn(trainable(X), torch.tensor([3, 7]), teacher_out)

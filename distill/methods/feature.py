@@ -128,7 +128,7 @@ class Feature(Method):
             raise ConfigError(f"distill.feature_layer / teacher_feature_layer choose blocks for feature_match=block; "
                               f"feature_match={d.feature_match} matches the pre-logits features: remove them")
 
-    def wrap(self, student, teacher, in_chans: int, img_size: int):
+    def wrap(self, student, teacher, in_chans: int, img_size: int, num_samples: int = 0):
         features = TeacherFeatures(teacher, self.teacher_layer)
         return FeatureStudent(student, self.layer, features.width(in_chans, img_size), in_chans, img_size), features
 
