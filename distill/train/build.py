@@ -372,7 +372,7 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
     acc.register_for_checkpointing(progress)
     cache = None
     if cfg.distill.cache:
-        cache = LogitCache(cache_root(cfg), cache_key(cfg, acc.num_processes, acc.mixed_precision),
+        cache = LogitCache(cache_root(cfg), cache_key(cfg, acc.num_processes, acc.mixed_precision, data.mean),
                            acc.process_index, acc.num_processes, data.steps_per_epoch,
                            resolve_topk(cfg.distill.cache_topk, data.num_classes), data.num_classes)
     step = build_step(cfg.train, acc, trainable, student, step_teacher, method, data.augment, optimizer,
