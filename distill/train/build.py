@@ -200,7 +200,7 @@ def build_student(cfg: StudentConfig, num_classes: int, in_chans: int, img_size:
     kwargs = student_kwargs(cfg, num_classes, in_chans)
     try:
         model = create_model_at(cfg.model, img_size, pretrained=cfg.pretrained, small_input_stem=cfg.small_input_stem,
-                                **kwargs)
+                                key="student.model", **kwargs)
     except TypeError as e:  # an argument the architecture does not take (a CNN's patch_size)
         raise _argument_refused(cfg, e) from None
     except (ValueError, AssertionError) as e:  # sizes the architecture cannot take (patch_size, num_heads, ...)
