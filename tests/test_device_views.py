@@ -241,3 +241,26 @@ def test_a_one_channel_set_augments_on_the_device_as_in_the_workers():
     assert split.in_chans == 1
     gaps, channels = geometric_gaps(cfg, split)
     assert channels == {1} and len(gaps) >= 5 and np.median(gaps) < 4.0, gaps
+
+
+def test_bench_data_fits_its_steps_to_a_small_folder_and_names_the_batch(folder, capsys):
+    """24 images at batch 3 are 8 steps an epoch: without --steps/--warmup the bench fits them to it (its
+    defaults needed 160 steps an epoch); at batch 24 (one step) the line names data.batch_size."""
+    from distill.cli import main
+
+    args = ["bench", "recipes/fashion_mnist/plain_tiny.yaml", "data.name=imagefolder", f"data.root={folder}",
+            "data.crop=rrc", "data.color_jitter=0", "data.cutmix_alpha=0", "data.num_workers=0",
+            "train.mixed_precision=no"]
+    assert main([*args, "data.batch_size=3", "--data"]) == 0
+    assert float(dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())["data_img_per_s"]) > 0
+    assert main([*args, "data.batch_size=24", "--data"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bench --data needs at least") and "data.batch_size=24: lower data.batch_size" in err
+
+
+def test_decoding_on_the_device_for_the_workers_path_is_refused(folder):
+    """data.decode_on=device only acts with data.augment_on=device; with the workers path it was ignored
+    (and `bench --data` reported `decode_on workers` without a word)."""
+    with pytest.raises(ConfigError, match=r"data\.decode_on=device decodes JPEGs on the device for "
+                                          r"data\.augment_on=device only"):
+        load_config("recipes/fashion_mnist/plain_tiny.yaml", ["data.crop=rrc", "data.decode_on=device"])
