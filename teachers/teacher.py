@@ -109,8 +109,7 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: bool = 
                  small_input_stem: bool = False, fix: str = "set pretrained=false and give a checkpoint instead",
                  key: str = "teacher.model", **kwargs) -> nn.Module:
     """`timm.create_model` with one-line errors; `small_input_stem` applies `adapt_small_input_stem`.
-    `fix` ends the error for hub weights that cannot be fetched; `key` names the model's config key in
-    the error for an unknown name (`student.model` or `teacher.model`)."""
+    `fix` ends the error for hub weights that cannot be fetched; `key` names the model in an unknown name's."""
     if not timm.is_model(name) and name.startswith("distill_vit_"):
         import students  # noqa: F401  (registers distill_vit_*; imported late to avoid a cycle)
     if ":" not in name and not timm.is_model(name):  # "hf-hub:..." names are resolved by timm
@@ -204,12 +203,10 @@ def read_state_dict(path: Path, role: str = "teacher") -> dict:
 
 
 def _weights_format(path: Path) -> bool:
-    """Whether the file opens as one of the formats read here: safetensors (an 8-byte header length, then
-    its JSON), torch.save's zip, or a legacy pickle (protocol byte 0x80). A damaged file of one of them
-    opens as such; a text file, an image or a log does not."""
+    """Whether the file opens as safetensors (a header length, then JSON), torch.save's zip or a pickle."""
     with open(path, "rb") as f:
         head = f.read(9)
-    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or (len(head) == 9 and head[8:9] == b"{")
+    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or head[8:9] == b"{"
 
 
 def strip_prefixes(state: dict) -> dict:
