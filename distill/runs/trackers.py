@@ -62,7 +62,7 @@ def _wandb_unready() -> Optional[str]:
     environment and its settings files (`wandb offline`)."""
     import wandb
     settings = wandb.setup().settings
-    if settings._offline or settings._noop:
+    if settings.mode in ("offline", "dryrun", "disabled"):
         return None
     key = settings.api_key or os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE")
     if not key:
