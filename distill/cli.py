@@ -170,8 +170,8 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="steady-state training/inference speed of a recipe (see distill/commands/bench.py)")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--steps", type=int, default=50, help="timed training steps")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    p.add_argument("--steps", type=int, help="timed training steps (default: 50, or what one epoch allows)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default: 10, or what one epoch allows)")
     p.add_argument("--reference", action="store_true",
                    help="also time a common torchvision/DataLoader loop and the model's compute ceiling")
     p.add_argument("--rounds", type=int, default=1,

@@ -69,11 +69,11 @@ def adapt_small_input_stem(model: nn.Module) -> nn.Module:
     return model
 
 
-def _unknown_model(name: str) -> TeacherError:
+def _unknown_model(name: str, key: str) -> TeacherError:
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     stem = "".join(itertools.takewhile(str.isalpha, name.lower())) or name  # "resnet50d" -> "resnet"
-    return TeacherError(f"unknown model {name!r}: {hint}list names with timm.list_models('*{stem}*')")
+    return TeacherError(f"{key}={name}: unknown model; {hint}list names with timm.list_models('*{stem}*')")
 
 
 def _hub_unreachable() -> Optional[str]:
@@ -107,13 +107,13 @@ def _hub_offline(offline: bool):
 
 def create_model(name: str, num_classes: int, in_chans: int, pretrained: bool = False,
                  small_input_stem: bool = False, fix: str = "set pretrained=false and give a checkpoint instead",
-                 **kwargs) -> nn.Module:
+                 key: str = "teacher.model", **kwargs) -> nn.Module:
     """`timm.create_model` with one-line errors; `small_input_stem` applies `adapt_small_input_stem`.
-    `fix` ends the error for hub weights that cannot be fetched."""
+    `fix` ends the error for hub weights that cannot be fetched; `key` names the model in an unknown name's."""
     if not timm.is_model(name) and name.startswith("distill_vit_"):
         import students  # noqa: F401  (registers distill_vit_*; imported late to avoid a cycle)
     if ":" not in name and not timm.is_model(name):  # "hf-hub:..." names are resolved by timm
-        raise _unknown_model(name)
+        raise _unknown_model(name, key)
     unreachable = _hub_unreachable() if pretrained else None
     try:
         with _hub_offline(unreachable is not None):  # weights in the local cache still load
@@ -188,6 +188,9 @@ def read_state_dict(path: Path, role: str = "teacher") -> dict:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (any failure here means the same to the user)
+        if not _weights_format(path):
+            raise words["error"](f"cannot read {words['what']} {path}: it is not a weights file distill can read "
+                                 "(a .safetensors file, or a state dict saved by torch.save)") from None
         first = (str(e).splitlines() or [type(e).__name__])[0][:160]
         raise words["error"](f"cannot read {words['what']} {path} ({type(e).__name__}: {first}); "
                            f"{words['damaged']}") from None
@@ -197,6 +200,13 @@ def read_state_dict(path: Path, role: str = "teacher") -> dict:
         raise words["error"](f"{words['what']} {path} holds no state dict (looked for a dict of tensors, "
                            f"or one under {'/'.join(_WRAPPER_KEYS)})")
     return strip_prefixes(obj)
+
+
+def _weights_format(path: Path) -> bool:
+    """Whether the file opens as safetensors (a header length, then JSON), torch.save's zip or a pickle."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or head[8:9] == b"{"
 
 
 def strip_prefixes(state: dict) -> dict:

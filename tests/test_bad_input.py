@@ -34,10 +34,13 @@ def world(tmp_path_factory):
     save_file(create_model("resnet10t", num_classes=100, in_chans=1).state_dict(), str(d / "t100.safetensors"))
     save_file(create_model("resnet10t", num_classes=10, in_chans=3).state_dict(), str(d / "t_rgb.safetensors"))
     (d / "t_corrupt.safetensors").write_bytes(b"not a safetensors file")
+    (d / "notes.pth").write_text("epoch 1: top1 45\n")
     earlier = d / "runs" / "fashion_mnist_plain_tiny"
     earlier.mkdir(parents=True)
     (earlier / "config.yaml").write_text("name: fashion_mnist_plain_tiny\n")
     (earlier / "summary.json").write_text("{}\n")
+    (d / "runs" / "unfinished").mkdir()
+    (d / "runs" / "unfinished" / "config.yaml").write_text("name: unfinished\n")
     return d
 
 
@@ -55,6 +58,10 @@ def cases(d):
         "negative epochs": (["config", PLAIN, "train.epochs=-3"], "train.epochs"),
         "alpha above 1": (["config", HARD, "distill.alpha=1.5"], "distill.alpha"),
         "alpha below 0": (["config", HARD, "distill.alpha=-0.1"], "distill.alpha"),
+        "a key the method does not read": (["config", HARD, "distill.tau=3"], "distill.tau=3.0 is not read by distill.type=hard"),
+        "a weight without a teacher": (["config", PLAIN, "distill.alpha=0.3"],
+                                       "distill.alpha=0.3 is not read by distill.type=none"),
+        "top-k without the cache": (["config", HARD, "distill.cache_topk=3"], "distill.cache_topk=3 shapes the logit cache"),
         "batch size 0": (["config", PLAIN, "data.batch_size=0"], "data.batch_size"),
         "bad distill type": (["config", HARD, "distill.type=warm"], "distill.type"),
         "override without =": (["config", PLAIN, "train.epochs"], "key=value"),
@@ -70,8 +77,12 @@ def cases(d):
                              f"data.root={d}/nodata", "data.download=false"], "cifar10"),
         "corrupt dataset": (["train", PLAIN, f"output_dir={d}/o2", *TINY, f"data.root={d}/fm"], "fm"),
         "subset too large": (["train", PLAIN, f"output_dir={d}/o3", "data.train_subset=70000"], "train_subset"),
-        "unknown student": (["train", PLAIN, f"output_dir={d}/o4", *TINY, "student.model=vit_nope"], "vit_nope"),
-        "unknown teacher": (["train", HARD, f"output_dir={d}/o5", *TINY, "teacher.model=resnet_nope"], "resnet_nope"),
+        "unknown student": (["train", PLAIN, f"output_dir={d}/o4", *TINY, "student.model=vit_nope"],
+                            "student.model=vit_nope: unknown model"),
+        "unknown teacher": (["train", HARD, f"output_dir={d}/o5", *TINY, "teacher.model=resnet_nope"],
+                            "teacher.model=resnet_nope: unknown model"),
+        "text file as start weights": (["train", PLAIN, f"output_dir={d}/o11", *TINY, f"student.checkpoint={d}/notes.pth"],
+                                       "notes.pth: it is not a weights file distill can read"),
         "teacher file missing": (["train", HARD, f"output_dir={d}/o6", *TINY, *teacher,
                                   f"teacher.checkpoint={d}/none.safetensors"], "none.safetensors"),
         "teacher class count": (["train", HARD, f"output_dir={d}/o7", *TINY, *teacher,
@@ -84,7 +95,9 @@ def cases(d):
                                       "train.cuda_graphs"),
         "unwritable output": (["train", PLAIN, "output_dir=/proc/distill-test", *TINY], "writable"),
         "eval of a non-run": (["eval", str(d)], "not a run folder"),
-        "compare of a non-run": (["compare", str(d)], "not a finished run"),
+        "compare of a non-run": (["compare", str(d)], "is not a run folder"),
+        "compare of a missing folder": (["compare", f"{d}/runs/nope"], "nope does not exist"),
+        "compare of an unfinished run": (["compare", f"{d}/runs/unfinished"], "not a finished run"),
     }
 
 

@@ -101,3 +101,18 @@ def test_topk_larger_than_the_classes_is_one_line(tmp_path, teacher_dir):
     assert lines[0].startswith("error: distill.cache_topk=11 is larger than the dataset's 10 classes")
     assert not (tmp_path / "too_many").exists()  # nothing written: no run folder, no cache folder
     assert (sorted((teacher_dir / "logit_cache").iterdir()) if before else []) == before
+
+
+def test_device_views_of_a_set_with_its_own_mean_are_keyed_apart():
+    """The device path fills RandAugment's geometric ops with the split's mean (it used ImageNet's): a grey
+    set's device views changed, so its cache key changes and an old cache is never replayed; an
+    ImageNet-statistics set's views did not, and its key is the one it had."""
+    from distill.config import load_config
+    from distill.train.cache import cache_key
+    rrc = ["data.crop=rrc", "data.color_jitter=0", "data.auto_augment=rand-m9-mstd0.5-inc1"]
+    device = load_config("recipes/fashion_mnist/plain_tiny.yaml", rrc + ["data.augment_on=device"])
+    workers = load_config("recipes/fashion_mnist/plain_tiny.yaml", rrc)
+    grey, imagenet = (0.286,), (0.485, 0.456, 0.406)
+    assert cache_key(device, 1, "no", grey) != cache_key(device, 1, "no", imagenet)
+    assert cache_key(workers, 1, "no", grey) == cache_key(workers, 1, "no", imagenet)
+    assert "device_fill" not in cache_key(device, 1, "no", imagenet)

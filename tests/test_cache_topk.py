@@ -118,7 +118,8 @@ def test_topk_bounds():
         resolve_topk(10, 40000)
     with pytest.raises(ConfigError, match=r"distill\.cache_topk=-1 must be >= 0"):
         load_config(None, ["distill.cache_topk=-1"])
-    assert load_config(None, ["distill.cache_topk=100"]).distill.cache_topk == 100
+    cached = ["distill.type=soft", "teacher.model=resnet18", "distill.cache=true"]  # top-k shapes the cache only
+    assert load_config(None, [*cached, "distill.cache_topk=100"]).distill.cache_topk == 100
 
 
 def test_replay_check_compares_top_k_values_and_classes(tmp_path):

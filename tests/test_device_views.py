@@ -201,3 +201,67 @@ def test_a_gpu_decodes_and_augments_close_to_the_cpu(folder):
         out[device] = batches
     diff = torch.cat([(a - b).abs().flatten() for a, b in zip(out["cpu"], out["cuda"])])
     assert diff.mean() < 0.05 and (diff > 0.5).float().mean() < 0.01, (diff.mean(), (diff > 0.5).float().mean())
+
+
+def geometric_gaps(cfg, split, views=32):
+    """Mean |device - workers| (grey levels) over each view whose RandAugment draws hold a geometric op
+    (those fill the corners they uncover with the mean colour), and the channels of the views."""
+    from distill.data.device_augment import DEVICE_OPS, GEOMETRIC_OPS
+    geometric = {k for k, op in enumerate(DEVICE_OPS) if op in GEOMETRIC_OPS}
+    workers = TrainViews(split, train_transform(cfg, split.mean, split.std), seed=4)
+    ours = DeviceTrainViews(split, cfg, seed=4)
+    aug = DeviceAugment(cfg, ours.rand_augment, Normalize(split.mean, split.std), split.in_chans)
+    std = torch.tensor(split.std).view(-1, 1, 1) * 255
+    gaps, channels = [], set()
+    for view in range(views):
+        item = ours[(view, 0)]
+        ops = item[3][7:].reshape(-1, 3)[:, 0].long().tolist()  # the RandAugment rows after the 7 numbers
+        got = aug(*ours.collate([item]))[0][0]
+        channels.add(got.shape[0])
+        if geometric & set(ops):
+            gaps.append(((got - workers[(view, 0)][0]) * std).abs().mean().item())
+    return gaps, channels
+
+
+@pytest.mark.parametrize("mean", [[0.9, 0.1, 0.5], [0.29, 0.29, 0.29]], ids=["colour", "grey"])
+def test_device_views_fill_with_the_sets_own_mean(folder, mean):
+    """RandAugment's rotations, shears and translations fill what they uncover with the split's mean, on
+    the device as in the workers: with data.mean far from ImageNet's, a geometric view stays within a few
+    levels of timm's (ImageNet's fill put it 10+ levels away)."""
+    cfg = config(folder, auto_augment="rand-m9-mstd0.5-inc1", color_jitter=0.0, mean=mean, std=[0.25] * 3)
+    gaps, _ = geometric_gaps(cfg, load_split(cfg, train=True))
+    assert len(gaps) >= 5 and np.median(gaps) < 4.0, gaps
+
+
+def test_a_one_channel_set_augments_on_the_device_as_in_the_workers():
+    """Fashion-MNIST (1 channel, mean 0.29): the device views have one channel and stay close to the
+    workers path's, geometric ops included (the fill was ImageNet's three values: a traceback)."""
+    cfg = DataConfig(name="fashion_mnist", train_subset=64, img_size=32, crop="rrc", augment_on="device",
+                     auto_augment="rand-m9-mstd0.5-inc1", color_jitter=0.0)
+    split = load_split(cfg, train=True)
+    assert split.in_chans == 1
+    gaps, channels = geometric_gaps(cfg, split)
+    assert channels == {1} and len(gaps) >= 5 and np.median(gaps) < 4.0, gaps
+
+
+def test_bench_data_fits_its_steps_to_a_small_folder_and_names_the_batch(folder, capsys):
+    """24 images at batch 3 are 8 steps an epoch: without --steps/--warmup the bench fits them to it (its
+    defaults needed 160 steps an epoch); at batch 24 (one step) the line names data.batch_size."""
+    from distill.cli import main
+
+    args = ["bench", "recipes/fashion_mnist/plain_tiny.yaml", "data.name=imagefolder", f"data.root={folder}",
+            "data.crop=rrc", "data.color_jitter=0", "data.cutmix_alpha=0", "data.num_workers=0",
+            "train.mixed_precision=no"]
+    assert main([*args, "data.batch_size=3", "--data"]) == 0
+    assert float(dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())["data_img_per_s"]) > 0
+    assert main([*args, "data.batch_size=24", "--data"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bench --data needs at least") and "data.batch_size=24: lower data.batch_size" in err
+
+
+def test_decoding_on_the_device_for_the_workers_path_is_refused(folder):
+    """data.decode_on=device only acts with data.augment_on=device; with the workers path it was ignored
+    (and `bench --data` reported `decode_on workers` without a word)."""
+    with pytest.raises(ConfigError, match=r"data\.decode_on=device decodes JPEGs on the device for "
+                                          r"data\.augment_on=device only"):
+        load_config("recipes/fashion_mnist/plain_tiny.yaml", ["data.crop=rrc", "data.decode_on=device"])

@@ -103,3 +103,24 @@ def test_cli_export(tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1 and "not empty" in err
     assert main(["export", str(tmp_path), str(tmp_path / "out2")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model, extra", [("resnet18", []), ("convit_tiny", ["student.patch_size=4"])])
+def test_an_exported_timm_student_describes_its_run_not_imagenet(tmp_path, model, extra):
+    """timm's data config of the export is the run's: 32 px, 1 channel, Fashion-MNIST's mean/std, 10 classes;
+    no ImageNet test size, no hub tag (a resnet18 kept input_size 224, test_input_size 288, tag a1_in1k)."""
+    import timm
+    from timm.data import resolve_data_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(RECIPES[False], [f"output_dir={tmp_path}", "name=run", f"student.model={model}", *extra])
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    save_file(build_student(cfg.student, 10, 1, 32).state_dict(), str(run / "student.safetensors"))
+    out = export_run(run, tmp_path / "export")
+    pretrained = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert not {"tag", "test_input_size", "hf_hub_id", "url"} & set(pretrained), pretrained
+    loaded = timm.create_model(f"local-dir:{out}", pretrained=True)
+    data = resolve_data_config(model=loaded)
+    assert (tuple(data["input_size"]), tuple(data["mean"]), tuple(data["std"])) == ((1, 32, 32), (0.286,), (0.353,)), data
+    assert loaded.pretrained_cfg["num_classes"] == 10 and loaded.num_classes == 10

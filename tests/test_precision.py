@@ -46,3 +46,13 @@ def test_a_teacher_with_random_weights_is_named():
     assert len(lines) == 1 and lines[0].startswith("warning: the teacher resnet18 has random weights")
     assert run_warnings(load_config(hard), "no", "cpu") == []  # the recipe's checkpoint
     assert run_warnings(load_config(str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")), "no", "cpu") == []
+
+
+def test_the_run_header_calls_full_precision_fp32(tmp_path):
+    """Accelerate calls fp32 `no`; the header a user reads says `fp32`."""
+    from conftest import PLAIN, needs_fmnist, run_main  # noqa: F401
+    res = run_main("train", PLAIN, f"output_dir={tmp_path}", "data.train_subset=64", "data.test_subset=64",
+                   "data.batch_size=32", "train.epochs=1", "train.mixed_precision=no")
+    assert res.returncode == 0, res.stderr[-2000:]
+    header = next(line for line in res.stdout.splitlines() if "params," in line)
+    assert "precision fp32," in header, header

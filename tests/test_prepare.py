@@ -63,3 +63,52 @@ def test_prepare_refuses_a_destination_inside_the_source_or_a_source_without_tra
     assert "lies inside SRC" in capsys.readouterr().err
     assert main(["prepare", str(tmp_path / "nowhere"), str(tmp_path / "d"), "--max-side", "64"]) == 2
     assert "train not found" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def one_line(status: int, capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_prepare_refuses_empty_splits_and_a_file_as_dst_before_writing(src, tmp_path, capsys):
+    """Both were tracebacks (FileNotFoundError, NotADirectoryError)."""
+    empty = tmp_path / "empty"
+    (empty / "train" / "a").mkdir(parents=True)
+    (empty / "val" / "a").mkdir(parents=True)
+    err = one_line(main(["prepare", str(empty), str(tmp_path / "d"), "--max-side", "64"]), capsys)
+    assert f"{empty / 'train'} holds no images" in err and not (tmp_path / "d").exists()
+    (tmp_path / "file").write_text("x")
+    err = one_line(main(["prepare", str(src), str(tmp_path / "file"), "--max-side", "64"]), capsys)
+    assert "is a file" in err and (tmp_path / "file").read_text() == "x"
+
+
+def test_a_damaged_small_image_stops_prepare_not_a_run(src, tmp_path, capsys):
+    """A PNG under --max-side is copied byte for byte, but only once it decodes whole."""
+    small = (src / "train/b/3.png").read_bytes()
+    (src / "train/b/3.png").write_bytes(small[:len(small) // 2])  # the header is whole, the pixels are not
+    err = one_line(main(["prepare", str(src), str(tmp_path / "dst"), "--max-side", "64"]), capsys)
+    assert "1 file(s) could not be read" in err and "3.png" in err
+    assert not (tmp_path / "dst/train/b/3.png").exists()
+
+
+def test_an_unfinished_copy_is_refused_by_train_and_a_rerun_keeps_the_totals(src, tmp_path, capsys):
+    """A copy that prepare left unfinished is marked so, and train says to finish it; a rerun of a
+    finished copy records the same totals (it wrote `written: 0`)."""
+    from distill.data.sources import load_split
+    from distill.errors import DataError
+    dst = tmp_path / "dst"
+    (src / "train/b/3.png").write_bytes(b"\x89PNG broken")
+    assert main(["prepare", str(src), str(dst), "--max-side", "64"]) == 2  # stopped: the copy is not whole
+    capsys.readouterr()
+    with pytest.raises(DataError, match=f"{dst} is a copy that distill prepare has not finished; finish it with "
+                                        f"distill prepare {src.resolve()} {dst} --max-side 64 --quality 90"):
+        load_split(DataConfig(name="imagefolder", root=str(dst)), train=True)
+    (src / "train/b/3.png").unlink()
+    assert main(["prepare", str(src), str(dst), "--max-side", "64"]) == 0
+    first = json.loads((dst / "prepare.json").read_text())
+    assert first["complete"] and (first["images"], first["resized"], first["copied"]) == (4, 4, 0)
+    assert len(load_split(DataConfig(name="imagefolder", root=str(dst)), train=True)) == 3
+    assert main(["prepare", str(src), str(dst), "--max-side", "64"]) == 0
+    assert "0 written, 4 already there" in capsys.readouterr().out
+    assert json.loads((dst / "prepare.json").read_text()) == first

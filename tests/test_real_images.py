@@ -108,7 +108,7 @@ def test_deit_augmentation_learns_on_real_images(fm, tmp_path, name, augment_on)
 @pytest.mark.parametrize("augment_on", ["workers", "device"])
 def test_rrc_run_killed_and_resumed_gives_identical_weights(fm, tmp_path, augment_on):
     args = ["train", PLAIN, *source(fm, "imagefolder"), *SMALL, "train.checkpoint_every_steps=10",
-            f"data.augment_on={augment_on}", "data.decode_on=device"]
+            f"data.augment_on={augment_on}", f"data.decode_on={'device' if augment_on == 'device' else 'auto'}"]
     ref = run_cli(*args, f"output_dir={tmp_path}", "name=ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
     cmd = [sys.executable, "-m", "distill", *args, f"output_dir={tmp_path}", "name=cut"]

@@ -222,3 +222,24 @@ def test_a_teacher_listed_after_its_students_runs_first(tmp_path):
     recipe = ROOT / PLAIN
     path = write_study(tmp_path, f"  kd:\n    recipe: {recipe}\n    teacher: t\n  t:\n    recipe: {recipe}\n")
     assert [j.run_dir.name for j in plan(path)] == ["t_s0", "t_s1", "kd_s0", "kd_s1"]
+
+
+def test_output_dir_on_the_command_line_moves_the_study(tmp_path):
+    """`distill study FILE output_dir=DIR`: the runs go to DIR/<study name>/ (the study's own output_dir
+    was appended after the user's and won), and no run is handed an output_dir of its own."""
+    path = write_study(tmp_path, "  plain: {recipe: %s}\n" % (ROOT / "recipes/fashion_mnist/plain_tiny.yaml"))
+    jobs = plan(path, [f"output_dir={tmp_path}/mine", "train.epochs=1"])
+    assert [j.run_dir for j in jobs] == [tmp_path / "mine" / "s" / f"plain_s{s}" for s in (0, 1)]
+    assert [a for a in jobs[0].cmd if a.startswith("output_dir=")] == [f"output_dir={tmp_path / 'mine' / 's'}"]
+
+
+@pytest.mark.parametrize("override, words", [
+    ("name=mine", "name=mine on the command line cannot apply: the study names each run"),
+    ("seed=7", "seed=7 on the command line cannot apply: each run's seed comes from the study's seeds:"),
+    ("train.resume=none", "the study resumes every unfinished run itself"),
+])
+def test_keys_the_study_sets_itself_are_refused_in_one_line(tmp_path, override, words, capsys):
+    path = write_study(tmp_path, "  plain: {recipe: %s}\n" % (ROOT / "recipes/fashion_mnist/plain_tiny.yaml"))
+    line = one_error_line(main(["study", str(path), override, "--dry-run"]), capsys)
+    assert words in line, line
+    assert not (tmp_path / "out").exists()

@@ -131,7 +131,7 @@ def test_missing_and_corrupt_files(tmp_path):
 
 
 def test_unknown_model_and_unset_model():
-    with pytest.raises(TeacherError, match=r"unknown model 'resnet1000x'.*timm\.list_models\('\*resnet\*'\)"):
+    with pytest.raises(TeacherError, match=r"teacher\.model=resnet1000x: unknown model.*timm\.list_models\('\*resnet\*'\)"):
         create_model("resnet1000x", 10, 3)
     with pytest.raises(TeacherError, match="teacher.model is not set"):
         load_teacher(TeacherConfig(), 10, 3, MEAN, STD)

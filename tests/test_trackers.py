@@ -197,3 +197,71 @@ def test_log_with_takes_a_name_or_a_list_of_the_trackers_accelerate_drives():
     assert load_config(None, ["train.log_with=[]"]).train.log_with == []
     with pytest.raises(ConfigError, match=r"^train.log_with=3 is not a tracker"):
         load_config(None, ["train.log_with=3"])
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, then closed (connecting to it is refused at once)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def online_wandb_without_a_key(tmp_path, monkeypatch):
+    """W&B online with no key anywhere it looks, its server on a closed loopback port: nothing leaves the
+    machine. Its settings singleton is torn down after, so other in-process runs read their own."""
+    wandb = pytest.importorskip("wandb")
+    for k in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    env = {"WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}", "NETRC": str(tmp_path / "no_netrc"),
+           "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config")}
+    yield env
+    wandb.teardown()
+
+
+def test_online_wandb_without_a_key_is_one_line_and_makes_no_folder(tmp_path, monkeypatch, capsys,
+                                                                   online_wandb_without_a_key):
+    """It was W&B's UsageError traceback, after the run folder was made (so the rerun was refused)."""
+    for k, v in {**stores(tmp_path), **online_wandb_without_a_key}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    status = main(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", f"name={NAME}", *TINY, "train.log_with=wandb"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert "wandb login" in lines[0] and "WANDB_MODE=offline" in lines[0], lines
+    assert not (tmp_path / NAME).exists()
+
+
+def test_an_mlflow_server_that_does_not_answer_is_one_line_at_once(tmp_path, monkeypatch, capsys):
+    """An http tracking URI on a closed loopback port: refused before the folder, in seconds (MLflow's
+    start retried for minutes, then left a folder holding only config.yaml)."""
+    pytest.importorskip("mlflow")
+    import time
+    for k, v in stores(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    uri = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    t0 = time.perf_counter()
+    status = main(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", f"name={NAME}", *TINY, "train.log_with=mlflow"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: train.log_with=mlflow: MLflow's tracking server {uri} does not answer"), lines
+    assert time.perf_counter() - t0 < 30
+    assert not (tmp_path / NAME).exists()
+
+
+def test_a_tracker_that_fails_to_start_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys,
+                                                                        online_wandb_without_a_key):
+    """What the checks before the folder cannot see (here W&B's own refusal, the check switched off) ends in
+    one line, and the new folder goes, so that the corrected command is not refused as 'already exists'."""
+    monkeypatch.setitem(trackers.TRACKERS, "wandb", dataclasses.replace(trackers.TRACKERS["wandb"],
+                                                                        unready=lambda: None))
+    for k, v in {**stores(tmp_path), **online_wandb_without_a_key}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    status = main(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", f"name={NAME}", *TINY, "train.log_with=wandb"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: train.log_with: a tracker could not start (UsageError"), lines
+    assert not (tmp_path / NAME).exists()

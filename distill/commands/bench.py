@@ -17,6 +17,8 @@ allocator's peak, or the process's peak resident set on a CPU.
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 
 from distill.commands.bench_data import data_bench
@@ -36,8 +38,33 @@ def peak_bf16_tflops(device_name: str):
     return next((v for k, v in _PEAK_BF16_TFLOPS.items() if k in device_name), None)
 
 
-def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, reference: bool = False) -> dict:
-    """Training, teacher and inference throughput of `cfg`'s trainer; returns a JSON-able dict."""
+STEPS, WARMUP = 50, 10  # --steps and --warmup where the epoch has steps enough; else what fits it
+
+
+def fit_steps(cfg: Config, steps_per_epoch: int, steps: Optional[int], warmup: Optional[int], passes: int,
+              what: str) -> Tuple[int, int]:
+    """(steps, warmup) such that warmup + passes x steps fits one epoch: those given (checked), or the
+    defaults cut to the epoch. One line naming the batch size where even one step does not fit."""
+    if warmup is None:
+        warmup = min(WARMUP, max(1, steps_per_epoch // 10))
+    if steps is None:
+        steps = min(STEPS, (steps_per_epoch - warmup) // passes)
+        if steps < 1:
+            raise ConfigError(f"{what} needs at least {warmup + passes} steps of an epoch, but one epoch here is "
+                              f"{steps_per_epoch} step(s) at data.batch_size={cfg.data.batch_size}: lower "
+                              "data.batch_size (or use more images)")
+    times = f"{passes} x steps" if passes > 1 else "steps"
+    if steps < 1 or warmup < 0 or warmup + passes * steps > steps_per_epoch:
+        raise ConfigError(f"{what} needs warmup + {times} = {warmup + passes * steps} <= {steps_per_epoch} steps per "
+                          f"epoch (at data.batch_size={cfg.data.batch_size}); pass smaller --steps/--warmup, lower "
+                          "data.batch_size, or leave --steps/--warmup out to fit them to the epoch")
+    return steps, warmup
+
+
+def run_bench(cfg: Config, steps: Optional[int] = None, warmup: Optional[int] = None, rounds: int = 1,
+              reference: bool = False) -> dict:
+    """Training, teacher and inference throughput of `cfg`'s trainer; returns a JSON-able dict. `steps` and
+    `warmup`: None fits them to the epoch (`fit_steps`)."""
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds} must be >= 1")
     if reference and (cfg.student.distilled or cfg.distill.type != "none"):
@@ -48,9 +75,7 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
         raise ConfigError("--reference times a common loop over an in-memory dataset; this recipe streams "
                           f"data.name={cfg.data.name} from disk: drop --reference (scripts/bench_data.py "
                           "compares the on-disk data path with timm's loader)")
-    if warmup + steps > run.data.steps_per_epoch:
-        raise ConfigError(f"bench needs warmup + steps = {warmup + steps} <= {run.data.steps_per_epoch} steps per epoch; "
-                          "pass smaller --steps/--warmup or a larger data.train_subset")
+    steps, warmup = fit_steps(cfg, run.data.steps_per_epoch, steps, warmup, 1, "bench")
     cache = run.teacher_logits.cache
     result = {"recipe": cfg.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "world_size": trainer.world_size, "batch_size": cfg.data.batch_size, "global_batch": run.global_batch,
@@ -72,12 +97,11 @@ def run_bench(cfg: Config, steps: int = 50, warmup: int = 10, rounds: int = 1, r
     return result
 
 
-def run_data_bench(cfg: Config, steps: int = 50, warmup: int = 10) -> dict:
+def run_data_bench(cfg: Config, steps: Optional[int] = None, warmup: Optional[int] = None) -> dict:
     """`--data`: the input pipeline's rates beside the step's (`distill.commands.bench_data`)."""
     trainer = Loop(cfg)
-    if warmup + 3 * steps > trainer.run.data.steps_per_epoch:  # a few passes of the sampler's epochs
-        raise ConfigError(f"bench --data needs warmup + 3 x steps = {warmup + 3 * steps} <= "
-                          f"{trainer.run.data.steps_per_epoch} steps per epoch; pass smaller --steps/--warmup")
+    # three passes over the sampler's epochs (a worker's, the pipeline's, the step's)
+    steps, warmup = fit_steps(cfg, trainer.run.data.steps_per_epoch, steps, warmup, 3, "bench --data")
     return data_bench(trainer, steps, warmup)
 
 

@@ -16,6 +16,7 @@ folder_path=OUT)`, or `timm.models.push_to_hf_hub(model, "USER/NAME")` on the mo
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -88,6 +89,24 @@ def vit_args(model: DistillViT) -> dict:
                 qkv_bias=qkv.bias is not None, distilled=model.distilled)
 
 
+# what a timm model's pretrained_cfg says of the hub weights it was registered with (ImageNet's), not of
+# this run's: their source and tag, and the larger size they were tested at
+SOURCE_KEYS = ("tag", "url", "hf_hub_id", "hf_hub_filename", "file", "source", "test_input_size", "test_crop_pct",
+               "test_pool_size")
+
+
+def own_pretrained_cfg(config_json: Path, data_config: dict, num_classes: int) -> None:
+    """Rewrite the exported pretrained_cfg to describe the run: its input size, channels, normalisation and
+    classes (`data_config`), without SOURCE_KEYS. timm's `save_for_hf` starts from the model's registered
+    cfg, so a resnet18 trained at 32 px kept `input_size` 224, `test_input_size` 288 and tag `a1_in1k`, and
+    `timm.data.resolve_data_config` fed the export the wrong size."""
+    config = json.loads(config_json.read_text())
+    cfg = {k: v for k, v in config["pretrained_cfg"].items() if k not in SOURCE_KEYS}
+    cfg.update({k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}, num_classes=num_classes)
+    config["pretrained_cfg"] = cfg
+    config_json.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def export_run(run_dir: Path, out_dir: Path, ema: bool = False) -> Path:
     """Write the run's student (`ema`: its EMA weights) into the new folder `out_dir`; returns it.
 
@@ -114,7 +133,8 @@ def export_run(run_dir: Path, out_dir: Path, ema: bool = False) -> Path:
         raise ConfigError(f"{weights} does not fit {cfg.student.model} as {CONFIG} builds it ({first})") from None
     # crop=pad feeds whole images (padded or resized to img_size), never a centre crop: crop_pct 1;
     # crop=rrc evaluates through timm's own eval transform, whose settings travel with the weights
-    data_config = dict(crop_pct=1.0, **(data_stats(cfg.data, in_chans) or {}))
+    size = cfg.data.img_size
+    data_config = dict(input_size=(in_chans, size, size), crop_pct=1.0, **(data_stats(cfg.data, in_chans) or {}))
     if cfg.data.crop == "rrc":
         data_config["crop_pct"] = cfg.data.crop_pct
         if cfg.data.interpolation != "random":
@@ -124,6 +144,7 @@ def export_run(run_dir: Path, out_dir: Path, ema: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         save_for_hf(model, str(tmp), model_args=model_args, safe_serialization=True, data_config=data_config)
+        own_pretrained_cfg(tmp / "config.json", data_config, num_classes)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above): rename needs the name free
         tmp.rename(out_dir)

@@ -6,10 +6,12 @@ every run, for a one-off cost. Images no larger than N are copied byte for byte;
 resized (Pillow's `thumbnail`: aspect kept, JPEG draft decoding and a reducing pass, then Lanczos)
 and saved as JPEG at quality Q under the same relative path (suffix `.jpg`).
 
+Every image is decoded whole before it is written, so a damaged file stops `prepare`, not a run.
 Parallel over `--workers` processes; resumable: each file is written under a temporary name and
-renamed when whole, files already there are skipped, and `prepare.json` (source, N, Q, counts) is
-written last. A copy with other settings in DST is refused. A run on the copy names it in its
-header line and `summary.json` (`data_copy`, from `prepare.json`).
+renamed when whole, files already there are skipped. `prepare.json` (source, N, Q) is written first
+with `complete: false`, which `train` refuses (`distill.data.sources.imagefolder`), and last with the
+copy's totals (images, resized, copied) and `complete: true`. A copy with other settings in DST is
+refused. A run on the copy names it in its header line and `summary.json` (`data_copy`).
 """
 from __future__ import annotations
 
@@ -34,13 +36,16 @@ def _target(src_root: Path, dst_root: Path, path: Path, max_side: int) -> Tuple[
     return (dst_root / rel.with_suffix(".jpg") if resize else dst_root / rel), resize
 
 
-def _one(job) -> str:
-    """Prepare one file; returns 'done', 'skipped' or an error line."""
+UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)  # what Pillow raises
+
+
+def _one(job) -> Tuple[str, bool]:
+    """Prepare one file; returns ('done' or 'skipped', whether it is resized), or (an error line, False)."""
     src_root, dst_root, path, max_side, quality = job
     try:
         out, resize = _target(src_root, dst_root, path, max_side)
         if out.exists():
-            return "skipped"
+            return "skipped", resize
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".tmp_{os.getpid()}_{out.name}")
         if resize:
@@ -50,11 +55,13 @@ def _one(job) -> str:
                 im.thumbnail((max_side, max_side), Image.LANCZOS, reducing_gap=3.0)
                 im.save(tmp, "JPEG", quality=quality)
         else:
+            with Image.open(path) as im:
+                im.load()  # decoded whole: a damaged image is refused here, not in a run's first epoch
             shutil.copyfile(path, tmp)
         os.replace(tmp, out)
-        return "done"
-    except OSError as e:
-        return f"{path}: {first_line(e)}"
+        return "done", resize
+    except UNREADABLE as e:
+        return f"{path}: {first_line(e)}", False
 
 
 def check_prepare(src: Path, dst: Path, max_side: int, quality: int) -> dict:
@@ -67,6 +74,8 @@ def check_prepare(src: Path, dst: Path, max_side: int, quality: int) -> dict:
         raise DataError(f"prepare: {src}/train not found; SRC must be an image folder (SRC/train/<class>/*)")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise ConfigError(f"prepare: DST {dst} lies inside SRC {src}; choose another folder")
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"prepare: DST {dst} is a file; give a folder (a new one, or a copy made by prepare)")
     manifest = {"source": str(src.resolve()), "max_side": max_side, "quality": quality}
     old = dst / MANIFEST
     if old.exists():
@@ -79,20 +88,36 @@ def check_prepare(src: Path, dst: Path, max_side: int, quality: int) -> dict:
 
 
 def prepare(src: Path, dst: Path, max_side: int, quality: int = 90, workers: Optional[int] = None) -> dict:
-    """Make (or finish) the copy; returns the manifest written to DST/prepare.json."""
+    """Make (or finish) the copy; returns the manifest written to DST/prepare.json, with `written` and
+    `kept`: the files this call wrote and those it found already there."""
     manifest = check_prepare(src, dst, max_side, quality)
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    for split in (src / n for n in ("train", "val", "test") if (src / n).is_dir()):
+        if not any(f.is_relative_to(split) for f in files):
+            raise DataError(f"prepare: {split} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add "
+                            "some or remove the folder")
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"prepare: cannot make DST {dst} ({first_line(e)}); choose another folder") from None
+    _write_manifest(dst, {**manifest, "complete": False})  # until the copy is whole: `train` refuses it
     for stale in dst.rglob(".tmp_*"):  # left by a copy that was stopped: redone below
         stale.unlink()
     jobs = [(src, dst, p, max_side, quality) for p in files]
     with Pool(workers or len(os.sched_getaffinity(0))) as pool:
         results = pool.map(_one, jobs, chunksize=64)
-    failed = [r for r in results if r not in ("done", "skipped")]
+    failed = [r for r, _ in results if r not in ("done", "skipped")]
     if failed:
         raise DataError(f"prepare: {len(failed)} file(s) could not be read, first: {failed[0]}; "
                         "remove or replace them and run the same command again (done files are kept)")
-    manifest.update(images=len(files), written=results.count("done"), kept=results.count("skipped"))
+    resized = sum(resize for _, resize in results)
+    manifest.update(images=len(files), resized=resized, copied=len(files) - resized, complete=True)
+    _write_manifest(dst, manifest)
+    done = [r for r, _ in results].count("done")
+    return {**manifest, "written": done, "kept": len(files) - done}
+
+
+def _write_manifest(dst: Path, manifest: dict) -> None:
     tmp = dst / f".tmp_{MANIFEST}"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, dst / MANIFEST)
-    return manifest

@@ -35,6 +35,9 @@ def check_data(d: "DataConfig") -> None:
         check_auto_augment(d.auto_augment)
     if d.augment_on == "device":
         check_device_augment(d)
+    elif d.decode_on == "device":  # the workers path decodes in its workers: the key would be ignored
+        raise ConfigError("data.decode_on=device decodes JPEGs on the device for data.augment_on=device only; the "
+                          "workers decode for data.augment_on=workers: set data.decode_on=auto (or data.augment_on=device)")
 
 
 def check_device_augment(d: "DataConfig") -> None:

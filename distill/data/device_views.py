@@ -64,7 +64,8 @@ class DeviceTrainViews(torch.utils.data.Dataset):
         primary, secondary, _ = create_transform(
             cfg.img_size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
             hflip=0.5 if cfg.hflip else 0.0, color_jitter=None, auto_augment=cfg.auto_augment,
-            interpolation=cfg.interpolation, re_prob=0.0, separate=True)
+            interpolation=cfg.interpolation, mean=tuple(split.mean), std=tuple(split.std), re_prob=0.0,
+            separate=True)  # the split's mean: RandAugment's geometric ops fill with it, one value per channel
         self.crop = primary.transforms[0]  # timm's RandomResizedCropAndInterpolation: its draw, not its resize
         guard_posterize(secondary)
         self.rand_augment = RandAugmentDraws(secondary) if cfg.auto_augment else None

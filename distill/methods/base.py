@@ -14,6 +14,7 @@ the step runs it and passes what it returned (`teacher_out`) in.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Sequence, Tuple, Type, Union
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from distill.errors import ConfigError
 
+WEIGHTS = ("alpha", "tau")  # common numeric keys a method uses or not (`Method.reads`); standardize is a switch
 STANDARDIZE_EPS = 1e-7  # the reference code's eps (sunshangquan/logit-standardization-KD), added to the std
 
 if TYPE_CHECKING:  # type hints only
@@ -115,17 +117,27 @@ class Method(nn.Module):
         if cfg.distill.cache and cfg.distill.cache_topk and not cls.topk_cache:
             raise ConfigError(f"distill.cache_topk stores top-k logits, which distill.type={cls.name} cannot use; "
                               "set distill.cache_topk=0")
-        for key, spec in cls.keys.items():  # the built-ins' are also checked by the config; a plugin's only here
-            value = getattr(cfg.distill, key)
-            if spec.choices is not None and value not in spec.choices:
-                raise ConfigError(f"distill.{key}={value!r} is not one of: {', '.join(map(str, spec.choices))}")
-            if spec.min is not None and value is not None and value < spec.min:
-                raise ConfigError(f"distill.{key}={value} must be >= {spec.min}")
+        cls._check_common_keys(cfg)
         for other in METHODS.values() if cls.needs_teacher else ():  # a plain run ignores them (study overrides)
             for key, spec in other.keys.items():
                 if other is not cls and getattr(cfg.distill, key) != spec.default:
                     raise ConfigError(f"distill.{key}={getattr(cfg.distill, key)} applies to distill.type={other.name} "
                                       f"only; remove it or set distill.type={other.name}")
+
+    @classmethod
+    def _check_common_keys(cls, cfg: "Config") -> None:
+        """A common key this method does not read (`reads`), set away from its default, is refused, as
+        another method's own key is: `distill.type=hard distill.tau=3` would train as if tau were 1."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg.distill)}
+        for key in WEIGHTS:
+            value = getattr(cfg.distill, key)
+            if key not in cls.reads and value != defaults[key]:
+                takes = ", ".join(m.name for m in METHODS.values() if key in m.reads)
+                raise ConfigError(f"distill.{key}={value} is not read by distill.type={cls.name}; remove it, or "
+                                  f"set it for distill.type={{{takes}}} only")
+        if cfg.distill.cache_topk and not cfg.distill.cache:
+            raise ConfigError(f"distill.cache_topk={cfg.distill.cache_topk} shapes the logit cache, which is off: "
+                              "set distill.cache=true, or remove distill.cache_topk")
 
     def set_progress(self, epochs: float) -> None:
         """Called before every step with the epochs done once it ends (a fraction within an epoch), for

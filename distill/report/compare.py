@@ -29,6 +29,10 @@ def load_runs(run_dirs) -> list:
                               "list each run once")
         seen[d.resolve()] = d
         path = d / records.SUMMARY
+        if not d.is_dir():
+            raise ConfigError(f"{d} does not exist: pass run folders (runs/<name>)")
+        if not path.exists() and not (d / records.CONFIG).is_file():
+            raise ConfigError(f"{d} is not a run folder (no {records.CONFIG}): pass run folders (runs/<name>)")
         if not path.exists():
             raise ConfigError(f"{d} has no {records.SUMMARY}: not a finished run (resume it with train.resume=auto)")
         summary = json.loads(path.read_text())

@@ -136,9 +136,41 @@ def _teachers_first(runs: Dict[str, StudyRun], path: Path) -> Dict[str, StudyRun
     return ordered
 
 
+# keys the study sets on every run itself, and why an override of them cannot hold
+OWNED = {"name": "the study names each run <variant>_s<seed>; give the study another name: in its file instead",
+         "seed": "each run's seed comes from the study's seeds: (or the run's); edit those in its file instead",
+         "train.resume": "the study resumes every unfinished run itself (train.resume=auto)"}
+
+
+def _study_overrides(study: Study, path: Path, overrides) -> List[str]:
+    """The command line's overrides for every run. `output_dir=DIR` there moves the study (its runs go to
+    DIR/<study name>/) and is not passed on; a key the study sets itself (`OWNED`) is refused wherever it is
+    given, since the study's own value would silently replace it."""
+    given = [("on the command line", list(overrides)), ("in the study's overrides", study.overrides),
+             *((f"in runs.{v}.overrides", r.overrides) for v, r in study.runs.items())]
+    for where, items in given:
+        for item in items:
+            key = item.split("=", 1)[0].strip().lstrip("+~")
+            if key in OWNED:
+                raise ConfigError(f"study {path}: {item} {where} cannot apply: {OWNED[key]}")
+            if key == "output_dir" and where != given[0][0]:
+                raise ConfigError(f"study {path}: {item} {where} cannot apply: the study's runs go to "
+                                  "<output_dir>/<name>/; set output_dir: at the study file's top level instead")
+    rest = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "output_dir":
+            study.output_dir = value.strip()
+        else:
+            rest.append(item)
+    return rest
+
+
 def plan(path: Path, overrides=()) -> List[Job]:
-    """Every run of the study, in file order, with its command line."""
+    """Every run of the study, in file order, with its command line. `output_dir=DIR` among the overrides
+    is the study's folder root (`Study.output_dir`); name=, seed= and train.resume= are refused."""
     study = load_study(path)
+    overrides = _study_overrides(study, path, overrides)
     folder = Path(study.output_dir) / study.name
     first_run = {v: folder / f"{v}_s{(r.seeds or study.seeds)[0]}" for v, r in study.runs.items()}
     sc, held = study.scaling, set()

@@ -135,6 +135,9 @@ def discard_if_unstarted(accelerator, run_dir: Path, new: bool):
     except UserError:
         if new and accelerator.is_main_process and ckpt.latest_checkpoint(run_dir) is None:
             for tracker in accelerator.trackers:  # close TensorBoard's writer before its folder goes
-                tracker.finish()
+                try:
+                    tracker.finish()
+                except Exception:  # noqa: BLE001 (a tracker whose start failed has nothing to close)
+                    pass
             durable.remove(run_dir)
         raise

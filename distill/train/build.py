@@ -200,7 +200,7 @@ def build_student(cfg: StudentConfig, num_classes: int, in_chans: int, img_size:
     kwargs = student_kwargs(cfg, num_classes, in_chans)
     try:
         model = create_model_at(cfg.model, img_size, pretrained=cfg.pretrained, small_input_stem=cfg.small_input_stem,
-                                **kwargs)
+                                key="student.model", **kwargs)
     except TypeError as e:  # an argument the architecture does not take (a CNN's patch_size)
         raise _argument_refused(cfg, e) from None
     except (ValueError, AssertionError) as e:  # sizes the architecture cannot take (patch_size, num_heads, ...)
@@ -368,7 +368,7 @@ def build_run(cfg: Config, acc: Accelerator, skip_nonfinite=None) -> Run:
     acc.register_for_checkpointing(progress)
     cache = None
     if cfg.distill.cache:
-        cache = LogitCache(cache_root(cfg), cache_key(cfg, acc.num_processes, acc.mixed_precision),
+        cache = LogitCache(cache_root(cfg), cache_key(cfg, acc.num_processes, acc.mixed_precision, data.mean),
                            acc.process_index, acc.num_processes, data.steps_per_epoch,
                            resolve_topk(cfg.distill.cache_topk, data.num_classes), data.num_classes)
     step = build_step(cfg.train, acc, trainable, student, step_teacher, method, data.augment, optimizer,

@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -97,8 +97,11 @@ def topk_decode(values: torch.Tensor, indices: torch.Tensor, num_classes: int) -
     return tail.expand(-1, num_classes).clone().scatter_(-1, indices.long(), lp)
 
 
-def cache_key(cfg: Config, world_size: int, mixed_precision: str) -> dict:
-    """Everything that decides the views and the teacher's answer to them."""
+IMAGENET_FILL = [124, 116, 104]  # timm's img_mean for ImageNet's mean: what the device path filled with before
+
+
+def cache_key(cfg: Config, world_size: int, mixed_precision: str, mean: Sequence[float] = ()) -> dict:
+    """Everything that decides the views and the teacher's answer to them. `mean`: the split's."""
     ckpt = cfg.teacher.checkpoint
     weights = Path(ckpt) / "student.safetensors" if ckpt and Path(ckpt).is_dir() else Path(ckpt or "")
     stat = weights.stat() if weights.is_file() else None
@@ -107,7 +110,20 @@ def cache_key(cfg: Config, world_size: int, mixed_precision: str) -> dict:
             # a teacher with neither a file nor hub weights is a random init, which follows `seed`
             "init_seed": None if stat or cfg.teacher.pretrained else cfg.seed,
             **view_keys(cfg.data),  # {"data": ..., "views": ...}: the keys marked `views` in DataConfig
-            "aug_seed": cfg.data.aug_seed, "world_size": world_size, "mixed_precision": mixed_precision}
+            "aug_seed": cfg.data.aug_seed, "world_size": world_size, "mixed_precision": mixed_precision,
+            **device_fill_key(cfg, mean)}
+
+
+def device_fill_key(cfg: Config, mean: Sequence[float]) -> dict:
+    """`data.augment_on=device` once filled RandAugment's geometric ops with ImageNet's mean on every set;
+    it now fills with the split's, as the workers do. Where the two differ the views changed, so the fill
+    joins the key and a cache of the old views is never replayed; caches of ImageNet-statistics sets
+    (whose views did not change) keep their key."""
+    data = cfg.data
+    if data.crop != "rrc" or data.augment_on != "device" or not data.auto_augment:
+        return {}
+    fill = [min(255, round(255 * m)) for m in mean]  # timm's img_mean
+    return {} if fill == IMAGENET_FILL else {"device_fill": fill}
 
 
 def cache_root(cfg: Config) -> Path:

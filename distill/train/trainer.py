@@ -26,6 +26,8 @@ from distill.train.graphed import make_capturable
 from distill.train.schedule import check_fork, fork_source
 from distill.train.timing import IntervalRate
 
+PRECISION_WORDS = {"no": "fp32"}  # Accelerate's mixed_precision values, as the run header says them
+
 
 class Loop:
     """A run's parts (`build_run`) and its epochs of steps, writing nothing: `distill bench` times
@@ -170,7 +172,7 @@ class Trainer(Loop):
         self._resume()
         auto = " (auto)" if cfg.train.mixed_precision == "auto" else ""
         acc.print(f"{cfg.name}: {r.cost.params / 1e6:.2f}M params, {self.world_size} process(es) on {self.device.type}, "
-                  f"precision {acc.mixed_precision}{auto}, global batch {r.global_batch}, lr {r.lr:.2e}, "
+                  f"precision {PRECISION_WORDS.get(acc.mixed_precision, acc.mixed_precision)}{auto}, global batch {r.global_batch}, lr {r.lr:.2e}, "
                   f"{r.data.steps_per_epoch} steps/epoch")
         copy = records.data_copy(cfg.data)
         if copy:

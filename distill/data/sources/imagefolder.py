@@ -89,6 +89,11 @@ class FolderSplit(StreamedSplit):
 def load_imagefolder(cfg: "DataConfig", train: bool) -> Union[FolderSplit, ImageSplit]:
     """`root/train/<class>/*` and `root/val/` (or `root/test/`); classes sorted from train."""
     root = Path(cfg.root)
+    copy = copy_manifest(root)
+    if copy is not None and copy.get("complete") is False:  # absent in copies made before the flag: whole
+        raise DataError(f"imagefolder: {root} is a copy that distill prepare has not finished; finish it with "
+                        f"distill prepare {copy['source']} {root} --max-side {copy['max_side']} "
+                        f"--quality {copy['quality']}")
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DataError(f"imagefolder: {train_dir} not found; lay images out as {root}/train/<class>/*.png "
