@@ -140,7 +140,7 @@ class TrainConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     clip_grad: Optional[float] = None  # max global grad norm; None = no clipping
     grad_accum_steps: int = 1
-    mixed_precision: Optional[str] = None  # no | fp16 | bf16 | auto (what the device computes natively); None = Accelerate's config
+    mixed_precision: Optional[str] = "auto"  # no | fp16 | bf16 | auto (what the device computes natively); None = Accelerate's config
     ema: bool = False
     ema_decay: float = 0.9998
     resume: str = _key("", may_differ=True)  # "" = new run, "auto" = latest checkpoint of this run name, or a path

@@ -24,7 +24,8 @@ from omegaconf import OmegaConf
 from distill.config import DataConfig, load_config
 from distill.data.sources import load_split
 from distill.errors import DataError
-from distill.train.build import build_student, native_precision
+from distill.train.build import build_student
+from distill.train.precision import native_precision
 from distill.train.cost import forward_gflops, train_gflops
 from teachers import create_model
 
