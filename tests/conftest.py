@@ -6,8 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# The suite is CPU tests (bit-exact runs, gloo processes): on a machine with a GPU, it is hidden from them
+# and from every process they start, so they compute as on a CPU-only machine. The CUDA tests (marked
+# `cuda`) run in a session of their own, with the GPU visible and nothing else:
+#   DISTILL_TEST_CUDA=1 pytest -m cuda        (scripts/gpu_check.sh runs it)
+CUDA_SESSION = os.environ.get("DISTILL_TEST_CUDA") == "1"
+if not CUDA_SESSION:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything asks CUDA how many devices it has
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -30,6 +38,19 @@ SHORT = ["data.train_subset=2048", "data.test_subset=999", "data.batch_size=32",
          "train.mixed_precision=no"]
 SHORT_STEPS_PER_EPOCH = 64
 PLAIN = "recipes/fashion_mnist/plain_tiny.yaml"
+
+
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU "
+                                                    "(DISTILL_TEST_CUDA=1 pytest -m cuda)")]
+
+
+def pytest_collection_modifyitems(config, items):
+    """A CUDA session runs the CUDA tests only: the others must not see the GPU."""
+    if CUDA_SESSION:
+        skip = pytest.mark.skip(reason="DISTILL_TEST_CUDA=1 runs the CUDA tests only (-m cuda); the rest hide the GPU")
+        for item in items:
+            if "cuda" not in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -182,6 +182,7 @@ def test_bench_data_times_each_part_and_names_the_bound(folder, capsys):
     assert table["bound_by"] in ("data", "step")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")
 def test_a_gpu_decodes_and_augments_close_to_the_cpu(folder):
     """On CUDA the batch is decoded by nvJPEG and augmented there: close to the CPU's views (nvJPEG and

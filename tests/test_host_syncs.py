@@ -82,3 +82,22 @@ def test_the_logit_record_of_an_epoch_lives_in_host_memory():
     from distill.train.cache import record_buffer
     buf = record_buffer(torch.empty(4, 10, dtype=torch.bfloat16, device="meta"), steps=6)
     assert buf.device.type == "cpu" and buf.shape == (6, 4, 10) and buf.dtype == torch.bfloat16
+
+
+def test_a_cmyk_jpeg_is_decoded_by_the_worker_not_handed_to_the_device(tmp_path):
+    """nvJPEG may take a CMYK file and return wrong colours: with data.decode_on=device such a file still
+    ships as pixels decoded by libjpeg-turbo, as the workers path decodes it; an RGB JPEG ships as bytes."""
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gpu_check import cmyk_jpeg
+    cmyk_jpeg(tmp_path / "train" / "c0" / "a.jpg")
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "train" / "c0" / "b.jpg")
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), img_size=32, crop="rrc", augment_on="device",
+                     decode_on="device")
+    (tmp_path / "val" / "c0").mkdir(parents=True)
+    Image.new("RGB", (64, 48)).save(tmp_path / "val" / "c0" / "v.jpg")
+    split = load_split(cfg, train=True)
+    views = DeviceTrainViews(split, cfg, seed=0, decode_on_device=True)
+    kinds = {split.name(i).rsplit("/", 1)[1]: int(views[(i, 0)][3][0]) for i in range(2)}
+    assert kinds == {"a.jpg": 0, "b.jpg": 1}  # PIXELS, JPEG

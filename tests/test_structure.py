@@ -75,6 +75,7 @@ def test_one_step_function_with_accelerate_and_graph_hooks_agrees_on_cpu():
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
 def test_graphed_step_matches_eager_on_gpu():
     from distill.train.graphed import GraphedStep, make_capturable

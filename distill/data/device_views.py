@@ -79,10 +79,12 @@ class DeviceTrainViews(torch.utils.data.Dataset):
         data = self.split.encoded(i) if self.decode_on_device else None
         if data is not None and data[:2] == b"\xff\xd8":  # a JPEG: the device decodes it
             try:
-                return data, Image.open(io.BytesIO(data))
+                image = Image.open(io.BytesIO(data))
             except OSError as e:  # a damaged header (UnidentifiedImageError)
                 raise DataError(f"{self.split.name(i)}: cannot decode image ({first_line(e)}); "
                                 "remove or replace it") from None
+            if image.mode in ("RGB", "L"):  # a CMYK or YCCK file (ImageNet has a few) is decoded here, by
+                return data, image  # libjpeg-turbo: whether nvJPEG converts its colours right is untested
         return None, self.split.rgb(i)
 
     def name(self, view: int) -> str:
