@@ -88,7 +88,7 @@ def graphed_syncs(folder, out, steps: int = 20) -> dict:
 
     def step(k):
         images, labels, index = next(batches)
-        for name, v in loop._train_step(images, labels, index, 0, k).items():  # as `Loop.train_epoch` sums them
+        for name, v in loop.train_step(images, labels, index, 0, k).items():  # as `Loop.train_epoch` sums them
             sums[name] = sums.get(name, 0.0) + v.detach().float()
 
     for k in range(2):  # the capture and one replay: their syncs are once per run
