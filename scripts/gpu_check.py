@@ -137,7 +137,8 @@ def resume_check(folder, out) -> dict:
     seen, real = {}, tr.make_capturable
 
     def watched(optimizer, device):
-        seen["loaded_device"] = str(optimizer.param_groups[0]["lr"].device)
+        lr = optimizer.param_groups[0]["lr"]
+        seen["loaded_device"] = str(lr.device) if hasattr(lr, "device") else "a float"
         real(optimizer, device)
         lr = optimizer.param_groups[0]["lr"]
         seen.update(resumed_device=str(lr.device), resumed_lr=float(lr))
