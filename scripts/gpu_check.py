@@ -227,10 +227,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.check == "jpegs":
         n = make_folder(Path(a.folder), a.train, a.val)
-        return _report("jpegs", True, f"{n} noise JPEGs, 500x375, quality 90, in {a.folder}")
+        return _report("data", True, f"{n} noise JPEGs, 500x375, quality 90, in {a.folder}")
     if a.check == "small":
         n = make_folder(Path(a.folder), 256, 64, size=(32, 32), suffix=".png")
-        return _report("small", True, f"{n} noise PNGs, 32x32, in {a.folder}")
+        return _report("data", True, f"{n} noise PNGs, 32x32, in {a.folder}")
     if a.check == "syncs":
         r = graphed_syncs(a.folder, a.out)
         return _report("graphed_syncs", r["syncs"] == 0, f"{r['syncs']} host syncs in 20 graphed steps "
