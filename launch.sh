@@ -55,6 +55,13 @@ MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"; MASTER_PORT="${MASTER_PORT:-29500}"
 is_count() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 gpus="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null)" \
   || die "cannot import torch with $PYTHON; run 'make setup' or set PYTHON"
+# A driver older than torch's CUDA build: nvidia-smi lists the GPUs, torch sees none. Refuse rather than
+# train on the CPU unasked; CUDA_VISIBLE_DEVICES (set, even empty) says which GPUs are meant.
+if (( gpus == 0 )) && [[ -z "${CUDA_VISIBLE_DEVICES+set}" ]] && command -v nvidia-smi >/dev/null \
+    && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+  cuda="$("$PYTHON" -c 'import torch; print(torch.version.cuda)' 2>/dev/null || true)"
+  die "nvidia-smi lists $(nvidia-smi -L | grep -c '^GPU ') GPU(s) but torch (CUDA $cuda) sees none: the driver is likely older than that CUDA; update the driver or install torch for the driver's CUDA, or run CUDA_VISIBLE_DEVICES= ./launch.sh ... to train on the CPU"
+fi
 NPROC="${NPROC:-$(( gpus > 0 ? gpus : 1 ))}"
 is_count "$NPROC" || die "NPROC=$NPROC is not a positive whole number"
 is_count "$NNODES" || die "NNODES=$NNODES is not a positive whole number"

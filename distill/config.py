@@ -149,7 +149,7 @@ class TrainConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     clip_grad: Optional[float] = _key(None, gt=0)  # max global grad norm; None = no clipping
     grad_accum_steps: int = _key(1, gt=0)
-    mixed_precision: Optional[str] = _key(None, choices=(None, "no", "fp16", "bf16", "auto"))  # no | fp16 | bf16 | auto (what the device computes natively); None = Accelerate's config
+    mixed_precision: Optional[str] = _key("auto", choices=(None, "no", "fp16", "bf16", "auto"))  # auto: native on the device; None: Accelerate's config
     ema: bool = False
     ema_decay: float = _key(0.9998, **UNIT)
     resume: str = _key("", may_differ=True)  # "" = new run, "auto" = latest checkpoint of this run name, or a path

@@ -6,7 +6,8 @@
 # 3. ViT-Base at 224 px (patch 16), compiled bf16: model-FLOPs utilisation against the card's peak.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
+# the project's venv where it has one (as launch.sh), else the system's; PYTHON= overrides
+if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"; elif [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 OUT_DIR="${OUT_DIR:-bench}"
 mkdir -p "$OUT_DIR"
 root="${1:-/usr/share/datasets/fashion-mnist}"

@@ -10,7 +10,8 @@
 #   scripts/gpu_cached_200ep.sh [FASHION_MNIST_DIR]   (EPOCHS, SUBSET, OUT_DIR and EXTRA override)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
+# the project's venv where it has one (as launch.sh), else the system's; PYTHON= overrides
+if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"; elif [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 OUT_DIR="${OUT_DIR:-runs/gpu_cached_200ep}"
 root="${1:-/usr/share/datasets/fashion-mnist}"
 common=(data.root="$root" data.train_subset="${SUBSET:-50000}" train.epochs="${EPOCHS:-200}" data.aug_seed=0

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes/imagenet/deit_tiny.yaml"  # the repo's, from any working directory
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_data import write_folder  # noqa: E402  (the same JPEG folder as the CPU data bench)
@@ -49,7 +50,7 @@ def main() -> None:
     from distill.recipe import load_config
 
     for augment_on, compile_ in [(a, c) for a in args.augment_on for c in (False, True)]:
-        cfg = load_config("recipes/imagenet/deit_tiny.yaml", [
+        cfg = load_config(str(RECIPE), [
             f"data.root={args.folder}", f"data.num_workers={args.workers}", f"data.batch_size={args.batch}",
             f"data.augment_on={augment_on}", "train.mixed_precision=bf16", f"train.compile={str(compile_).lower()}",
             "output_dir=/tmp/deit_runs"])

@@ -6,8 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# The suite is CPU tests (bit-exact runs, gloo processes): on a machine with a GPU, it is hidden from them
+# and from every process they start, so they compute as on a CPU-only machine. The CUDA tests (marked
+# `cuda`) run in a session of their own, with the GPU visible and nothing else:
+#   DISTILL_TEST_CUDA=1 pytest -m cuda        (scripts/gpu_check.sh runs it)
+CUDA_SESSION = os.environ.get("DISTILL_TEST_CUDA") == "1"
+if not CUDA_SESSION:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything asks CUDA how many devices it has
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -22,13 +30,27 @@ needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").ex
 # pipeline, enough to learn (about 48 % top-1); 1999 test images.
 QUICK = ["data.train_subset=4096", "data.test_subset=1999", "data.batch_size=32", "data.cutmix_alpha=0",
          "train.epochs=2", "train.lr=1e-3", "train.lr_base_batch=32", "train.warmup_epochs=0.2",
-         "train.log_every=16"]
+         "train.log_every=16", "train.mixed_precision=no"]
 # Half as long, for runs that are compared with each other (killed and resumed, several processes) rather
 # than asked to learn: 2048 images, 2 epochs of 64 steps; 999 test images, split unevenly by 2 processes.
 SHORT = ["data.train_subset=2048", "data.test_subset=999", "data.batch_size=32", "data.cutmix_alpha=0",
-         "train.epochs=2", "train.lr=1e-3", "train.lr_base_batch=32", "train.warmup_epochs=0.2", "train.log_every=16"]
+         "train.epochs=2", "train.lr=1e-3", "train.lr_base_batch=32", "train.warmup_epochs=0.2", "train.log_every=16",
+         "train.mixed_precision=no"]
 SHORT_STEPS_PER_EPOCH = 64
 PLAIN = "recipes/fashion_mnist/plain_tiny.yaml"
+
+
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU "
+                                                    "(DISTILL_TEST_CUDA=1 pytest -m cuda)")]
+
+
+def pytest_collection_modifyitems(config, items):
+    """A CUDA session runs the CUDA tests only: the others must not see the GPU."""
+    if CUDA_SESSION:
+        skip = pytest.mark.skip(reason="DISTILL_TEST_CUDA=1 runs the CUDA tests only (-m cuda); the rest hide the GPU")
+        for item in items:
+            if "cuda" not in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +72,23 @@ def short_run(tmp_path_factory):
     return out / "fashion_mnist_plain_tiny"
 
 
+FP32 = "train.mixed_precision=no"
+
+
+def in_fp32(args) -> list:
+    """`train`/`bench` args computing in fp32, as the suite was written (and bit-exact results need): the
+    default `auto` takes bf16 on a CPU with AVX-512 BF16, and no test may depend on bf16 or its speed. The
+    setting goes first among the overrides, so a test's own `train.mixed_precision=...` still wins."""
+    args = [str(a) for a in args]
+    if len(args) >= 2 and args[0] in ("train", "bench") and not args[1].startswith("-"):
+        return [args[0], args[1], FP32, *args[2:]]
+    return args
+
+
 def run_cli(*args, cwd=None, env=None, timeout=600):
-    """Run `python -m distill ...` in a fresh process; returns CompletedProcess (text)."""
+    """Run `python -m distill ...` in a fresh process (fp32: `in_fp32`); returns CompletedProcess (text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=cwd or ROOT,
+    return subprocess.run([sys.executable, "-m", "distill", *in_fp32(args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
@@ -88,5 +123,5 @@ def run_main(*args) -> subprocess.CompletedProcess:
     out, err = io.StringIO(), io.StringIO()
     with own_signal_handlers(), contextlib.chdir(ROOT), contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(err):
-        status = main([str(a) for a in args])
+        status = main(in_fp32(args))
     return subprocess.CompletedProcess(["distill", *map(str, args)], status, out.getvalue(), err.getvalue())

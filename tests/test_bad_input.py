@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import ROOT, needs_fmnist
+from conftest import ROOT, in_fp32, needs_fmnist
 from distill.cli import main
 from teachers import create_model
 
@@ -110,7 +110,7 @@ def test_bad_input_exits_2_with_one_line(world, name, capsys):
     argv, must_mention = cases(world)[name]
     earlier = world / "runs" / "fashion_mnist_plain_tiny"
     before = {p.name: p.stat().st_mtime_ns for p in earlier.iterdir()}
-    assert main(argv) == 2
+    assert main(in_fp32(argv)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert must_mention in err, err

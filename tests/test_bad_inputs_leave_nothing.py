@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import PLAIN, ROOT, needs_fmnist
+from conftest import PLAIN, ROOT, in_fp32, needs_fmnist
 from distill.cli import main
 from distill.config import to_yaml
 from distill.recipe import load_config
@@ -68,7 +68,7 @@ def train_cases(d):
 def test_bad_train_input_is_one_line_and_leaves_no_run_folder(files, name, tmp_path, capsys):
     argv, must_say = train_cases(files)[name]
     out = tmp_path / "runs"
-    assert main(["train", argv[0], f"output_dir={out}", *argv[1:]]) == 2
+    assert main(in_fp32(["train", argv[0], f"output_dir={out}", *argv[1:]])) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert must_say in err, err

@@ -12,7 +12,7 @@ from distill.recipe import load_config
 
 pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 
-SMALL = ["data.train_subset=1024", "data.batch_size=32"]
+SMALL = ["data.train_subset=1024", "data.batch_size=32", "train.mixed_precision=no"]
 STEPS = ["--steps", "4", "--warmup", "2"]
 
 

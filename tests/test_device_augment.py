@@ -268,6 +268,7 @@ def test_a_mixed_batch_equals_each_view_alone(monkeypatch):
     assert torch.equal(erased, torch.cat(alone))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_gives_the_cpu_result():
     draws = RandAugmentDraws(_timm_augment("rand-m9-mstd0.5-inc1", "random"))

@@ -162,7 +162,7 @@ def test_a_damaged_jpeg_decoded_on_the_device_is_one_line_naming_it(folder, tmp_
         out = tmp_path / "runs"
         assert main(["train", str(ROOT / PLAIN), f"output_dir={out}", "data.name=imagefolder", f"data.root={root}",
                      "data.crop=rrc", "data.color_jitter=0", "data.augment_on=device", "data.decode_on=device",
-                     "data.batch_size=8", "data.num_workers=0", "train.epochs=1"]) == 2
+                     "data.batch_size=8", "data.num_workers=0", "train.epochs=1", "train.mixed_precision=no"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and len(err.splitlines()) == 1 and str(bad) in err, err
         assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
@@ -183,6 +183,7 @@ def test_bench_data_times_each_part_and_names_the_bound(folder, capsys):
     assert table["bound_by"] in ("data", "step")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")
 def test_a_gpu_decodes_and_augments_close_to_the_cpu(folder):
     """On CUDA the batch is decoded by nvJPEG and augmented there: close to the CPU's views (nvJPEG and

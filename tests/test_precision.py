@@ -1,9 +1,9 @@
-"""Precision follows the hardware: `train.mixed_precision=auto` and the warning for an explicit bf16 on a
-CPU that only emulates it."""
+"""Precision follows the hardware: `train.mixed_precision=auto` (the default) and the warning for an explicit
+bf16 on a CPU that only emulates it."""
 import pytest
 
-from distill.train import build
-from distill.train.build import native_precision, precision_warning
+from distill.train import precision as build
+from distill.train.precision import fp32_matmul_precision, gpu_precision, native_precision, precision_warning
 
 
 @pytest.mark.parametrize("flags, capability, expected", [
@@ -56,3 +56,24 @@ def test_the_run_header_calls_full_precision_fp32(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     header = next(line for line in res.stdout.splitlines() if "params," in line)
     assert "precision fp32," in header, header
+
+
+@pytest.mark.parametrize("capability, expected", [
+    ((9, 0), "bf16"), ((8, 9), "bf16"), ((8, 6), "bf16"), ((8, 0), "bf16"),  # H100, L4, RTX 30xx, A100
+    ((7, 5), "fp16"), ((7, 0), "fp16"), ((6, 1), "fp16"),  # T4, V100, P40: bf16 only emulated there
+])
+def test_auto_on_a_gpu_is_bf16_from_compute_capability_8(capability, expected):
+    assert gpu_precision(capability) == expected
+
+
+def test_auto_on_a_gpu_reads_the_capability_not_is_bf16_supported(monkeypatch):
+    """A T4 says `is_bf16_supported()` (emulated bf16): `auto` must still take fp16 there."""
+    monkeypatch.setattr(build.torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(build.torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
+    assert native_precision(True) == "fp16"
+
+
+def test_auto_is_the_default_and_fp32_on_a_gpu_uses_tf32():
+    from distill.recipe import load_config
+    assert load_config(None, []).train.mixed_precision == "auto"
+    assert fp32_matmul_precision("cuda") == "high" and fp32_matmul_precision("cpu") == "highest"

@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from timm.loss import SoftTargetCrossEntropy
 
-from conftest import PLAIN, ROOT, SHORT, needs_fmnist, run_cli, run_main
+from conftest import PLAIN, ROOT, SHORT, in_fp32, needs_fmnist, run_cli, run_main
 from distill.data.augment import BatchAugment, Normalize
 from distill.cli import main
 from distill.data.views import epoch_salt
@@ -77,6 +77,7 @@ def test_one_step_function_with_accelerate_and_graph_hooks_agrees_on_cpu():
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
 def test_graphed_step_matches_eager_on_gpu():
     from distill.train.graphed import GraphedStep, make_capturable
@@ -219,7 +220,7 @@ def test_host_resident_batches_reach_the_training_device():
 def test_patch_size_that_does_not_divide_the_image_is_one_line(tmp_path, bad, capsys):
     """these passed the config and ended in an AssertionError traceback (exit 1). In-process:
     `main` returns the exit status, and an AssertionError would escape it."""
-    assert main(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", *TINY, bad]) == 2
+    assert main(in_fp32(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", *TINY, bad])) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "divisible" in err, err[-2000:]
     assert not list(tmp_path.iterdir())  # nothing written
@@ -292,8 +293,8 @@ def test_bench_reference_on_a_streamed_dataset_is_one_line(tmp_path, capsys):
             path = tmp_path / "imgs" / split / str(i % 2) / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (32, 32), (i, 2 * i, 3 * i)).save(path)
-    assert main(["bench", str(ROOT / PLAIN), "data.name=imagefolder", f"data.root={tmp_path / 'imgs'}",
-                 "data.batch_size=8", "data.num_workers=0", f"output_dir={tmp_path}", "--steps", "1", "--warmup", "1",
-                 "--reference"]) == 2
+    assert main(in_fp32(["bench", str(ROOT / PLAIN), "data.name=imagefolder", f"data.root={tmp_path / 'imgs'}",
+                         "data.batch_size=8", "data.num_workers=0", f"output_dir={tmp_path}", "--steps", "1",
+                         "--warmup", "1", "--reference"])) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--reference" in err, err[-2000:]

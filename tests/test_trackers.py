@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-from conftest import PLAIN, ROOT, needs_fmnist, run_cli
+from conftest import PLAIN, ROOT, in_fp32, needs_fmnist, run_cli
 from distill.cli import main
 from distill.recipe import load_config
 from distill.errors import ConfigError
@@ -42,7 +42,7 @@ def refused(out: Path, monkeypatch, capsys, *overrides) -> list:
     escape it): its stderr lines. A subprocess would only add ~6 s of imports before the same check."""
     for k, v in stores(out).items():
         monkeypatch.setenv(k, v)
-    status = main(["train", str(ROOT / PLAIN), f"output_dir={out}", f"name={NAME}", *TINY, *overrides])
+    status = main(in_fp32(["train", str(ROOT / PLAIN), f"output_dir={out}", f"name={NAME}", *TINY, *overrides]))
     err = capsys.readouterr().err
     assert status == 2, err[-3000:]
     return err.strip().splitlines()

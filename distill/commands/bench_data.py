@@ -52,7 +52,8 @@ def data_rates(run, cfg, device, steps: int, warmup: int) -> dict:
         train.sampler.set_epoch(3)
         out["worker_img_per_s"] = _loader_rate(one, steps, min(warmup, 2), device)
         del one
-        raw = LoaderBatches(train.dataset.dataset, train.sampler, device, train.num_workers)
+        # the batches as `on_device` takes them: on the host, pinned for a GPU (an identity `on_device`)
+        raw = LoaderBatches(train.dataset.dataset, train.sampler, device, train.num_workers, on_device=lambda *b: b)
         pool = [b for _, b in zip(range(4), raw)]
         del raw
         if train.on_device is not None:

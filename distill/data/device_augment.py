@@ -131,45 +131,78 @@ class RandAugmentDraws:
         return torch.tensor(rows, dtype=torch.float64)
 
 
+def to_device(array, device) -> torch.Tensor:
+    """A host array (numpy or tensor) on `device`; through pinned memory to a GPU, so the copy is
+    asynchronous and the host never waits for the device."""
+    t = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+    if t.device.type == "cpu" and torch.device(device).type == "cuda" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def host(t: torch.Tensor) -> np.ndarray:
+    """A host tensor's values as numpy; a device tensor's cost one copy back (a caller that plans on the
+    host passes host tensors: `DeviceAugment` does)."""
+    return (t if t.device.type == "cpu" else t.cpu()).detach().numpy()
+
+
 def apply_rand_augment(images: torch.Tensor, params: torch.Tensor, fill: Sequence[int]) -> torch.Tensor:
     """timm's RandAugment on a batch, by the workers' draws. images uint8 (B, C, H, W); params (B, L, 3)
-    from `RandAugmentDraws.draw`; fill: the geometric ops' fill colour (timm's img_mean, C ints).
+    from `RandAugmentDraws.draw`, best on the host; fill: the geometric ops' fill colour (timm's img_mean,
+    C ints).
 
     Layer by layer, each op runs once on the samples that drew it (index_select / index_copy), with
     their own arguments; all geometric ops of a layer run as one affine resampling per interpolation.
-    Syncs once per layer and once per op present in it. Returns a new uint8 (B, C, H, W)."""
+    Which samples take which op is read on the host, from the draws; the sample indices, levels and
+    affine matrices of the whole batch then go to the device in one copy each, so nothing waits for the
+    device. Returns a new uint8 (B, C, H, W)."""
     out = images.clone()
+    dev = images.device
     fill_t = torch.as_tensor(fill, dtype=torch.float64, device=images.device).expand(images.shape[1])
-    params = params.to(images.device, torch.float64)
-    for layer in range(params.shape[1]):
-        op_ids, level = params[:, layer, 0].round().long(), params[:, layer, 1]
-        resample = params[:, layer, 2].round().long()
-        present = torch.unique(op_ids * 8 + resample + 1).tolist()  # (op, resample) pairs: the layer's sync
-        geometric = set()
-        for op, code in {(k // 8, k % 8 - 1) for k in present}:
-            if op >= 0 and DEVICE_OPS[op] in GEOMETRIC_OPS:
-                geometric.add(code)
-            elif op >= 0:
-                idx = (op_ids == op).nonzero()[:, 0]
-                out.index_copy_(0, idx, PIXEL_OPS[DEVICE_OPS[op]](out.index_select(0, idx), level[idx]))
-        if geometric:
-            _geometric_layer(out, op_ids, level, resample, sorted(geometric), fill_t)
+    plan = host(params).astype(np.float64)  # (B, L, 3)
+    op_ids, resample = np.rint(plan[..., 0]).astype(np.int64), np.rint(plan[..., 2]).astype(np.int64)
+    level_host = torch.from_numpy(np.ascontiguousarray(plan[..., 1]))  # (B, L) float64
+    geometric_ids = [DEVICE_OPS.index(name) for name in GEOMETRIC_OPS]
+    runs, chunks, at = [], [], 0  # runs: (layer, op name or resample code, start, end) in `chunks`
+    for layer in range(plan.shape[1]):
+        ids = op_ids[:, layer]
+        for op in np.unique(ids).tolist():
+            if op >= 0 and DEVICE_OPS[op] in PIXEL_OPS:
+                chunks.append(np.flatnonzero(ids == op))
+                runs.append((layer, DEVICE_OPS[op], at, at + len(chunks[-1])))
+                at += len(chunks[-1])
+        geometric = np.isin(ids, geometric_ids)
+        for code in np.unique(resample[geometric, layer]).tolist():
+            chunks.append(np.flatnonzero(geometric & (resample[:, layer] == code)))
+            runs.append((layer, code, at, at + len(chunks[-1])))
+            at += len(chunks[-1])
+    if not runs:
+        return out
+    index = to_device(np.concatenate(chunks), dev)  # (sum of run sizes,) int64
+    level = to_device(level_host, dev)
+    matrices = None
+    if any(isinstance(name, int) for _, name, _, _ in runs):
+        height, width = images.shape[-2:]
+        matrices = to_device(torch.stack([_matrices(torch.from_numpy(op_ids[:, layer]), level_host[:, layer],
+                                                    width, height) for layer in range(plan.shape[1])]), dev)
+    for layer, name, start, end in runs:
+        idx = index[start:end]
+        if isinstance(name, str):
+            out.index_copy_(0, idx, PIXEL_OPS[name](out.index_select(0, idx), level[:, layer].index_select(0, idx)))
+        else:  # every geometric op of the layer drawn with this interpolation, one resampling
+            out.index_copy_(0, idx, ops.affine(out.index_select(0, idx), matrices[layer].index_select(0, idx), name,
+                                               fill_t))
     return out
 
 
-def _geometric_layer(out, op_ids, level, resample, codes, fill) -> None:
-    """Every geometric op of one layer, in place: one affine matrix per sample, one resampling per
-    interpolation code present."""
-    height, width = out.shape[-2:]
-    matrix = torch.zeros(len(op_ids), 6, dtype=torch.float64, device=out.device)
-    is_geometric = torch.zeros_like(op_ids, dtype=torch.bool)
+def _matrices(op_ids: torch.Tensor, level: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Pillow's AFFINE data (B, 6) float64 of one layer, computed on the host from the draws: each
+    geometric op's matrix where a sample drew it, zeros elsewhere."""
+    matrix = torch.zeros(len(op_ids), 6, dtype=torch.float64)
     for name, to_matrix in GEOMETRIC_OPS.items():
         mine = op_ids == DEVICE_OPS.index(name)
         matrix = torch.where(mine[:, None], to_matrix(level, width, height), matrix)
-        is_geometric |= mine
-    for code in codes:
-        idx = (is_geometric & (resample == code)).nonzero()[:, 0]
-        out.index_copy_(0, idx, ops.affine(out.index_select(0, idx), matrix[idx], code, fill))
+    return matrix
 
 
 def draw_erasing(probability: float, count: int, size, min_area: float = 0.02, max_area: float = 1 / 3,
@@ -220,18 +253,20 @@ def erase(images: torch.Tensor, boxes: torch.Tensor, keys: torch.Tensor, mode: s
 
     The noise is a function of (keys[b], channel, pixel) (or box), not of torch's RNG, so a view's
     erasing is the same on 1 or N processes and after a resume. Where boxes overlap the later one
-    wins, as in timm. Syncs once. Returns a new tensor."""
+    wins, as in timm. `boxes` and `keys` best on the host: the number of erased pixels is counted there,
+    so finding them (`nonzero_static`) does not wait for the device. Returns a new tensor."""
     b_, c_, height, width = images.shape
     dev = images.device
-    top, left, h, w = boxes.to(dev).round().long().unbind(-1)  # (B, K) each
+    boxes_host = np.rint(host(boxes)).astype(np.int64)  # (B, K, 4)
+    top, left, h, w = to_device(boxes_host, dev).unbind(-1)  # (B, K) each
     ys, xs = torch.arange(height, device=dev), torch.arange(width, device=dev)
     in_y = (ys >= top[..., None]) & (ys < (top + h)[..., None])  # (B, K, H)
     in_x = (xs >= left[..., None]) & (xs < (left + w)[..., None])  # (B, K, W)
     number = torch.arange(1, boxes.shape[1] + 1, device=dev)[None, :, None, None]
     owner = ((in_y[..., :, None] & in_x[..., None, :]) * number).amax(1)  # (B, H, W): last box + 1, or 0
-    b, y, x = owner.nonzero(as_tuple=True)
+    b, y, x = torch.nonzero_static(owner, size=erased_pixels(boxes_host, height, width)).unbind(1)
     channels = torch.arange(c_, device=dev)
-    keys = keys.to(dev).long()
+    keys = to_device(keys, dev).long()
     if mode == "pixel":
         values = normal_noise(keys[b] ^ _NOISE, (channels[None] * height + y[:, None]) * width + x[:, None])
     elif mode == "rand":
@@ -244,3 +279,22 @@ def erase(images: torch.Tensor, boxes: torch.Tensor, keys: torch.Tensor, mode: s
     out = images.clone()
     out.permute(0, 2, 3, 1)[b, y, x] = values.to(images.dtype)
     return out
+
+
+def erased_pixels(boxes: np.ndarray, height: int, width: int) -> int:
+    """How many pixels of a (height, width) batch the boxes (B, K, 4) [top, left, h, w] cover, overlaps
+    counted once: what `owner.nonzero()` in `erase` would find, known without asking the device."""
+    rows = np.clip(boxes[..., 0] + boxes[..., 2], 0, height) - np.clip(boxes[..., 0], 0, height)
+    cols = np.clip(boxes[..., 1] + boxes[..., 3], 0, width) - np.clip(boxes[..., 1], 0, width)
+    area = np.maximum(rows, 0) * np.maximum(cols, 0)  # (B, K)
+    total = 0
+    for b in range(len(boxes)):
+        live = np.flatnonzero(area[b] > 0)
+        if len(live) <= 1:
+            total += int(area[b].sum())
+            continue
+        mask = np.zeros((height, width), dtype=bool)  # overlapping boxes: count their union
+        for t, l, h, w in boxes[b, live].tolist():
+            mask[max(t, 0):max(t + h, 0), max(l, 0):max(l + w, 0)] = True
+        total += int(mask.sum())
+    return total

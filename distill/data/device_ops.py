@@ -146,7 +146,9 @@ def sharpness(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
 # ----- geometric ops: each gives Pillow's AFFINE data (a, b, c, d, e, f) per sample, (N, 6) float64
 
 def _matrix(level: torch.Tensor, a=1.0, b=0.0, c=0.0, d=0.0, e=1.0, f=0.0) -> torch.Tensor:
-    return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=level.device).expand(level.shape)
+    """(N, 6) from `level`-shaped tensors and Python floats; a float is filled in on `level`'s device
+    (`full_like`), never copied there from the host."""
+    return torch.stack([v.double() if torch.is_tensor(v) else torch.full_like(level, v, dtype=torch.float64)
                         for v in (a, b, c, d, e, f)], 1)
 
 

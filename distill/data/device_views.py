@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Callable, List
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -33,7 +34,7 @@ from timm.data import create_transform
 from torch.utils.data import default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from distill.data.device_augment import RandAugmentDraws, apply_rand_augment, draw_erasing, erase
+from distill.data.device_augment import RandAugmentDraws, apply_rand_augment, draw_erasing, erase, host, to_device
 from distill.data.transforms import guard_posterize
 from distill.data.views import seed_view_rngs, view_seed
 from distill.errors import DataError, first_line
@@ -79,10 +80,12 @@ class DeviceTrainViews(torch.utils.data.Dataset):
         data = self.split.encoded(i) if self.decode_on_device else None
         if data is not None and data[:2] == b"\xff\xd8":  # a JPEG: the device decodes it
             try:
-                return data, Image.open(io.BytesIO(data))
+                image = Image.open(io.BytesIO(data))
             except OSError as e:  # a damaged header (UnidentifiedImageError)
                 raise DataError(f"{self.split.name(i)}: cannot decode image ({first_line(e)}); "
                                 "remove or replace it") from None
+            if image.mode in ("RGB", "L"):  # a CMYK or YCCK file (ImageNet has a few) is decoded here, by
+                return data, image  # libjpeg-turbo: whether nvJPEG converts its colours right is untested
         return None, self.split.rgb(i)
 
     def name(self, view: int) -> str:
@@ -118,23 +121,29 @@ class DeviceTrainViews(torch.utils.data.Dataset):
         return (torch.cat([x[0] for x in items]), *default_collate([x[1:] for x in items]))
 
 
-def crops_of(flat: torch.Tensor, head: torch.Tensor, channels: int, name: Callable[[int], str]
+def crops_of(flat: torch.Tensor, head: torch.Tensor, channels: int, name: Callable[[int], str], device=None
              ) -> List[torch.Tensor]:
-    """Each item's crop (C, h, w) uint8, on the flat buffer's device: pixel buffers viewed in place, JPEG
-    buffers decoded together (one batched `decode_jpeg`), then cut and flipped. One host sync. `name(k)`
-    names item k's file in the error for a JPEG that cannot be decoded."""
-    rows = head.long().tolist()
-    ends = torch.tensor([r[1] for r in rows]).cumsum(0).tolist()
-    parts = [flat[end - r[1]:end] for r, end in zip(rows, ends)]
+    """Each item's crop (C, h, w) uint8 on `device` (default: the flat buffer's): pixel buffers viewed in
+    place after one copy of the buffer, JPEG buffers decoded together (one batched `decode_jpeg`, nvJPEG
+    on a GPU, handed the files from host memory), then cut and flipped. `flat` and `head` are best on the
+    host (pinned, from a GPU's DataLoader): the head is read there, so nothing waits for the device.
+    `name(k)` names item k's file in the error for a JPEG that cannot be decoded."""
+    device = torch.device(device or flat.device)
+    rows = host(head).astype(np.int64)  # (B, HEAD)
+    ends = np.cumsum(rows[:, 1])
+    spans = list(zip((ends - rows[:, 1]).tolist(), ends.tolist()))
+    rows = rows.tolist()
     jpegs = [k for k, r in enumerate(rows) if r[0] == JPEG]
     decoded = {}
     if jpegs:
-        decoded = dict(zip(jpegs, decode_jpegs([parts[k].cpu() for k in jpegs], flat.device,
+        files = flat if flat.device.type == "cpu" else flat.cpu()
+        decoded = dict(zip(jpegs, decode_jpegs([files[slice(*spans[k])] for k in jpegs], device,
                                                lambda j: name(jpegs[j]))))
+    pixels = to_device(flat, device) if len(jpegs) < len(rows) else None
     out = []
     for k, (kind, _, h, w, top, left, flip) in enumerate(rows):
         if kind == PIXELS:
-            out.append(parts[k].view(channels, h, w))
+            out.append(pixels[slice(*spans[k])].view(channels, h, w))
             continue
         crop = decoded[k][:, top:top + h, left:left + w]
         out.append(crop.flip(-1) if flip else crop)
@@ -164,13 +173,20 @@ def decode_jpegs(files: List[torch.Tensor], device, name: Callable[[int], str]) 
 
 def resize_crops(crops: List[torch.Tensor], size: int, interpolation: str) -> torch.Tensor:
     """Every crop resized to size x size, antialiased, rounded back to uint8: what torchvision's
-    `resized_crop` does to one uint8 image. One call per crop (a GPU runs each in ~10 us)."""
-    out = torch.empty(len(crops), crops[0].shape[0], size, size, dtype=torch.uint8, device=crops[0].device)
+    `resized_crop` does to one uint8 image. Crops of one size are resized in one call; the rounding and
+    the cast run once for the batch (a GPU launches ~2 kernels per crop of its own size, not ~6)."""
+    device = crops[0].device
     mode = {"bicubic": "bicubic", "bilinear": "bilinear"}.get(interpolation, "bilinear")
+    sizes = {}  # (h, w) -> the items of that size, in batch order
     for k, crop in enumerate(crops):
-        x = F.interpolate(crop[None].float(), (size, size), mode=mode, antialias=True, align_corners=False)
-        out[k] = x.round_().clamp_(0, 255)[0]
-    return out
+        sizes.setdefault(tuple(crop.shape[-2:]), []).append(k)
+    order = [k for ks in sizes.values() for k in ks]
+    stacks = [crops[ks[0]][None] if len(ks) == 1 else torch.stack([crops[k] for k in ks]) for ks in sizes.values()]
+    resized = torch.cat([F.interpolate(x.float(), (size, size), mode=mode, antialias=True, align_corners=False)
+                         for x in stacks])
+    if order != list(range(len(crops))):  # back to batch order: one gather, its index copied once
+        resized = resized.index_select(0, to_device(np.argsort(order), device))
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 class DeviceAugment:
@@ -186,8 +202,10 @@ class DeviceAugment:
         self.fill = rand_augment.fill if rand_augment is not None else None
 
     def __call__(self, flat, labels, index, params, keys):
-        B, used = params.shape[0], HEAD
-        crops = crops_of(flat, params[:, :HEAD], self.channels, lambda k: self.name(int(index[k])))
+        """The batch as the workers collated it, on the host (`LoaderBatches` leaves it there, pinned for
+        a GPU): the draws are read on the host and the data copied to the device without waiting."""
+        device, B, used = self.normalize.scale.device, params.shape[0], HEAD
+        crops = crops_of(flat, params[:, :HEAD], self.channels, lambda k: self.name(int(index[k])), device)
         images = resize_crops(crops, self.cfg.img_size, self.cfg.interpolation)
         if self.ra_shape is not None:
             n = self.ra_shape[0] * self.ra_shape[1]
@@ -196,4 +214,4 @@ class DeviceAugment:
         x = self.normalize(images)
         if self.cfg.reprob > 0:
             x = erase(x, params[:, used:].reshape(B, self.cfg.recount, 4), keys, self.cfg.remode)
-        return x, labels, index
+        return x, to_device(labels, device), to_device(index, device)

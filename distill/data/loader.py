@@ -161,7 +161,7 @@ class LoaderBatches:
     def __init__(self, dataset, sampler: Optional[ShardedBatches], device, num_workers: Optional[int],
                  batch_size: int = 0, on_device=None):
         self.dataset, self.sampler, self.device = _Items(dataset), sampler, device
-        self.on_device = on_device  # batch -> (views, labels, ids) on the device (`data.augment_on=device`)
+        self.on_device = on_device  # host batch -> (views, labels, ids) on the device (`data.augment_on=device`)
         num_workers = default_workers(num_workers)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin = torch.device(device).type == "cuda"
@@ -179,8 +179,12 @@ class LoaderBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
-            batch = self._to_device(batch)
-            yield self.on_device(*batch) if self.on_device is not None else batch
+            if self.on_device is None:
+                yield self._to_device(batch)
+            elif isinstance(batch, UserError):
+                raise batch
+            else:  # `on_device` takes the batch on the host (pinned for a GPU): it reads the draws there
+                yield self.on_device(*batch)
 
     def __len__(self) -> int:
         return len(self.sampler)

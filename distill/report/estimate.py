@@ -25,7 +25,8 @@ from distill.config import DataConfig
 from distill.recipe import load_config
 from distill.data.sources import SOURCES, load_split
 from distill.errors import DataError
-from distill.train.build import build_student, native_precision
+from distill.train.build import build_student
+from distill.train.precision import native_precision
 from distill.train.cost import forward_gflops, train_gflops
 from teachers import create_model
 

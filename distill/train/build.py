@@ -33,6 +33,7 @@ from distill.runs.trackers import log_with
 from distill.train.cache import LogitCache, cache_key, cache_root, resolve_topk
 from distill.train.cost import count_params, forward_gflops, train_gflops
 from distill.train.graphed import GraphedStep, make_capturable
+from distill.train.precision import fp32_matmul_precision, native_precision, precision_warning
 from distill.train.start import load_start
 from distill.train.schedule import lr_factor
 from distill.train.step import TrainStep, accelerate_hooks, graph_hooks
@@ -90,31 +91,6 @@ class Run:
     lr: float
 
 
-def native_precision(cuda: bool) -> str:
-    """`train.mixed_precision=auto`: bf16 where the device computes it natively (a CUDA GPU with bf16;
-    a CPU with AVX-512 BF16 or AMX), fp16 on older GPUs, fp32 ("no") on other CPUs, where bf16 is
-    emulated (a bf16 matmul measured 75x slower than fp32 on an AVX2-only EPYC)."""
-    if cuda:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no way to tell, so the safe choice
-        return "no"
-    # torch must also dispatch its AVX-512 kernels: ATEN_CPU_CAPABILITY=avx2 (or an old build) leaves a
-    # CPU with the flag computing bf16 on the emulated path.
-    dispatched = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    return "bf16" if dispatched and ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
-
-
-def precision_warning(requested: str, resolved: str, device_type: str) -> Optional[str]:
-    """One line for a bf16 run asked for explicitly on a CPU that only emulates bf16, else None."""
-    if requested == "bf16" and resolved == "bf16" and device_type == "cpu" and native_precision(False) != "bf16":
-        return (f"warning: train.mixed_precision=bf16 on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, "
-                "no AVX-512 BF16 or AMX): bf16 is emulated, a 512x512 matmul measured 75x slower than fp32 "
-                "(1,630 ms against 22 ms); set train.mixed_precision=auto")
-    return None
-
-
 def run_warnings(cfg: Config, resolved_precision: str, device_type: str) -> list:
     """Lines a run prints under its header: settings that run, but rarely as the user meant."""
     lines = [precision_warning(cfg.train.mixed_precision, resolved_precision, device_type)]
@@ -142,6 +118,7 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))],
     )
     check_processes(acc.num_processes)  # before the run folder is looked at: the launcher's N, or one line
+    torch.set_float32_matmul_precision(fp32_matmul_precision(acc.device.type))  # TF32 where fp32 runs on a GPU
     return acc
 
 

@@ -132,6 +132,13 @@ def cache_root(cfg: Config) -> Path:
     return (Path(ckpt) if ckpt and Path(ckpt).is_dir() else Path(cfg.output_dir)) / "logit_cache"
 
 
+def record_buffer(logits: torch.Tensor, steps: int) -> torch.Tensor:
+    """Room for an epoch's `steps` batches like `logits`, in host memory: a dense ImageNet epoch is ~2.6 GB
+    in bf16, too much to hold on the GPU beside training. Pinned when the logits come from a GPU, so each
+    step's copy is asynchronous."""
+    return torch.empty((steps, *logits.shape), dtype=logits.dtype, device="cpu", pin_memory=logits.is_cuda)
+
+
 class LogitCache:
     """One process's cache files. `topk`: from `resolve_topk` (None = dense); part of the key."""
 
@@ -152,6 +159,7 @@ class LogitCache:
         self.replay: Optional[Dict[str, torch.Tensor]] = None
         self.record: Optional[Dict[str, torch.Tensor]] = None
         self.recorded, self.start_step = 0, 0
+        self.copying = False  # copies from the GPU into `record` may still be in flight
 
     def _path(self, epoch: int) -> Path:
         return self.dir / f"epoch_{epoch:04d}_rank{self.rank}of{self.world_size}.safetensors"
@@ -182,15 +190,18 @@ class LogitCache:
             return
         stored = self._stored(logits)
         if self.record is None:
-            self.record = {n: torch.empty((self.steps, *t.shape), dtype=t.dtype, device=t.device)
-                           for n, t in stored.items()}
-        for n, t in stored.items():
-            self.record[n][step].copy_(t)
+            self.record = {n: record_buffer(t, self.steps) for n, t in stored.items()}
+        for n, t in stored.items():  # from a GPU: queued behind the step, the host does not wait
+            self.record[n][step].copy_(t, non_blocking=True)
+            self.copying |= t.is_cuda
         self.recorded += 1
 
     def end_epoch(self, epoch: int) -> None:
+        if self.copying:  # the last steps' copies must have landed before the file is written
+            torch.cuda.synchronize()
+            self.copying = False
         if self.record is not None and self.recorded == self.steps:
-            tensors, path = {n: t.cpu() for n, t in self.record.items()}, self._path(epoch)
+            tensors, path = dict(self.record), self._path(epoch)
             durable.replace_file(path, lambda tmp: save_file(tensors, str(tmp)), f"teacher-logit cache {path}")
         self.record, self.replay = None, None
 

@@ -39,7 +39,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, normalize, reduce=None,
             t_logits = teacher(x) if teacher is not None else None
         logits = logits.float()
         nll = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")  # the test loss, summed
-        counts = [torch.tensor(len(labels), device=x.device), _hits(logits, labels, 1), _hits(logits, labels, 5), nll]
+        # the batch size filled in on the device: `torch.tensor(n, device=...)` copies from the host and waits
+        counts = [torch.full((), len(labels), device=x.device), _hits(logits, labels, 1), _hits(logits, labels, 5), nll]
         if distilled:
             counts += [_hits(cls.float(), labels, 1), _hits(dist.float(), labels, 1)]
         if t_logits is not None:

@@ -56,7 +56,7 @@ class Loop:
                    disable=not (acc.is_local_main_process and sys.stderr.isatty()), dynamic_ncols=True)
         rate, step = IntervalRate(r.global_batch / cfg.train.grad_accum_steps, start_step), start_step
         for step, (images, labels, index) in enumerate(r.data.train_batches, start=start_step):
-            terms = self._train_step(images, labels, index, epoch, step)
+            terms = self.train_step(images, labels, index, epoch, step)
             if terms is not None:
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
@@ -89,7 +89,7 @@ class Loop:
         r.progress.partial_sums, r.progress.partial_steps = {}, 0
         return {k: (v / max(n_steps, 1)).item() for k, v in sums.items()}, step + 1 - start_step
 
-    def _train_step(self, images, labels, index, epoch: int, step: int):
+    def train_step(self, images, labels, index, epoch: int, step: int):
         """One micro-batch through the step (eager or graphed alike); the loss terms, or None if skipped."""
         acc, r = self.accelerator, self.run
         # drop-path and other torch draws: a function of the position, so a resume replays them
