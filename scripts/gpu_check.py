@@ -66,7 +66,7 @@ def cmyk_jpeg(path: Path) -> Path:
 
 # ---- the checks --------------------------------------------------------------------------------------
 def _small_config(folder, out, name, *extra):
-    from distill.config import load_config
+    from distill.recipe import load_config
     return load_config(str(PLAIN), [
         "data.name=imagefolder", f"data.root={folder}", "data.in_memory=true", "data.img_size=32",
         "data.batch_size=32", "data.cutmix_alpha=0", "data.num_workers=0", "train.epochs=2", "train.warmup_epochs=0.5",
@@ -193,7 +193,7 @@ def deit_vs_ceiling(folder, steps: int = 12, batch: int = 128, workers: int = 12
     import torch
     from distill.commands.bench import run_bench
     from distill.commands.bench_reference import CeilingLoop
-    from distill.config import load_config
+    from distill.recipe import load_config
     cfg = load_config(str(DEIT), [f"data.root={folder}", f"data.num_workers={workers}", f"data.batch_size={batch}",
                                   "data.augment_on=device", "output_dir=/tmp/gpu_check_runs"])
     with contextlib.redirect_stdout(io.StringIO()):

@@ -107,7 +107,7 @@ def test_device_views_of_a_set_with_its_own_mean_are_keyed_apart():
     """The device path fills RandAugment's geometric ops with the split's mean (it used ImageNet's): a grey
     set's device views changed, so its cache key changes and an old cache is never replayed; an
     ImageNet-statistics set's views did not, and its key is the one it had."""
-    from distill.config import load_config
+    from distill.recipe import load_config
     from distill.train.cache import cache_key
     rrc = ["data.crop=rrc", "data.color_jitter=0", "data.auto_augment=rand-m9-mstd0.5-inc1"]
     device = load_config("recipes/fashion_mnist/plain_tiny.yaml", rrc + ["data.augment_on=device"])

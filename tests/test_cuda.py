@@ -59,7 +59,7 @@ def test_the_logit_record_fills_pinned_host_memory_and_replays_exactly(tmp_path)
 
 def test_dkds_warm_up_weight_reaches_a_captured_graph():
     """`set_progress` fills DKD's buffer in place: each replay reads the current weight."""
-    from distill.config import load_config
+    from distill.recipe import load_config
     from distill.methods import build_criterion, build_method
     cfg = load_config(str(ROOT / "recipes/fashion_mnist/dkd_tiny.yaml"))
     method = build_method(cfg.distill, build_criterion(False, 0.0)).to("cuda")
