@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from distill.config import load_config, may_differ_on_resume
 from distill.errors import ConfigError
 from distill.report import scaling
+from distill.report.baselines import study_baselines
 from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
 from distill.runs import records
@@ -36,6 +37,8 @@ class StudyRun:
     seeds: Optional[List[int]] = None  # None: the study's seeds
     overrides: List[str] = field(default_factory=list)
     teacher: Optional[str] = None  # variant whose first seed's run is the teacher
+    baseline: Optional[str] = None  # the plain variant its gain is measured against (None: found, see baselines.py)
+    declared_differences: List[str] = field(default_factory=list)  # keys outside the method's it may differ in
 
 
 @dataclass
@@ -90,7 +93,8 @@ def _expand_scaling(study: Study, path: Path) -> None:
         for method, run in sc.methods.items():
             for epochs in sc.epochs:
                 study.runs[ladder_variant(method, size, epochs)] = StudyRun(
-                    run.recipe, run.seeds, [*run.overrides, *sc.sizes[size], f"train.epochs={epochs}"], run.teacher)
+                    run.recipe, run.seeds, [*run.overrides, *sc.sizes[size], f"train.epochs={epochs}"], run.teacher,
+                    run.baseline and ladder_variant(run.baseline, size, epochs), run.declared_differences)
 
 
 def load_study(path: Path) -> Study:
@@ -209,6 +213,8 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     (`prediction.json` in the study folder, kept once made), then runs the held-out rung."""
     study, jobs = load_study(path), plan(path, overrides)
     _check_existing(jobs, path)
+    baselines = study_baselines(study, jobs, path)  # like with like, refused before any run starts
+    declared = {v: r.declared_differences for v, r in study.runs.items()}
     folder = jobs[0].run_dir.parent
     status = {}
     for job in (j for j in jobs if not j.holdout):
@@ -222,7 +228,7 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     finished = [j.run_dir for j in jobs if (j.run_dir / records.SUMMARY).exists()]
     if finished:
         out = report_dir or (folder / "report")
-        print(f"== study: report in {write_report(load_runs(finished), out)}")
+        print(f"== study: report in {write_report(load_runs(finished), out, baselines, declared)}")
         if study.scaling is not None:
             print(f"== study: scaling report in {scaling.write_scaling_report(load_runs(finished), study.scaling, folder, out)}")
     failed = [str(d) for d, s in status.items() if not (d / records.SUMMARY).exists()]
