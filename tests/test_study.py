@@ -234,7 +234,8 @@ def like_with_like_study(tmp_path: Path, kd_extra: str = "", plain_nols: bool = 
                                  f"  kd:\n    recipe: {fm / 'kd_tiny.yaml'}\n    teacher: t\n{kd_extra}")
     for job in plan(path):
         d = fake_run(job.run_dir.parent, job.run_dir.name, 80.0 + job.seed + (job.variant == "kd"), seed=job.seed,
-                     aug_seed=0, distill="kd" if job.variant == "kd" else "none")
+                     aug_seed=0, distill="kd" if job.variant == "kd" else "none",
+                     student="resnet10t" if job.variant == "t" else "distill_vit_tiny")
         (d / "config.yaml").write_text(to_yaml(load_config(job.recipe, job.settings)))
     return path
 
@@ -283,3 +284,16 @@ def test_the_example_study_pairs_each_method_with_its_label_term():
     chosen = study_baselines(load_study(path), plan(path), path)
     assert chosen == {"hard": "plain", "soft": "plain", "kd": "plain_nols", "kd_standardized": "plain_nols",
                       "dkd": "plain_nols", "dist": "plain", "feature": "plain"}
+
+
+@pytest.mark.parametrize("plain_nols", [False, True])
+def test_compare_on_run_folders_names_the_baseline_and_flags_other_differences(tmp_path, plain_nols):
+    """`distill compare` has no study to declare anything: it pairs kd with the plain variant like it
+    where there is one, and otherwise lists the difference beside the gain as not declared."""
+    path = like_with_like_study(tmp_path, plain_nols=plain_nols)
+    rows = {r["variant"]: r for r in variant_rows(group(load_runs([j.run_dir for j in plan(path)])))}
+    if plain_nols:
+        assert rows["kd"]["baseline"] == "plain_nols" and rows["kd"]["also_differs"] == "-"
+    else:
+        assert rows["kd"]["baseline"] == "plain"
+        assert rows["kd"]["also_differs"] == "data.label_smoothing 0.0 vs 0.1 (NOT declared)"
