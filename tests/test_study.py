@@ -11,6 +11,7 @@ from distill.recipe import load_config
 from distill.errors import ConfigError
 from distill.report import stats
 from distill.report.compare import group, load_runs, variant_rows, write_report
+from distill.report.baselines import study_baselines
 from distill.report.study import load_study, plan, run_study
 
 
@@ -144,9 +145,9 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys):
 def test_plan_wires_teacher_seeds_and_overrides(tmp_path):
     jobs = plan(ROOT / "recipes/studies/fashion_mnist_cpu.yaml", ["train.epochs=1"])
     names = [j.run_dir.name for j in jobs]
-    variants = ("plain", "hard", "soft", "kd", "kd_standardized", "dkd", "dist", "feature")
+    variants = ("plain", "plain_nols", "hard", "soft", "kd", "kd_standardized", "dkd", "dist", "feature")
     assert names == ["teacher_s0", *[f"{v}_s{s}" for v in variants for s in range(5)]]
-    hard = jobs[6]
+    hard = jobs[11]
     assert f"teacher.checkpoint={jobs[0].run_dir}" in hard.cmd and "seed=0" in hard.cmd
     assert hard.cmd.index("train.epochs=1") > hard.cmd.index("train.epochs=8")  # the command line wins
     assert jobs[0].cmd.index("train.epochs=3") > jobs[0].cmd.index("train.epochs=8")  # the run's own beat the study's
@@ -243,3 +244,78 @@ def test_keys_the_study_sets_itself_are_refused_in_one_line(tmp_path, override, 
     line = one_error_line(main(["study", str(path), override, "--dry-run"]), capsys)
     assert words in line, line
     assert not (tmp_path / "out").exists()
+
+
+def like_with_like_study(tmp_path: Path, kd_extra: str = "", plain_nols: bool = False) -> Path:
+    """plain and kd (kd_tiny.yaml: plain cross-entropy, where plain_tiny.yaml smooths labels by 0.1), the
+    teacher another student (no baseline candidate); every run already finished, config.yaml and all."""
+    fm = ROOT / "recipes/fashion_mnist"
+    nols = f"  plain_nols:\n    recipe: {ROOT / PLAIN}\n    overrides: [data.label_smoothing=0]\n" if plain_nols else ""
+    path = write_study(tmp_path, f"  t:\n    recipe: {ROOT / PLAIN}\n    seeds: [0]\n    overrides: [student.model=resnet10t]\n"
+                                 f"  plain:\n    recipe: {ROOT / PLAIN}\n{nols}"
+                                 f"  kd:\n    recipe: {fm / 'kd_tiny.yaml'}\n    teacher: t\n{kd_extra}")
+    for job in plan(path):
+        d = fake_run(job.run_dir.parent, job.run_dir.name, 80.0 + job.seed + (job.variant == "kd"), seed=job.seed,
+                     aug_seed=0, distill="kd" if job.variant == "kd" else "none",
+                     student="resnet10t" if job.variant == "t" else "distill_vit_tiny")
+        (d / "config.yaml").write_text(to_yaml(load_config(job.recipe, job.settings)))
+    return path
+
+
+def test_a_variant_that_differs_from_its_baseline_outside_the_methods_keys_is_refused(tmp_path, capsys):
+    """Issue 31: kd (no label smoothing) was compared with plain (smoothing 0.1): its gain measured both."""
+    path = like_with_like_study(tmp_path)
+    line = one_error_line(main(["study", str(path)]), capsys)
+    assert line == (f"error: study {path}: kd differs from its baseline plain in data.label_smoothing (0.0 against 0.1), "
+                    "not a key of distill.type=kd, so its gain would measure that too; pair it with a plain variant "
+                    "that shares the setting (runs.kd.baseline: <variant>), or declare it "
+                    "(runs.kd.declared_differences: [data.label_smoothing])")
+    assert not (tmp_path / "out" / "s" / "report").exists()
+
+
+def test_a_declared_difference_is_run_and_listed_beside_the_gain(tmp_path):
+    path = like_with_like_study(tmp_path, "    declared_differences: [data.label_smoothing]\n")
+    assert run_study(path) == 0
+    row = next(ln for ln in (tmp_path / "out/s/report/report.md").read_text().splitlines() if ln.startswith("| kd |"))
+    assert "| plain | +1.00 ± 0.00 | paired t | data.label_smoothing 0.0 vs 0.1 (declared) |" in row
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_a_label_term_matched_baseline_pairs_with_kd(tmp_path, named):
+    """plain_nols shares kd's label term: named as kd's baseline, or found as the one like kd, it is the
+    baseline, and the report lists no other difference."""
+    path = like_with_like_study(tmp_path, "    baseline: plain_nols\n" if named else "", plain_nols=True)
+    assert run_study(path) == 0
+    row = next(ln for ln in (tmp_path / "out/s/report/report.md").read_text().splitlines() if ln.startswith("| kd |"))
+    assert "| plain_nols | +1.00 ± 0.00 | paired t | - |" in row
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("    baseline: nope\n", "runs.kd.baseline='nope' is not a plain variant of the study (distill.type=none: t, plain)"),
+    ("    declared_differences: [data.smoothing]\n", "runs.kd.declared_differences names 'data.smoothing', which is "
+                                                      "not a config key")])
+def test_a_wrong_baseline_or_declaration_is_refused(tmp_path, extra, message, capsys):
+    path = like_with_like_study(tmp_path, extra)
+    assert message in one_error_line(main(["study", str(path)]), capsys)
+
+
+def test_the_example_study_pairs_each_method_with_its_label_term():
+    """kd, kd_standardized and dkd learn their labels with plain cross-entropy: their baseline is plain_nols;
+    the others smooth labels by 0.1, as plain does. Any other difference would be refused."""
+    path = ROOT / "recipes/studies/fashion_mnist_cpu.yaml"
+    chosen = study_baselines(load_study(path), plan(path), path)
+    assert chosen == {"hard": "plain", "soft": "plain", "kd": "plain_nols", "kd_standardized": "plain_nols",
+                      "dkd": "plain_nols", "dist": "plain", "feature": "plain"}
+
+
+@pytest.mark.parametrize("plain_nols", [False, True])
+def test_compare_on_run_folders_names_the_baseline_and_flags_other_differences(tmp_path, plain_nols):
+    """`distill compare` has no study to declare anything: it pairs kd with the plain variant like it
+    where there is one, and otherwise lists the difference beside the gain as not declared."""
+    path = like_with_like_study(tmp_path, plain_nols=plain_nols)
+    rows = {r["variant"]: r for r in variant_rows(group(load_runs([j.run_dir for j in plan(path)])))}
+    if plain_nols:
+        assert rows["kd"]["baseline"] == "plain_nols" and rows["kd"]["also_differs"] == "-"
+    else:
+        assert rows["kd"]["baseline"] == "plain"
+        assert rows["kd"]["also_differs"] == "data.label_smoothing 0.0 vs 0.1 (NOT declared)"

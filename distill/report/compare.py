@@ -11,11 +11,13 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
 from distill.errors import ConfigError
 from distill.report import plots
+from distill.report.baselines import describe, differences, saved_config
 from distill.report.stats import PAIRED, WELCH, diff_ci, mean, paired_diff_ci, std
 from distill.runs import records
 
@@ -90,8 +92,11 @@ def group(runs: list) -> dict:
     return variants
 
 
-def variant_rows(variants: dict) -> list:
-    """One row per variant: statistics over its seeds, and the difference from its plain baseline."""
+def variant_rows(variants: dict, baselines: Optional[dict] = None, declared: Optional[dict] = None) -> list:
+    """One row per variant: statistics over its seeds, and the difference from its plain baseline:
+    `baselines[variant]` where given (a study's, checked like with like before its runs), else a plain
+    variant of the same student, one whose config differs only in the method's keys where there is
+    one. `also_differs`: the other keys the two runs' config.yaml differ in, `declared` or not."""
     rows = []
     for name, runs in variants.items():
         s = [r["summary"] for r in runs]
@@ -104,16 +109,33 @@ def variant_rows(variants: dict) -> list:
                      "img_per_s": mean([x["train_img_per_s"] for x in s]), "wall_s": mean([x["wall_s"] for x in s]),
                      "images": s[0]["epochs"] * s[0]["epoch_images"] if s[0].get("epoch_images") else None,
                      "agreement": mean(agree) if agree else None})
+    by_name = {r["variant"]: r for r in rows}
     for row in rows:
-        key = baseline_key(variants[row["variant"]][0])
-        base = next((b for b in rows if b["distill_type"] == "none" and b is not row
-                     and baseline_key(variants[b["variant"]][0]) == key), None)
+        if (baselines or {}).get(row["variant"]) in by_name:
+            base = by_name[baselines[row["variant"]]]
+        else:
+            key = baseline_key(variants[row["variant"]][0])
+            found = [b for b in rows if b["distill_type"] == "none" and b is not row
+                     and baseline_key(variants[b["variant"]][0]) == key]
+            base = next((b for b in found if not _other_differences(variants, row, b)), found[0] if found else None)
         if row["distill_type"] != "none" and base is not None:
             row["baseline"] = base["variant"]
+            row["also_differs"] = describe(_other_differences(variants, row, base) or {},
+                                           (declared or {}).get(row["variant"], ()))
             paired = pairs(variants[row["variant"]], variants[base["variant"]])
             row["test"] = WELCH if not paired else PAIRED if row["n"] == base["n"] else f"{PAIRED}, {row['n']} pairs"
             row["delta"], row["delta_ci"] = paired_diff_ci(*paired) if paired else diff_ci(row["final"], base["final"])
     return rows
+
+
+def _other_differences(variants: dict, row: dict, base: dict) -> Optional[dict]:
+    """The keys outside the method's in which the variant's first run and the baseline's run of the
+    same seed (else its first) differ, from their config.yaml; None where either has none."""
+    run = variants[row["variant"]][0]
+    seed = run["summary"].get("seed")
+    other = next((b for b in variants[base["variant"]] if b["summary"].get("seed") == seed), variants[base["variant"]][0])
+    a, b = saved_config(run["dir"]), saved_config(other["dir"])
+    return None if a is None or b is None else differences(a, b)
 
 
 def _f(v, spec=".2f") -> str:
@@ -126,15 +148,16 @@ def _md(head: list, rows: list) -> str:
 
 
 def variant_table(rows: list) -> str:
-    head = ["variant", "seeds", "best top-1 %", "final top-1 %", "vs plain (95% CI)", "test", "params (M)", "GFLOPs",
-            "images trained", "train img/s", "wall (s)", "agrees with teacher %"]
+    head = ["variant", "seeds", "best top-1 %", "final top-1 %", "baseline", "vs baseline (95% CI)", "test",
+            "also differs from its baseline in", "params (M)", "GFLOPs", "images trained", "train img/s", "wall (s)",
+            "agrees with teacher %"]
     body = []
     for r in rows:
         delta = "-" if "delta" not in r else (f"{r['delta']:+.2f} ± {r['delta_ci']:.2f}" if math.isfinite(r["delta_ci"])
                                                else f"{r['delta']:+.2f} (one seed: no interval)")
         body.append([r["variant"], r["n"], f"{r['best_mean']:.2f} ± {r['best_std']:.2f}",
-                     f"{r['final_mean']:.2f} ± {r['final_std']:.2f}", delta,
-                     r.get("test", "-") if math.isfinite(r.get("delta_ci", 0.0)) else "-",
+                     f"{r['final_mean']:.2f} ± {r['final_std']:.2f}", r.get("baseline", "-"), delta,
+                     r.get("test", "-") if math.isfinite(r.get("delta_ci", 0.0)) else "-", r.get("also_differs", "-"),
                      _f(r["params"] and r["params"] / 1e6),
                      _f(r["gflops"], ".3f"), _f(r["images"], ","), _f(r["img_per_s"], ".0f"), _f(r["wall_s"], ".0f"), _f(r["agreement"])])
     return _md(head, body)
@@ -156,11 +179,11 @@ def provenance_table(summaries: list) -> str:
     return _md(["run", "seed", *keys], body)
 
 
-def write_report(runs: list, out: Path) -> Path:
-    """report.md with the tables and the PNG plots beside it."""
+def write_report(runs: list, out: Path, baselines: Optional[dict] = None, declared: Optional[dict] = None) -> Path:
+    """report.md with the tables and the PNG plots beside it (`baselines`, `declared`: see `variant_rows`)."""
     out.mkdir(parents=True, exist_ok=True)
     variants = group(runs)
-    rows = variant_rows(variants)
+    rows = variant_rows(variants, baselines, declared)
     figures = [plots.curves(variants, out), plots.bars(rows, out)]
     if any("delta" in r for r in rows):
         figures.append(plots.gains(rows, out))
@@ -169,8 +192,11 @@ def write_report(runs: list, out: Path) -> Path:
         figures += plots.scaling(rows, out)
     summaries = [r["summary"] for r in runs]
     text = ["# Comparison", "",
-            "Mean ± standard deviation over seeds; 'vs plain' is the difference in final top-1 from the plain "
-            "run of the same student, with its 95% t-interval (± half-width). 'test' says which interval: "
+            "Mean ± standard deviation over seeds; 'vs baseline' is the difference in final top-1 from the plain "
+            "variant named in 'baseline' (the same student), with its 95% t-interval (± half-width). Like with like: "
+            "a variant and its baseline differ only in the method's keys (distill/report/baselines.py); any other "
+            "key their config.yaml differ in is listed beside the gain, which measures it too, and marked "
+            "declared where the study declared it. 'test' says which interval: "
             f"'{PAIRED}' (scipy.stats.ttest_rel, the per-seed differences) where every seed of the variant also ran "
             "in the plain baseline on the same views (data.aug_seed; 'k pairs' when the baseline ran more seeds, "
             "which are then left out of the difference), "

@@ -22,7 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 from distill.config import may_differ_on_resume
 from distill.recipe import load_config
 from distill.errors import ConfigError
-from distill.report import scaling
+from distill.report import preregister, scaling
+from distill.report.baselines import study_baselines
 from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
 from distill.runs import records
@@ -37,6 +38,8 @@ class StudyRun:
     seeds: Optional[List[int]] = None  # None: the study's seeds
     overrides: List[str] = field(default_factory=list)
     teacher: Optional[str] = None  # variant whose first seed's run is the teacher
+    baseline: Optional[str] = None  # the plain variant its gain is measured against (None: found, see baselines.py)
+    declared_differences: List[str] = field(default_factory=list)  # keys outside the method's it may differ in
 
 
 @dataclass
@@ -91,7 +94,8 @@ def _expand_scaling(study: Study, path: Path) -> None:
         for method, run in sc.methods.items():
             for epochs in sc.epochs:
                 study.runs[ladder_variant(method, size, epochs)] = StudyRun(
-                    run.recipe, run.seeds, [*run.overrides, *sc.sizes[size], f"train.epochs={epochs}"], run.teacher)
+                    run.recipe, run.seeds, [*run.overrides, *sc.sizes[size], f"train.epochs={epochs}"], run.teacher,
+                    run.baseline and ladder_variant(run.baseline, size, epochs), run.declared_differences)
 
 
 def load_study(path: Path) -> Study:
@@ -239,9 +243,13 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     """Run what is not complete yet, then write the report. Returns 0 if every run is complete.
 
     A scaling study runs every rung but the held-out one, writes its prediction for that rung
-    (`prediction.json` in the study folder, kept once made), then runs the held-out rung."""
+    (`prediction.json` in the study folder, kept once made) and locks it (`preregister.lock`: its sha256
+    and the fitted runs), then runs the held-out rung; the report says in one line whether the
+    prediction, unchanged, was locked before every held-out run started (`preregister.verdict`)."""
     study, jobs = load_study(path), plan(path, overrides)
     _check_existing(jobs, path)
+    baselines = study_baselines(study, jobs, path)  # like with like, refused before any run starts
+    declared = {v: r.declared_differences for v, r in study.runs.items()}
     folder = jobs[0].run_dir.parent
     status = {}
     for job in (j for j in jobs if not j.holdout):
@@ -249,15 +257,22 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     if any(j.holdout for j in jobs):
         prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], study.scaling,
                                              [j for j in jobs if j.holdout])
-        print(f"== study: prediction for the held-out rung in {prediction}", flush=True)
+        ladder = {ladder_variant(m, size, e) for m in study.scaling.methods for size in study.scaling.sizes
+                  for e in study.scaling.epochs}
+        locked = preregister.lock(folder, [j.run_dir for j in jobs if not j.holdout and j.variant in ladder])
+        print(f"== study: prediction for the held-out rung in {prediction}, locked in {locked}", flush=True)
     for job in (j for j in jobs if j.holdout):
         _run(job, status)
     finished = [j.run_dir for j in jobs if (j.run_dir / records.SUMMARY).exists()]
     if finished:
         out = report_dir or (folder / "report")
-        print(f"== study: report in {write_report(load_runs(finished), out)}")
+        print(f"== study: report in {write_report(load_runs(finished), out, baselines, declared)}")
         if study.scaling is not None:
             print(f"== study: scaling report in {scaling.write_scaling_report(load_runs(finished), study.scaling, folder, out)}")
+            line = preregister.verdict(folder, [j.run_dir for j in jobs if j.holdout])
+            with open(out / "report.md", "a") as f:
+                f.write(f"\n{line}\n")
+            print(f"== study: {line}")
     failed = [str(d) for d, s in status.items() if not (d / records.SUMMARY).exists()]
     for d in failed:
         print(f"== study: incomplete: {d}: {status[Path(d)]}", file=sys.stderr)

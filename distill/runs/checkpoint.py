@@ -6,6 +6,7 @@ that fills the disk removes its temporary folder and stops with `OutOfSpaceError
 from __future__ import annotations
 
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,12 @@ from distill.runs import durable
 
 CHECKPOINTS = "checkpoints"
 _DONE = "COMPLETE"
+
+
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the millisecond (`2026-12-06T02:04:44.123+00:00`): what a run's
+    `started_at`/`finished_at` and a prediction's lock are compared by."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 class Progress:
@@ -31,12 +38,15 @@ class Progress:
         self.partial_sums = {}  # loss sums of the epoch in progress, so its metrics line is whole
         self.partial_steps = 0
         self.teacher_views = 0  # views the teacher ran on (live, or recording the cache; the replay's checks)
+        self.started_at = utc_now()  # when the run first started; a resume loads the checkpoint's
+
 
     def state_dict(self) -> dict:
         return dict(vars(self))
 
     def load_state_dict(self, state: dict) -> None:
-        vars(self).update({"teacher_views": 0, **state})  # checkpoints written before the count began
+        # checkpoints written before the count began, or before the start was recorded (unknown, not now)
+        vars(self).update({"teacher_views": 0, "started_at": None, **state})
 
 
 def complete_checkpoints(run_dir: Path) -> list:

@@ -19,6 +19,7 @@ import torch
 
 from distill.data.sources import SOURCES
 from distill.runs import durable
+from distill.runs.checkpoint import utc_now
 
 METRICS, SUMMARY, CONFIG = "metrics.jsonl", "summary.json", "config.yaml"
 
@@ -161,5 +162,7 @@ def run_summary(cfg, run, history: list, wall_s: float, extra: dict, device, wor
         "distill_type": cfg.distill.type, "seed": cfg.seed, "dataset": cfg.data.name,
         "skipped_steps": run.progress.skipped_steps, "data_copy": data_copy(cfg.data), **extra,
         **{k: last_eval[k] for k in ("top1_cls", "top1_dist", "ema_top1") if k in last_eval},
+        # UTC; a resumed run keeps its first start (None: resumed from a checkpoint older than the record)
+        "started_at": run.progress.started_at, "finished_at": utc_now(),
         **provenance(device, world_size),
     }
