@@ -20,7 +20,8 @@ from accelerate import Accelerator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distill, not an installed one
 
 from distill.runs import checkpoint as ckpt  # noqa: E402
-from distill.train.build import build_optimizer, build_scheduler, build_student  # noqa: E402
+from distill.train.build import build_optimizer, build_scheduler  # noqa: E402
+from distill.models import build_student
 from distill.recipe import load_config  # noqa: E402
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from conftest import ROOT, in_fp32, needs_fmnist
 from distill.cli import main
-from teachers import create_model
+from distill.models import create_model
 
 PLAIN = "recipes/fashion_mnist/plain_tiny.yaml"
 HARD = "recipes/fashion_mnist/hard_tiny.yaml"

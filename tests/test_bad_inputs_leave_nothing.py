@@ -16,7 +16,7 @@ from conftest import PLAIN, ROOT, in_fp32, needs_fmnist
 from distill.cli import main
 from distill.config import to_yaml
 from distill.recipe import load_config
-from distill.train.build import build_student
+from distill.models import build_student
 
 HARD = "recipes/fashion_mnist/hard_tiny.yaml"
 TINY = ["data.train_subset=64", "data.test_subset=64", "train.epochs=1", "data.batch_size=32"]

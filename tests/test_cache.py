@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import needs_fmnist, run_main
-from teachers import create_model
+from distill.models import create_model
 
 pytestmark = [needs_fmnist, pytest.mark.slow]  # real training runs: the full tier only
 

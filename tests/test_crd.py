@@ -118,7 +118,7 @@ def test_repeated_image_updates_its_row_once_from_its_first_view():
 
 def test_crd_wrap_puts_its_state_beside_the_student_and_out_of_it():
     import students  # noqa: F401
-    from teachers import create_model
+    from distill.models import create_model
     from teachers.teacher import Teacher
 
     method = build_method(DistillConfig(type="crd", crd_negatives=8), build_criterion(False, 0.0))
@@ -213,7 +213,7 @@ def test_crd_on_two_processes_matches_one(tmp_path):
 def test_crd_trains_a_timm_vit_student_against_a_timm_cnn_teacher():
     """One step on timm's own ViT (its forward_head(pre_logits=True)) and a ResNet teacher: every student
     parameter and both heads reached; the bank rows of the batch moved, the others not."""
-    from teachers import create_model
+    from distill.models import create_model
     from teachers.teacher import Teacher
 
     torch.manual_seed(0)

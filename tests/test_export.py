@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from distill.train.build import build_student
+from distill.models import build_student
 from distill.cli import main
 from distill.config import to_yaml
 from distill.recipe import load_config

@@ -7,7 +7,7 @@ from conftest import ROOT
 from distill.config import ConfigError
 from distill.recipe import load_config
 from distill.methods.feature import FeatureStudent, TeacherFeatures
-from teachers import create_model
+from distill.models import create_model
 from teachers.teacher import Teacher
 
 

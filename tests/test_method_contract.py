@@ -9,7 +9,7 @@ from distill.recipe import DistillConfig
 from distill.methods import Method, build_criterion
 from distill.methods.taps import StudentTaps, TeacherTaps, WithMethod
 from distill.train.step import TrainStep, graph_hooks
-from teachers import create_model
+from distill.models import create_model
 from teachers.teacher import Teacher
 
 

@@ -14,7 +14,7 @@ from distill.config import ConfigError
 from distill.recipe import DistillConfig, load_config
 from distill.methods import build_criterion, build_method
 from distill.methods.feature import FeatureStudent, TeacherFeatures
-from teachers import create_model
+from distill.models import create_model
 from teachers.teacher import Teacher
 
 RECIPES = ROOT / "recipes"

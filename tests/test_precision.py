@@ -2,8 +2,8 @@
 bf16 on a CPU that only emulates it."""
 import pytest
 
-from distill.train import precision as build
-from distill.train.precision import fp32_matmul_precision, gpu_precision, native_precision, precision_warning
+from distill import precision as build
+from distill.precision import fp32_matmul_precision, gpu_precision, native_precision, precision_warning
 
 
 @pytest.mark.parametrize("flags, capability, expected", [

@@ -20,7 +20,7 @@ from distill.runs.checkpoint import latest_checkpoint
 from distill.cli import main
 from distill.config import DataConfig
 from distill.data.sources import load_split
-from teachers import create_model
+from distill.models import create_model
 
 pytestmark = needs_fmnist
 

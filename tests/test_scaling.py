@@ -15,9 +15,9 @@ from distill.recipe import load_config
 from distill.report.compare import load_runs
 from distill.report.scaling import check_prediction, ladder_rows, predict_holdout
 from distill.report.study import load_study, plan
-from distill.train.build import build_student
-from distill.train.cost import forward_gflops, train_gflops
-from teachers import create_model
+from distill.models import build_student
+from distill.models.cost import forward_gflops, train_gflops
+from distill.models import create_model
 
 CPU_STUDY = ROOT / "recipes/studies/scaling_cpu.yaml"
 

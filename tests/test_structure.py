@@ -27,7 +27,7 @@ from distill.methods import build_method
 from distill.train.step import TrainStep, accelerate_hooks, graph_hooks
 from distill.train.teacher_logits import TeacherLogits
 from distill.train.timing import IntervalRate
-from teachers import create_model
+from distill.models import create_model
 
 TINY = ["data.train_subset=256", "data.test_subset=100", "data.batch_size=32", "train.epochs=1",
         "train.log_every=4", "train.warmup_epochs=0"]

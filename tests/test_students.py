@@ -8,7 +8,7 @@ from timm.models import VisionTransformer
 from timm.models.deit import VisionTransformerDistilled
 
 import students
-from distill.train.cost import count_params, forward_gflops
+from distill.models.cost import count_params, forward_gflops
 
 SIZES = {"distill_vit_tiny": (4, 256, 4), "distill_vit_small": (6, 384, 6),  # (depth, embed_dim, heads)
          "distill_vit_medium": (9, 576, 9), "distill_vit_base": (12, 768, 12)}

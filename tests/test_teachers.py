@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-import teachers.teacher as teacher_module
+import distill.models.create as create_module
 from distill.config import TeacherConfig
-from teachers import RUN_WEIGHTS, Teacher, TeacherError, adapt_small_input_stem, create_model, load_teacher
+from teachers import Teacher, TeacherError, load_teacher
+from distill.models import RUN_WEIGHTS, adapt_small_input_stem, create_model
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # the data's normalisation
 ARCH = "resnet10t"
@@ -141,7 +142,7 @@ def test_pretrained_fetch_failure_is_one_line(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to huggingface.co\nmore lines")
 
-    monkeypatch.setattr(teacher_module.timm, "create_model", offline)
+    monkeypatch.setattr(create_module.timm, "create_model", offline)
     with pytest.raises(TeacherError, match="cannot fetch pretrained weights for resnet10t") as e:
         create_model(ARCH, 10, 3, pretrained=True)
     assert "\n" not in str(e.value)
@@ -194,14 +195,14 @@ def test_gray_batch_repeated_for_rgb_teacher():
 
 
 def test_pretrained_teacher_on_gray_data_is_rgb_with_hub_normalisation(monkeypatch):
-    real = teacher_module.timm.create_model
+    real = create_module.timm.create_model
     calls = []
 
     def no_download(name, pretrained=False, **kwargs):
         calls.append((pretrained, kwargs["in_chans"]))
         return real(name, pretrained=False, **kwargs)
 
-    monkeypatch.setattr(teacher_module.timm, "create_model", no_download)
+    monkeypatch.setattr(create_module.timm, "create_model", no_download)
     t = load_teacher(TeacherConfig(model=ARCH, pretrained=True), 10, 1, [0.286], [0.353])
     assert calls == [(True, 3)] and t.in_chans == 3 and t.renorm
     imagenet_std = torch.tensor(t.model.pretrained_cfg["std"]).view(1, 3, 1, 1)

@@ -10,7 +10,7 @@ from conftest import ROOT, needs_fmnist, run_main
 from distill.recipe import load_config
 from distill.errors import ConfigError
 from distill.methods import build_criterion, build_method
-from distill.train.build import build_student
+from distill.models import build_student
 from teachers import load_teacher
 
 PLAIN = str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")

@@ -9,7 +9,7 @@ from distill.config import ConfigError
 from distill.recipe import DistillConfig
 from distill.methods import build_criterion, build_method
 from distill.methods.taps import Taps, WithMethod
-from teachers import create_model
+from distill.models import create_model
 from teachers.teacher import Teacher
 
 B, N, DS, DT = 2, 16, 6, 8  # images, patch tokens (a 4 x 4 grid), student and teacher widths

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.config import Config
 from distill.data.sources import load_split
-from distill.train.build import build_student
+from distill.models import build_student
 from distill.train.timing import sync
 
 

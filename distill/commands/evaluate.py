@@ -10,9 +10,10 @@ from distill.recipe import load_config
 from distill.data.augment import Normalize
 from distill.data.sources import load_split
 from distill.runs import records
-from distill.train.build import build_batches, build_student
+from distill.train.build import build_batches
+from distill.models import build_student
 from distill.train.evaluate import evaluate
-from teachers import load_weights
+from distill.models import load_weights
 
 
 def evaluate_run(run_dir: Path, overrides=(), ema: bool = False) -> dict:

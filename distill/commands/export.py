@@ -32,9 +32,9 @@ from distill.data.sources import SOURCES
 from distill.errors import ConfigError
 from distill.runs.durable import check_folder_path
 from distill.runs.records import CONFIG, SUMMARY
-from distill.train.build import build_student
+from distill.models import build_student
 from students import DistillViT
-from teachers import read_state_dict
+from distill.models import read_state_dict
 
 WEIGHTS, EMA_WEIGHTS = "student.safetensors", "student_ema.safetensors"
 

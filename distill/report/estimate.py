@@ -25,10 +25,10 @@ from distill.config import DataConfig
 from distill.recipe import load_config
 from distill.data.sources import SOURCES, load_split
 from distill.errors import DataError
-from distill.train.build import build_student
-from distill.train.precision import native_precision
-from distill.train.cost import forward_gflops, train_gflops
-from teachers import create_model
+from distill.models import build_student
+from distill.precision import native_precision
+from distill.models.cost import forward_gflops, train_gflops
+from distill.models import create_model
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_FLOPS = 2e11  # the timed steps' batch: the recipe's, or fewer images where a step would cost more

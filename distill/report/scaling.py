@@ -21,8 +21,8 @@ from distill.report.fit_report import fit_rows, markdown, plots
 from distill.report.run_table import check_row, check_table
 from distill.report.stats import mean, std
 from distill.runs import durable, records
-from distill.train.build import build_student
-from distill.train.cost import count_params, train_gflops
+from distill.models import build_student
+from distill.models.cost import count_params, train_gflops
 
 PREDICTION = "prediction.json"
 BOOTSTRAP = 400  # refits per law in a study's report, as `distill fit`'s default

@@ -18,7 +18,7 @@ from timm.models import load_pretrained
 from torch import nn
 
 from distill.errors import ConfigError, first_line
-from teachers import RUN_WEIGHTS, read_state_dict
+from distill.models import RUN_WEIGHTS, read_state_dict
 
 EXPORT_WEIGHTS = "model.safetensors"  # what `distill export` (timm's save_for_hf) writes
 
