@@ -70,7 +70,7 @@ def distill_loader(folder: Path, batch: int, workers: int, augment_on: str = "wo
     """distill's training loader; under `augment_on=device` the workers' share only (uint8 views and
     their draws: what a worker hands over), the device's share is `distill bench --data`'s."""
     from distill.config import DataConfig
-    from distill.data.device_views import DeviceTrainViews
+    from distill.data.device.views import DeviceTrainViews
     from distill.data.loader import LoaderBatches, ShardedBatches
     from distill.data.sources import load_split
     from distill.data.transforms import TrainViews, train_transform

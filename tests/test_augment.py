@@ -2,7 +2,7 @@ import torch
 
 from distill.data.augment import BatchAugment, Normalize, crop_flip
 from distill.data.loader import ShardedBatches, eval_shard
-from distill.data.views import epoch_order, epoch_salt, view_draws
+from distill.data.seeds import epoch_order, epoch_salt, view_draws
 
 
 def sample_draws(seed, epoch, index, n):

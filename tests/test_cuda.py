@@ -92,7 +92,7 @@ def test_device_augmentation_waits_for_the_gpu_at_most_once_per_batch(tmp_path):
     sync left, the fill colour made into a device tensor."""
     from distill.config import DataConfig
     from distill.data.augment import Normalize
-    from distill.data.device_views import DeviceAugment, DeviceTrainViews
+    from distill.data.device.views import DeviceAugment, DeviceTrainViews
     from distill.data.sources import load_split
     gpu_check.make_folder(tmp_path, 32, 4, size=(80, 60))
     cfg = DataConfig(name="imagefolder", root=str(tmp_path), img_size=32, crop="rrc", augment_on="device",

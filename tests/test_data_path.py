@@ -8,7 +8,7 @@ from timm.data import Mixup
 from timm.data.auto_augment import rand_augment_transform
 
 from distill.data.augment import BatchAugment, Normalize
-from distill.data.views import epoch_salt, epoch_views, seed_view_rngs, step_seed
+from distill.data.seeds import epoch_salt, epoch_views, seed_view_rngs, step_seed
 from distill.cli import main
 from distill.config import DataConfig
 from distill.data.sources import load_split

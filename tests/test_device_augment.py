@@ -1,4 +1,4 @@
-"""RandAugment and random erasing on the device (distill/data/device_augment.py, device_ops.py)
+"""RandAugment and random erasing on the device (distill/data/device/randaugment.py, device_ops.py)
 against timm's PIL ops and timm's own draws, on small structured + noisy images.
 
 Measured (Pillow 13.0, torch 2.14 CPU, 48x40 RGB): every op equals timm's PIL op exactly, the
@@ -19,11 +19,11 @@ from timm.data import auto_augment as aa
 from timm.data import create_transform
 from timm.data.random_erasing import RandomErasing
 
-from distill.data import device_ops as ops
-from distill.data.device_augment import (DEVICE_OPS, GEOMETRIC_OPS, PIXEL_OPS, RandAugmentDraws, apply_rand_augment,
+from distill.data.device import ops
+from distill.data.device.randaugment import (DEVICE_OPS, GEOMETRIC_OPS, PIXEL_OPS, RandAugmentDraws, apply_rand_augment,
                                          draw_erasing, erase, normal_noise)
 from distill.data.transforms import guard_posterize, posterize
-from distill.data.views import seed_view_rngs
+from distill.data.seeds import seed_view_rngs
 from distill.errors import ConfigError
 
 H, W = 40, 48

@@ -14,7 +14,7 @@ from distill.cli import main
 from distill.config import DataConfig
 from distill.recipe import load_config
 from distill.data.augment import Normalize
-from distill.data.device_views import DeviceAugment, DeviceTrainViews
+from distill.data.device.views import DeviceAugment, DeviceTrainViews
 from distill.data.loader import LoaderBatches, ShardedBatches
 from distill.data.sources import load_split
 from distill.data.transforms import TrainViews, train_transform
@@ -207,7 +207,7 @@ def test_a_gpu_decodes_and_augments_close_to_the_cpu(folder):
 def geometric_gaps(cfg, split, views=32):
     """Mean |device - workers| (grey levels) over each view whose RandAugment draws hold a geometric op
     (those fill the corners they uncover with the mean colour), and the channels of the views."""
-    from distill.data.device_augment import DEVICE_OPS, GEOMETRIC_OPS
+    from distill.data.device.randaugment import DEVICE_OPS, GEOMETRIC_OPS
     geometric = {k for k, op in enumerate(DEVICE_OPS) if op in GEOMETRIC_OPS}
     workers = TrainViews(split, train_transform(cfg, split.mean, split.std), seed=4)
     ours = DeviceTrainViews(split, cfg, seed=4)

@@ -8,8 +8,8 @@ from PIL import Image
 
 from distill.config import DataConfig
 from distill.data.augment import Normalize
-from distill.data.device_augment import erase
-from distill.data.device_views import DeviceAugment, DeviceTrainViews
+from distill.data.device.randaugment import erase
+from distill.data.device.views import DeviceAugment, DeviceTrainViews
 from distill.data.sources import load_split
 from syncs import counted_syncs
 

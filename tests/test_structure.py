@@ -16,7 +16,7 @@ from timm.loss import SoftTargetCrossEntropy
 from conftest import PLAIN, ROOT, SHORT, in_fp32, needs_fmnist, run_cli, run_main
 from distill.data.augment import BatchAugment, Normalize
 from distill.cli import main
-from distill.data.views import epoch_salt
+from distill.data.seeds import epoch_salt
 from distill.train.build import build_optimizer
 from distill.train.cache import LogitCache
 from distill.config import TrainConfig

@@ -24,7 +24,7 @@ import time
 import torch
 
 from distill.data.loader import LoaderBatches
-from distill.data.views import epoch_salt
+from distill.data.seeds import epoch_salt
 from distill.train.build import decodes_on_device
 from distill.train.timing import sync, timed
 

@@ -1,6 +1,6 @@
 """Batch augmentation on the training device: crop, flip, normalise, Mixup/CutMix on whole batches.
 
-Every random choice for a sample (crop offset, flip) comes from `distill.data.views`, a hash of
+Every random choice for a sample (crop offset, flip) comes from `distill.data.seeds`, a hash of
 (aug seed, epoch, view id), and each step's Mixup/CutMix draw from (aug seed, epoch, step).
 torchvision's RandomCrop/RandomHorizontalFlip draw from the global RNG per sample on the CPU,
 which is the same on neither 1 and N processes nor after a resume, hence this small module.
@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
 
-from distill.data.views import epoch_salt, step_seed, view_draws
+from distill.data.seeds import epoch_salt, step_seed, view_draws
 
 def crop_flip(images: torch.Tensor, draws: torch.Tensor, padding: int, hflip: bool) -> torch.Tensor:
     """Random crop of the original size from the zero-padded image, then an optional flip.
 
-    images: uint8 (B, C, H, W); draws: (B, >=3) from `views.view_draws`. Returns uint8 (B, C, H, W).
+    images: uint8 (B, C, H, W); draws: (B, >=3) from `seeds.view_draws`. Returns uint8 (B, C, H, W).
     """
     B, C, H, W = images.shape
     if padding == 0 and not hflip:

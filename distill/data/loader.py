@@ -4,7 +4,7 @@ Each epoch has one global order, a permutation seeded by (seed, epoch). Global b
 `order[s*G : (s+1)*G]` with G = world_size x batch_size, and process `r` takes the `r`-th
 contiguous slice of it. One process with batch N*B therefore sees exactly the samples that N
 processes with batch B see together, step by step; with per-sample augmentation
-(`distill.data.views`) the crops and flips agree too. Accelerate's own loader sharding would
+(`distill.data.seeds`) the crops and flips agree too. Accelerate's own loader sharding would
 re-split a loader per process, so the loaders here are not passed through `prepare`.
 
 Repeated augmentation (`data.aug_repeats` = r, DeiT's RASampler) lives in the same global order:
@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from distill.data.views import epoch_views
+from distill.data.seeds import epoch_views
 from distill.errors import DataError, UserError
 
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 or float (B,C,H,W), int64 (B,), int64 (B,)

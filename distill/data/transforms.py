@@ -6,7 +6,7 @@ normalisation and random erasing (TrivialAugment, which timm lacks, comes from t
 eval transform is timm's resize by `crop_pct`, then centre crop.
 
 timm's transforms draw from Python's `random`, numpy's global RNG and torch's. `TrainViews` seeds
-all three from `distill.data.views.view_seed(aug seed, epoch, view id)` before each sample, so a
+all three from `distill.data.seeds.view_seed(aug seed, epoch, view id)` before each sample, so a
 view is a pure function of those: the same in 1 or N processes, with any number of workers, after a
 resume, and when cached teacher logits are replayed.
 """
@@ -21,7 +21,7 @@ from timm.data import auto_augment as aa
 from timm.data import create_transform
 from torchvision import transforms as T
 
-from distill.data.views import seed_view_rngs, view_seed
+from distill.data.seeds import seed_view_rngs, view_seed
 from distill.errors import ConfigError
 
 if TYPE_CHECKING:  # type hints only: the config imports this module to check auto-augment strings
@@ -107,7 +107,7 @@ def eval_transform(cfg: "DataConfig", mean: Sequence[float], std: Sequence[float
 class TrainViews(torch.utils.data.Dataset):
     """Training views of a split: key (view id, epoch) -> (float image, label, view id).
 
-    View id v = repeat x N + index (`distill.data.views.epoch_views`), so repeats of an image differ.
+    View id v = repeat x N + index (`distill.data.seeds.epoch_views`), so repeats of an image differ.
     `split` is any source with `pil(i)` and `label(i)` (`distill.data.splits`).
     """
 

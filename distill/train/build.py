@@ -21,7 +21,7 @@ from distill.config import Config, DataConfig, TrainConfig
 from distill.data.augment import BatchAugment, Normalize
 from distill.data.loader import DeviceBatches, LoaderBatches, ShardedBatches
 from distill.data.sources import load_split
-from distill.data.device_views import DeviceAugment, DeviceTrainViews
+from distill.data.device.views import DeviceAugment, DeviceTrainViews
 from distill.data.transforms import EvalViews, TrainViews, eval_transform, train_transform
 from distill.errors import ConfigError
 from distill.methods import METHODS, Method, build_criterion, build_method
@@ -158,7 +158,7 @@ def build_batches(cfg: DataConfig, split, device, sampler: Optional[ShardedBatch
     `data.crop=rrc` the workers also run timm's per-sample transforms, seeded per view by the
     sampler's seed (`distill.data.transforms`), and hand out normalised float views; under
     `data.augment_on=device` they crop and draw, and RandAugment, normalisation and erasing run on the
-    device (`distill.data.device_views`)."""
+    device (`distill.data.device.views`)."""
     batch = 0 if sampler is not None else cfg.eval_batch_size
     if cfg.crop == "rrc":
         if sampler is not None and cfg.augment_on == "device":

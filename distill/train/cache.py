@@ -1,7 +1,7 @@
 """Teacher-logit cache (`distill.cache=true`): the teacher runs once per augmented view, ever.
 
 Every view a student sees is a pure function of (aug seed, epoch, step, rank): the sample order,
-the crops and flips (`distill.data.augment`, seeded by `distill.data.views`) and the Mixup/CutMix draws. So the teacher's logits for
+the crops and flips (`distill.data.augment`, seeded by `distill.data.seeds`) and the Mixup/CutMix draws. So the teacher's logits for
 it can be recorded by the first distilled run and replayed by every later one with the same
 views, as TinyViT does: other student sizes, other init seeds (`seed`; the views follow
 `data.aug_seed`), other distillation types. A run records an epoch's logits while it computes

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from distill.config import Config, flat_config, may_differ_on_resume
 from distill.data.loader import eval_shard
-from distill.data.views import epoch_salt, step_torch_seed
+from distill.data.seeds import epoch_salt, step_torch_seed
 from distill.errors import DivergenceError
 from distill.runs import checkpoint as ckpt
 from distill.runs import records, trackers

@@ -1,7 +1,7 @@
 """timm's RandAugment and random erasing, drawn per view in the workers and applied per batch on the
 training device.
 
-A worker, right after its crop and flip and under the view's seeding (`distill.data.views`), makes
+A worker, right after its crop and flip and under the view's seeding (`distill.data.seeds`), makes
 the draws with timm's own code and hands them over as small tensors:
 
 - `RandAugmentDraws(secondary).draw()` -> (L, 3) float64, one row per layer in timm's order:
@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 from timm.data import auto_augment as aa
 
-from distill.data import device_ops as ops
-from distill.data.views import hash32
+from distill.data.device import ops
+from distill.data.seeds import hash32
 from distill.errors import ConfigError
 
 PIXEL_OPS = {

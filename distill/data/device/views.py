@@ -4,7 +4,7 @@
 A worker does only what must be per file: read the file, decode it (unless the device decodes,
 `data.decode_on`), cut timm's RandomResizedCrop box and flip it, and make the *draws* of RandAugment
 and random erasing with timm's own code, from the same per-view seed as the `workers` path
-(`distill.data.views.view_seed`). It hands over the crop's pixels (or the JPEG's bytes) and a small
+(`distill.data.seeds.view_seed`). It hands over the crop's pixels (or the JPEG's bytes) and a small
 vector of draws. The training device then, for the whole batch (`DeviceAugment`, run by
 `LoaderBatches` before the step sees the batch): decodes the JPEGs (torchvision's batched
 `decode_jpeg`, nvJPEG on a GPU), crops and flips them, resizes every crop to `img_size`, applies
@@ -34,9 +34,9 @@ from timm.data import create_transform
 from torch.utils.data import default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from distill.data.device_augment import RandAugmentDraws, apply_rand_augment, draw_erasing, erase, host, to_device
+from distill.data.device.randaugment import RandAugmentDraws, apply_rand_augment, draw_erasing, erase, host, to_device
 from distill.data.transforms import guard_posterize
-from distill.data.views import seed_view_rngs, view_seed
+from distill.data.seeds import seed_view_rngs, view_seed
 from distill.errors import DataError, first_line
 
 if TYPE_CHECKING:
