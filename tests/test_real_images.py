@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, needs_fmnist, run_cli, run_main
+from conftest import ROOT, in_fp32, needs_fmnist, run_cli, run_main
 from distill.runs.checkpoint import latest_checkpoint
 from distill.cli import main
 from distill.config import DataConfig
@@ -180,6 +180,6 @@ def test_bad_real_image_input_is_one_line(fm, tmp_path, capsys):
     for name, (overrides, words) in cases.items():
         argv = ["train", PLAIN, f"output_dir={tmp_path / 'runs'}", f"name={name.replace(' ', '_')}", *SMALL,
                 *overrides, "data.batch_size=20", "train.epochs=1"]
-        assert main(argv) == 2, name
+        assert main(in_fp32(argv)) == 2, name
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and len(err.splitlines()) == 1 and words in err, (name, err)

@@ -226,7 +226,7 @@ def test_online_wandb_without_a_key_is_one_line_and_makes_no_folder(tmp_path, mo
     for k, v in {**stores(tmp_path), **online_wandb_without_a_key}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("WANDB_MODE", "online")
-    status = main(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", f"name={NAME}", *TINY, "train.log_with=wandb"])
+    status = main(in_fp32(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", f"name={NAME}", *TINY, "train.log_with=wandb"]))
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1, lines
     assert "wandb login" in lines[0] and "WANDB_MODE=offline" in lines[0], lines
@@ -260,7 +260,7 @@ def test_a_tracker_that_fails_to_start_is_one_line_and_leaves_no_folder(tmp_path
     for k, v in {**stores(tmp_path), **online_wandb_without_a_key}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("WANDB_MODE", "online")
-    status = main(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", f"name={NAME}", *TINY, "train.log_with=wandb"])
+    status = main(in_fp32(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", f"name={NAME}", *TINY, "train.log_with=wandb"]))
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1, lines
     assert lines[0].startswith("error: train.log_with: a tracker could not start (UsageError"), lines
