@@ -73,7 +73,8 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     rows = ladder_rows(runs, sc)
     table = fit_table(rows, runs, sc)
     params, per_image = holdout_student(holdout_jobs[0])
-    images = {r["epochs"]: r["images"] for r in rows}
+    per_epoch = rows[0]["images"] // rows[0]["epochs"]  # one training set: every run's epochs hold as many
+    images = {e: e * per_epoch for e in sc.epochs}  # a budgets ladder's held-out rung has epochs of its own
     planned: Dict[str, int] = {}
     for j in holdout_jobs:
         planned[j.variant] = planned.get(j.variant, 0) + 1
