@@ -40,5 +40,5 @@ mkdir -p "$out/logs"
 t0=$(date +%s)
 for s in $seeds; do lane "$s" & done
 wait
-echo "wall $(( $(date +%s) - t0 )) s; CPU (user, sys) of the runs:"; times | tail -1
+echo "wall $(( $(date +%s) - t0 )) s; CPU of this shell, then of the runs (user, sys):"; times
 $py -m distill.report.ladder "$out"

@@ -5,9 +5,10 @@ import json
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, needs_fmnist
 from distill.errors import ConfigError
-from distill.report.ladder import fork_check, fork_step, long_run_overrides, plan_size, saved_line
+from distill.report.ladder import fork_check, long_run_overrides, plan_size, saved_line
+from distill.train.schedule import checkpoint_step
 from distill.report.study import load_study, plan
 
 
@@ -34,7 +35,8 @@ def test_the_long_run_keeps_a_checkpoint_at_every_fork():
     """Forks at epochs 6 and 3 of 16: a checkpoint every 3 epochs (3, 6, 9, 12, 15 and the last), all kept."""
     rungs = plan_size([16e9, 8e9, 4e9], 1e6, 1000, 10, 1, 0.25, "w")
     assert long_run_overrides(rungs) == ["train.checkpoint_every=3", "train.keep_checkpoints=6"]
-    assert fork_step("/r/plain_e16_s0/checkpoints/step_000000060") == 60 and fork_step("auto") == fork_step("") == 0
+    assert checkpoint_step("/r/plain_e16_s0/checkpoints/step_000000060") == 60
+    assert checkpoint_step("auto") == checkpoint_step("") == 0
 
 
 def _study(tmp_path, scaling):
@@ -116,3 +118,47 @@ def test_fork_check_pairs_each_fork_with_the_cosine_run_of_its_seed(tmp_path):
     result = fork_check(tmp_path)
     # long runs 3 x 800 images, forks 3 x 100 (epoch 3 to 4); from scratch the forks would be 3 x 400
     assert (result["images_ladder"], result["images_scratch"]) == (2700, 3600)
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_a_budgets_ladder_trains_its_long_runs_and_forks(tmp_path):
+    """The smallest size of a shrunk budgets study (256 images, 4 steps an epoch; command-line overrides
+    reach the planning): the 16-epoch wsd run keeps a checkpoint every 3 epochs, the 8- and 4-epoch budgets
+    fork from them (epochs 6 and 3) and finish as forks of that run, with the full budget's FLOPs."""
+    from distill.report.ladder import size_shape
+    from distill.report.study import _run
+    from distill.recipe import load_config
+
+    tiny = ["data.train_subset=256", "data.test_subset=128", "data.batch_size=64", "train.lr_base_batch=64",
+            "train.mixed_precision=no", "train.log_with=[]"]
+    cfg = load_config(str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml"),
+                      [*tiny, "student.embed_dim=64", "student.depth=2", "student.num_heads=2"])
+    image_flops, epoch_images, _ = size_shape(cfg, load_study(_study(tmp_path, {"epochs": [1]})).scaling)
+    path = _study(tmp_path, {"budgets": [e * image_flops * epoch_images for e in (16, 8, 4)]})
+    jobs = [j for j in plan(path, tiny) if "w64d2" in j.variant and j.seed == 0]
+    status = {}
+    for job in jobs:
+        _run(job, status)
+    assert all(v == "ran" for v in status.values()), status
+    long = jobs[0].run_dir
+    assert [c.name for c in sorted((long / "checkpoints").glob("step_*"))] == [
+        f"step_{4 * e:09d}" for e in (3, 6, 9, 12, 15, 16)]
+    for job, epoch in zip(jobs[1:], (6, 3)):
+        summary = json.loads((job.run_dir / "summary.json").read_text())
+        assert summary["forked_from"] == str(long / "checkpoints" / f"step_{4 * epoch:09d}")
+        assert summary["flops"] == pytest.approx(image_flops * epoch_images * int(job.variant[-1]))
+
+
+def test_a_fork_of_no_earlier_variant_is_refused(tmp_path):
+    path = tmp_path / "study.yaml"
+    recipe = str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")
+    for fork, ok in (("long:39", True), ("later:39", False), ("long", False), ("long:x", False)):
+        path.write_text(yaml.safe_dump({"name": "f", "runs": {"long": {"recipe": recipe},
+                                                             "short": {"recipe": recipe, "fork": fork},
+                                                             "later": {"recipe": recipe}}}, sort_keys=False))
+        if ok:
+            assert load_study(path).runs["short"].fork == fork
+        else:
+            with pytest.raises(ConfigError, match="is not <variant>:<step>"):
+                load_study(path)

@@ -25,9 +25,9 @@ from distill.config import DataConfig
 from distill.recipe import load_config
 from distill.data.sources import SOURCES, load_split
 from distill.errors import DataError
-from distill.report.ladder import fork_step
 from distill.train.build import build_student, native_precision
 from distill.train.cost import forward_gflops, train_gflops
+from distill.train.schedule import checkpoint_step
 from teachers import create_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ STEP_FLOPS = 2e11  # the timed steps' batch: the recipe's, or fewer images where
 
 
 @lru_cache(maxsize=None)
-def _split_shape(data_yaml: str, train_images: Optional[int]):
+def split_shape(data_yaml: str, train_images: Optional[int]):
     """(train images, classes, channels) of a data config: a built-in set's, else read from the data,
     else `train_images` (scaling.train_images) with ImageNet's classes and channels."""
     data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.create(data_yaml)))
@@ -102,11 +102,11 @@ def estimate(jobs, study) -> List[dict]:
     for job in jobs:
         resume = [s for s in job.settings if s.startswith("train.resume=")]  # a fork's checkpoint is not made yet
         cfg = load_config(job.recipe, [s for s in job.settings if s not in resume])
-        n, classes, chans = _split_shape(_data_yaml(cfg), sc.train_images if sc else None)
+        n, classes, chans = split_shape(_data_yaml(cfg), sc.train_images if sc else None)
         processes = sc.processes if sc is not None else 1
         per_step = cfg.data.batch_size * processes
         images = cfg.train.epochs * (n // per_step) * per_step
-        start = fork_step(resume[-1].split("=", 1)[1] if resume else "") * per_step  # a fork's images before its checkpoint (micro-steps)
+        start = checkpoint_step(resume[-1].split("=", 1)[1] if resume else "") * per_step  # a fork's images before its checkpoint (micro-steps)
         shape = (chans, cfg.data.img_size, cfg.data.img_size)
         key = (json.dumps(vars(cfg.student), default=str), shape, classes, cfg.train.mixed_precision, cfg.data.batch_size)
         if key not in measured:  # one model per rung: seeds, budgets and methods share it

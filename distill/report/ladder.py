@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from distill.errors import ConfigError
-from distill.train.schedule import cooldown_start
+from distill.train.schedule import checkpoint_step, cooldown_start
 
 CHECKPOINT = "step_{:09d}"  # distill/runs/checkpoint.py's folder name, for the global step it holds
 
@@ -64,12 +64,6 @@ def long_run_overrides(rungs: List[Rung]) -> List[str]:
     return [f"train.checkpoint_every={every}", f"train.keep_checkpoints={max(keep, 1)}"]
 
 
-def fork_step(resume: str) -> int:
-    """The global step of a `train.resume=<run>/checkpoints/step_N` (0 for none or `auto`)."""
-    name = Path(resume).name if resume and resume != "auto" else ""
-    return int(name.split("_")[-1]) if name.startswith("step_") else 0
-
-
 def saved_line(rows: List[dict]) -> str:
     """The dry run's last line: the images the study trains against training every run from scratch."""
     trained = sum(r["images"] for r in rows)
@@ -84,14 +78,14 @@ def saved_line(rows: List[dict]) -> str:
 # ---- a scaling study's budgets in FLOPs (distill/report/study.py calls `expand`) -----------------------
 def size_shape(cfg, sc) -> tuple:
     """(training FLOPs per image of the student, images an epoch, micro-steps an epoch) of one run's config,
-    without reading the data where its source is built in (`estimate._split_shape`)."""
+    without reading the data where its source is built in (`estimate.split_shape`)."""
     from omegaconf import OmegaConf
 
-    from distill.report.estimate import _split_shape
+    from distill.report.estimate import split_shape
     from distill.train.build import build_student
     from distill.train.cost import train_gflops
 
-    n, classes, chans = _split_shape(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), sc.train_images)
+    n, classes, chans = split_shape(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), sc.train_images)
     per_step = cfg.data.batch_size * sc.processes
     model = build_student(cfg.student, classes, chans, cfg.data.img_size)
     image_flops = train_gflops(model, (chans, cfg.data.img_size, cfg.data.img_size)) * 1e9
@@ -104,7 +98,6 @@ def expand(study, path: Path, overrides=()) -> None:
     its student's FLOPs under the first method, so every method of a size trains the same epochs."""
     from distill.recipe import load_config
     from distill.report.scaling import ladder_variant
-    from distill.report.study import StudyRun
 
     sc = study.scaling
     if sc.epochs:
@@ -126,10 +119,22 @@ def expand(study, path: Path, overrides=()) -> None:
             long = ladder_variant(method, size, rungs[0].epochs)
             for r in rungs:
                 extra = long_run_overrides(rungs) if r is rungs[0] else []
-                study.runs[ladder_variant(method, size, r.epochs)] = StudyRun(
-                    run.recipe, run.seeds, [*run.overrides, *wsd, f"train.epochs={r.epochs}", *extra], run.teacher,
-                    f"{long}:{r.fork_step}" if r.fork_step else None)
+                study.runs[ladder_variant(method, size, r.epochs)] = replace(  # a StudyRun, as the method's
+                    run, overrides=[*run.overrides, *wsd, f"train.epochs={r.epochs}", *extra],
+                    fork=f"{long}:{r.fork_step}" if r.fork_step else None)
     sc.epochs = sorted({r.epochs for rungs in sc.rungs.values() for r in rungs})
+
+
+def check_forks(runs: Dict, path: Path) -> None:
+    """Refuse a `fork:` that names no earlier variant of the study, or no checkpoint step."""
+    names = list(runs)
+    for i, (variant, run) in enumerate(runs.items()):
+        if run.fork is None:
+            continue
+        source, _, step = run.fork.rpartition(":")
+        if source not in names[:i] or not step.isdigit():
+            raise ConfigError(f"study {path}: runs.{variant}.fork={run.fork!r} is not <variant>:<step> of a variant "
+                              f"listed before it ({', '.join(names[:i]) or 'none'})")
 
 
 def resume(fork: Optional[str], folder: Path, seed: int) -> tuple:
@@ -160,7 +165,7 @@ def _runs(folder: Path) -> List[dict]:
     out = []
     for d in sorted(p for p in Path(folder).iterdir() if (p / "summary.json").exists()):
         s, cfg = json.loads((d / "summary.json").read_text()), yaml.safe_load((d / "config.yaml").read_text())
-        start = fork_step(s.get("forked_from", ""))
+        start = checkpoint_step(s.get("forked_from", ""))
         per_step = s["global_batch"] // cfg["train"]["grad_accum_steps"]
         kind = "fork" if start else cfg["train"]["schedule"]
         out.append({"run": d.name, "kind": "long" if kind == "wsd" else kind, "epochs": s["epochs"],

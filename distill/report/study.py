@@ -82,7 +82,7 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
     """Add the ladder's variants to `study.runs`, the held-out rung's last."""
     sc = study.scaling
     if not sc.sizes or not (sc.epochs or sc.budgets) or not sc.methods:
-        raise ConfigError(f"study {path}: scaling needs sizes, epochs and methods (see recipes/studies/scaling_cpu.yaml)")
+        raise ConfigError(f"study {path}: scaling needs sizes, epochs (or budgets) and methods (see recipes/studies/scaling_cpu.yaml)")
     sc.holdout = sc.holdout or list(sc.sizes)[-1]
     if sc.holdout not in sc.sizes:
         raise ConfigError(f"study {path}: scaling.holdout={sc.holdout!r} is not one of the sizes: {', '.join(sc.sizes)}")
@@ -117,6 +117,7 @@ def load_study(path: Path, overrides=()) -> Study:
         if not (path.parent / run.recipe).is_file():
             raise ConfigError(f"study {path}: runs.{variant}.recipe={run.recipe} not found")
     study.runs = _teachers_first(study.runs, path)
+    ladder.check_forks(study.runs, path)
     return study
 
 

@@ -46,6 +46,12 @@ def lr_factor(tick: int, total: int, warmup: int, floor: float, kind: str = "cos
     return floor + (1 - floor) * decay
 
 
+def checkpoint_step(resume: str) -> int:
+    """The global step of a `train.resume=<run>/checkpoints/step_N` (0 for none or `auto`)."""
+    name = Path(resume).name if resume and resume != "auto" else ""
+    return int(name.split("_")[-1]) if name.startswith("step_") else 0
+
+
 def fork_source(checkpoint: Path, run_dir: Path) -> Optional[Path]:
     """The run folder a `train.resume=<checkpoint>` branches from, or None for this run's own."""
     source = checkpoint.resolve().parent.parent  # <run>/checkpoints/step_N
@@ -69,7 +75,7 @@ def check_fork(cfg, checkpoint: Path, source: Path, updates_per_epoch: int) -> N
     if cfg.train.schedule != "wsd":
         raise ConfigError(f"train.resume={checkpoint}: a fork of {epochs} into {cfg.train.epochs} epochs needs "
                           "train.schedule=wsd (a cosine schedule's every step depends on the run's length)")
-    update = int(checkpoint.name.split("_")[-1]) // cfg.train.grad_accum_steps
+    update = checkpoint_step(str(checkpoint)) // cfg.train.grad_accum_steps
     last = min(cooldown_start(n * updates_per_epoch, cfg.train.cooldown) for n in (epochs, cfg.train.epochs))
     if update > last:
         raise ConfigError(f"train.resume={checkpoint} is at update {update}, past update {last}, where the "
