@@ -5,11 +5,11 @@
 # (python -m distill.report.ladder). The student is the scaling study's smallest (w64d2,
 # recipes/studies/scaling_cpu.yaml) on its 5,000-image subset, no augmentation, 39 steps an epoch.
 # Seeds run side by side, one thread each.
-#   bash scripts/fork_check.sh OUT_DIR [SEEDS] [LONG] [COOLDOWN]   # docs/ladder.md: OUT_DIR "0 1 2" 8 0.25
+#   bash scripts/fork_check.sh OUT_DIR [SEEDS] [LONG] [COOLDOWN]   # docs/ladder.md: OUT_DIR "0 1 2" 16 0.25
 set -euo pipefail
 out=${1:?usage: fork_check.sh OUT_DIR [SEEDS] [LONG] [COOLDOWN]}
 seeds=${2:-0 1 2}
-long=${3:-8}
+long=${3:-16}
 cooldown=${4:-0.25}
 py=${PYTHON:-python}
 export OMP_NUM_THREADS=1
