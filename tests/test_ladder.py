@@ -81,6 +81,20 @@ def test_a_budgets_study_plans_long_runs_then_forks_from_their_checkpoints(tmp_p
     assert list(big) == [f"plain_w96d3_e{e}_s{s}" for e in (5, 2, 1) for s in (0, 1)]
     assert all(j.holdout for j in big.values()) and not any(j.holdout for j in small)
     assert setting["plain_w96d3_e1_s0"]["train.resume"] == "auto" and big["plain_w96d3_e1_s0"].needs is None
+    # a finished fork resumes `auto` (its own folder), so deleting the long run's checkpoints breaks nothing
+    done = tmp_path / "runs/ladder/plain_w64d2_e8_s1"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text("{}")
+    again = {j.run_dir.name: j for j in plan(_study(tmp_path, {"budgets": budgets}))}
+    assert "train.resume=auto" in again["plain_w64d2_e8_s1"].settings
+    assert "train.resume=auto" not in again["plain_w64d2_e8_s0"].settings
+    # the dry run counts a fork's images from its checkpoint on, and every run's from scratch beside them
+    from distill.report.estimate import estimate
+
+    rows = {r["run"]: r for r in estimate(jobs, load_study(_study(tmp_path, {"budgets": budgets})))}
+    assert [(rows[n]["images"], rows[n]["images_scratch"]) for n in ("plain_w64d2_e16_s0", "plain_w64d2_e8_s0",
+            "plain_w64d2_e4_s0", "plain_w96d3_e1_s0")] == [(16 * 4992, 16 * 4992), (2 * 4992, 8 * 4992),
+                                                           (4992, 4 * 4992), (4992, 4992)]
 
 
 def test_budgets_and_epochs_together_are_refused(tmp_path):

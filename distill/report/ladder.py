@@ -137,12 +137,15 @@ def check_forks(runs: Dict, path: Path) -> None:
                               f"listed before it ({', '.join(names[:i]) or 'none'})")
 
 
-def resume(fork: Optional[str], folder: Path, seed: int) -> tuple:
-    """(train.resume, the source run's folder or None) of a study run: `auto`, or a fork's checkpoint."""
+def resume(fork: Optional[str], folder: Path, seed: int, run_dir: Path) -> tuple:
+    """(train.resume, the source run's folder or None) of a study run: `auto`, or a fork's checkpoint
+    until the fork has finished (then its source's checkpoints may be deleted)."""
     if not fork:
         return "auto", None
     variant, step = fork.rsplit(":", 1)
     source = folder / f"{variant}_s{seed}"
+    if (run_dir / "summary.json").exists():
+        return "auto", source
     return str(source / "checkpoints" / CHECKPOINT.format(int(step))), source
 
 

@@ -155,7 +155,7 @@ def plan(path: Path, overrides=()) -> List[Job]:
             run_dir = folder / f"{variant}_s{seed}"
             needs = first_run[run.teacher] if run.teacher else None
             extra = [f"teacher.checkpoint={needs}"] if needs else []
-            resume, source = ladder.resume(run.fork, folder, seed)  # a fork waits for its source run instead
+            resume, source = ladder.resume(run.fork, folder, seed, run_dir)  # a fork waits for its source run instead
             settings = [*study.overrides, *run.overrides, *extra, *overrides,
                         f"name={run_dir.name}", f"output_dir={folder}", f"seed={seed}", f"train.resume={resume}"]
             needs = source or needs
