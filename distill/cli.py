@@ -118,7 +118,13 @@ def cmd_study(args) -> int:
             print(" ".join(job.cmd))
         from distill.report.estimate import estimate, table
 
-        print("\n" + table(estimate(jobs, load_study(Path(args.study)))))
+        study = load_study(Path(args.study), args.overrides)
+        rows = estimate(jobs, study)
+        print("\n" + table(rows))
+        from distill.report.ladder import budget_lines, saved_line
+
+        if study.scaling is not None and study.scaling.budgets:
+            print("\n" + "\n".join(budget_lines(study.scaling)) + "\n" + saved_line(rows))
         return 0
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 

@@ -25,10 +25,10 @@ from distill.config import DataConfig
 from distill.recipe import load_config
 from distill.data.sources import SOURCES, load_split
 from distill.errors import DataError
-from distill.models import build_student
-from distill.precision import native_precision
+from distill.models import build_student, create_model
 from distill.models.cost import forward_gflops, train_gflops
-from distill.models import create_model
+from distill.precision import native_precision
+from distill.runs.checkpoint import checkpoint_step
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_FLOPS = 2e11  # the timed steps' batch: the recipe's, or fewer images where a step would cost more
@@ -37,7 +37,7 @@ STEP_FLOPS = 2e11  # the timed steps' batch: the recipe's, or fewer images where
 
 
 @lru_cache(maxsize=None)
-def _split_shape(data_yaml: str, train_images: Optional[int]):
+def split_shape(data_yaml: str, train_images: Optional[int]):
     """(train images, classes, channels) of a data config: a built-in set's, else read from the data,
     else `train_images` (scaling.train_images) with ImageNet's classes and channels."""
     data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.create(data_yaml)))
@@ -100,11 +100,13 @@ def estimate(jobs, study) -> List[dict]:
     rate = gpu_rate(sc.gpu) if sc is not None and sc.gpu else None
     measured, recorded, out = {}, set(), []
     for job in jobs:
-        cfg = load_config(job.recipe, job.settings)
-        n, classes, chans = _split_shape(_data_yaml(cfg), sc.train_images if sc else None)
+        resume = [s for s in job.settings if s.startswith("train.resume=")]  # a fork's checkpoint is not made yet
+        cfg = load_config(job.recipe, [s for s in job.settings if s not in resume])
+        n, classes, chans = split_shape(_data_yaml(cfg), sc.train_images if sc else None)
         processes = sc.processes if sc is not None else 1
         per_step = cfg.data.batch_size * processes
         images = cfg.train.epochs * (n // per_step) * per_step
+        start = checkpoint_step(resume[-1].split("=", 1)[1] if resume else "") * per_step  # a fork's images before its checkpoint (micro-steps)
         shape = (chans, cfg.data.img_size, cfg.data.img_size)
         key = (json.dumps(vars(cfg.student), default=str), shape, classes, cfg.train.mixed_precision, cfg.data.batch_size)
         if key not in measured:  # one model per rung: seeds, budgets and methods share it
@@ -112,14 +114,15 @@ def estimate(jobs, study) -> List[dict]:
         params, gflops, forward, seconds = measured[key]
         teacher = 0.0
         if cfg.distill.type != "none" and cfg.teacher.model:
-            epochs = set(range(cfg.train.epochs))
+            epochs = set(range(start // (n // per_step * per_step), cfg.train.epochs))  # a fork's own epochs
             if cfg.distill.cache:  # recorded once per view (its key approximated by aug_seed): new epochs only
                 epochs -= {e for s, e in recorded if s == cfg.data.aug_seed}
                 recorded |= {(cfg.data.aug_seed, e) for e in epochs}
             views = len(epochs) * (images // cfg.train.epochs)
             teacher = _teacher_gflops(cfg, classes, chans) * 1e9 * views
-        row = {"run": job.run_dir.name, "params": params, "images": images,
-               "flops": gflops * 1e9 * images, "teacher_flops": teacher, "hours_here": seconds * images / 3600}
+        row = {"run": job.run_dir.name, "params": params, "images": images - start, "images_scratch": images,
+               "flops": gflops * 1e9 * (images - start), "teacher_flops": teacher,
+               "hours_here": seconds * (images - start) / 3600}
         if rate is not None:
             tflops, source = rate(forward)
             row.update(hours_gpu=(row["flops"] + row["teacher_flops"]) / (tflops * 1e12) / 3600, gpu_source=source)

@@ -73,12 +73,14 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     rows = ladder_rows(runs, sc)
     table = fit_table(rows, runs, sc)
     params, per_image = holdout_student(holdout_jobs[0])
-    images = {r["epochs"]: r["images"] for r in rows}
+    per_epoch = rows[0]["images"] // rows[0]["epochs"]  # one training set: every run's epochs hold as many
+    held_epochs = sorted({int(j.variant.rsplit("_e", 1)[1]) for j in holdout_jobs})  # its own, under budgets
+    images = {e: e * per_epoch for e in held_epochs}
     planned: Dict[str, int] = {}
     for j in holdout_jobs:
         planned[j.variant] = planned.get(j.variant, 0) + 1
     held = [{"method": m, "params": params, "images": images[e], "flops": per_image * images[e], "seed": s,
-             "top1": None, "holdout": True} for m in sc.methods for e in sc.epochs if e in images
+             "top1": None, "holdout": True} for m in sc.methods for e in held_epochs
             for s in range(planned.get(ladder_variant(m, sc.holdout, e), 1))]
     result, _ = fit_rows(table + held, BOOTSTRAP, None)
     epochs_of = {v: k for k, v in images.items()}

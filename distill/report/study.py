@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from distill.config import may_differ_on_resume
 from distill.recipe import load_config
 from distill.errors import ConfigError
-from distill.report import preregister, scaling
+from distill.report import ladder, preregister, scaling
 from distill.report.baselines import study_baselines
 from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
@@ -40,6 +40,7 @@ class StudyRun:
     teacher: Optional[str] = None  # variant whose first seed's run is the teacher
     baseline: Optional[str] = None  # the plain variant its gain is measured against (None: found, see baselines.py)
     declared_differences: List[str] = field(default_factory=list)  # keys outside the method's it may differ in
+    fork: Optional[str] = None  # "<variant>:<step>": starts from that variant's same-seed checkpoint (docs/ladder.md)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Scaling:
 
     sizes: Dict[str, List[str]] = field(default_factory=dict)  # rung -> overrides (student.embed_dim=..., ...)
     epochs: List[int] = field(default_factory=list)  # budgets, as epochs over the training set
+    budgets: List[float] = field(default_factory=list)  # or in training FLOPs, as cooldown forks (docs/ladder.md)
     methods: Dict[str, StudyRun] = field(default_factory=dict)  # label -> recipe, overrides, teacher
     holdout: Optional[str] = None  # the rung predicted before it runs; None: the last (largest)
     gpu: Optional[str] = None  # docs/bench/<gpu>/: the dry run also estimates that GPU's hours
@@ -79,14 +81,16 @@ class Job:
     settings: List[str] = field(default_factory=list)  # the key=value overrides of its command
 
 
-def _expand_scaling(study: Study, path: Path) -> None:
+def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
     """Add the ladder's variants to `study.runs`, the held-out rung's last."""
     sc = study.scaling
-    if not sc.sizes or not sc.epochs or not sc.methods:
-        raise ConfigError(f"study {path}: scaling needs sizes, epochs and methods (see recipes/studies/scaling_cpu.yaml)")
+    if not sc.sizes or not (sc.epochs or sc.budgets) or not sc.methods:
+        raise ConfigError(f"study {path}: scaling needs sizes, epochs (or budgets) and methods (see recipes/studies/scaling_cpu.yaml)")
     sc.holdout = sc.holdout or list(sc.sizes)[-1]
     if sc.holdout not in sc.sizes:
         raise ConfigError(f"study {path}: scaling.holdout={sc.holdout!r} is not one of the sizes: {', '.join(sc.sizes)}")
+    if sc.budgets:
+        return ladder.expand(study, path, overrides)
     if min(sc.epochs) < 1:
         raise ConfigError(f"study {path}: scaling.epochs={sc.epochs} must be whole epochs >= 1")
     order = [s for s in sc.sizes if s != sc.holdout] + [sc.holdout]
@@ -98,7 +102,7 @@ def _expand_scaling(study: Study, path: Path) -> None:
                     run.baseline and ladder_variant(run.baseline, size, epochs), run.declared_differences)
 
 
-def load_study(path: Path) -> Study:
+def load_study(path: Path, overrides=()) -> Study:
     if not path.is_file():
         raise ConfigError(f"study {path} not found; see recipes/studies/")
     try:
@@ -107,7 +111,7 @@ def load_study(path: Path) -> Study:
         raise ConfigError(f"study {path}: {getattr(e, 'full_key', '') or ''}: "
                           f"{str(getattr(e, 'msg', e)).splitlines()[0]}") from None
     if study.scaling is not None:
-        _expand_scaling(study, path)
+        _expand_scaling(study, path, overrides)
     if study.launcher not in ("python", "launch"):
         raise ConfigError(f"study {path}: launcher={study.launcher!r} is not one of: python, launch")
     for variant, run in study.runs.items():
@@ -117,6 +121,7 @@ def load_study(path: Path) -> Study:
         if not (path.parent / run.recipe).is_file():
             raise ConfigError(f"study {path}: runs.{variant}.recipe={run.recipe} not found")
     study.runs = _teachers_first(study.runs, path)
+    ladder.check_forks(study.runs, path)
     return study
 
 
@@ -173,7 +178,7 @@ def _study_overrides(study: Study, path: Path, overrides) -> List[str]:
 def plan(path: Path, overrides=()) -> List[Job]:
     """Every run of the study, in file order, with its command line. `output_dir=DIR` among the overrides
     is the study's folder root (`Study.output_dir`); name=, seed= and train.resume= are refused."""
-    study = load_study(path)
+    study = load_study(path, overrides)
     overrides = _study_overrides(study, path, overrides)
     folder = Path(study.output_dir) / study.name
     first_run = {v: folder / f"{v}_s{(r.seeds or study.seeds)[0]}" for v, r in study.runs.items()}
@@ -186,8 +191,10 @@ def plan(path: Path, overrides=()) -> List[Job]:
             run_dir = folder / f"{variant}_s{seed}"
             needs = first_run[run.teacher] if run.teacher else None
             extra = [f"teacher.checkpoint={needs}"] if needs else []
+            resume, source = ladder.resume(run.fork, folder, seed, run_dir)  # a fork waits for its source run instead
             settings = [*study.overrides, *run.overrides, *extra, *overrides,
-                        f"name={run_dir.name}", f"output_dir={folder}", f"seed={seed}", "train.resume=auto"]
+                        f"name={run_dir.name}", f"output_dir={folder}", f"seed={seed}", f"train.resume={resume}"]
+            needs = source or needs
             recipe = str((path.parent / run.recipe).resolve())
             launcher = [str(ROOT / "launch.sh")] if study.launcher == "launch" else [sys.executable, "-m", "distill",
                                                                                     "train"]
@@ -230,7 +237,7 @@ def _run(job: Job, status: dict) -> None:
     if (job.run_dir / records.SUMMARY).exists():
         status[job.run_dir] = "complete (skipped)"
     elif job.needs is not None and not (job.needs / records.SUMMARY).exists():
-        status[job.run_dir] = f"not run: its teacher {job.needs.name} is not complete"
+        status[job.run_dir] = f"not run: {job.needs.name}, which it needs, is not complete"
     else:
         print(f"== study: {label}: {' '.join(job.cmd[-4:])}", flush=True)
         rc = subprocess.run(job.cmd, cwd=Path.cwd()).returncode
@@ -246,7 +253,7 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     (`prediction.json` in the study folder, kept once made) and locks it (`preregister.lock`: its sha256
     and the fitted runs), then runs the held-out rung; the report says in one line whether the
     prediction, unchanged, was locked before every held-out run started (`preregister.verdict`)."""
-    study, jobs = load_study(path), plan(path, overrides)
+    study, jobs = load_study(path, overrides), plan(path, overrides)
     _check_existing(jobs, path)
     baselines = study_baselines(study, jobs, path)  # like with like, refused before any run starts
     declared = {v: r.declared_differences for v, r in study.runs.items()}

@@ -118,3 +118,9 @@ def save_weights_atomic(state_dict: dict, path: Path) -> None:
     """safetensors file written to a temporary name, flushed, then renamed into place."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     durable.replace_file(path, lambda tmp: save_file(tensors, str(tmp)), f"weights {path}")
+
+
+def checkpoint_step(resume: str) -> int:
+    """The global step of a `train.resume=<run>/checkpoints/step_N` (0 for none or `auto`)."""
+    name = Path(resume).name if resume and resume != "auto" else ""
+    return int(name.split("_")[-1]) if name.startswith("step_") else 0

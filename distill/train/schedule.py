@@ -69,7 +69,7 @@ def check_fork(cfg, checkpoint: Path, source: Path, updates_per_epoch: int) -> N
     if cfg.train.schedule != "wsd":
         raise ConfigError(f"train.resume={checkpoint}: a fork of {epochs} into {cfg.train.epochs} epochs needs "
                           "train.schedule=wsd (a cosine schedule's every step depends on the run's length)")
-    update = int(checkpoint.name.split("_")[-1]) // cfg.train.grad_accum_steps
+    update = checkpoint_step(str(checkpoint)) // cfg.train.grad_accum_steps
     last = min(cooldown_start(n * updates_per_epoch, cfg.train.cooldown) for n in (epochs, cfg.train.epochs))
     if update > last:
         raise ConfigError(f"train.resume={checkpoint} is at update {update}, past update {last}, where the "
