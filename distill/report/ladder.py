@@ -83,8 +83,8 @@ def size_shape(cfg, sc) -> tuple:
     from omegaconf import OmegaConf
 
     from distill.report.estimate import split_shape
-    from distill.train.build import build_student
-    from distill.train.cost import train_gflops
+    from distill.models import build_student
+    from distill.models.cost import train_gflops
 
     n, classes, chans = split_shape(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), sc.train_images)
     per_step = cfg.data.batch_size * sc.processes

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from distill.config import may_differ_on_resume
 from distill.errors import ConfigError
+from distill.runs.checkpoint import checkpoint_step
 from distill.runs.folder import differing_key
 
 
