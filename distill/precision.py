@@ -4,7 +4,7 @@
   on); fp16 below (V100 7.0, T4 7.5), where `torch.cuda.is_bf16_supported()` is still true because
   bf16 is emulated, slowly;
 - a CPU: bf16 where torch dispatches AVX-512 kernels on a CPU with AVX-512 BF16 or AMX; else fp32
-  ("no"): a bf16 matmul measured 75x slower than fp32 on an AVX2-only EPYC.
+  ("no"): there bf16 is emulated, many times slower than fp32 (measured: docs/launching.md).
 
 Where fp32 runs on a GPU, its matmuls use TF32 (`fp32_matmul_precision`).
 """
@@ -52,6 +52,6 @@ def precision_warning(requested: str, resolved: str, device_type: str) -> Option
     """One line for a bf16 run asked for explicitly on a CPU that only emulates bf16, else None."""
     if requested == "bf16" and resolved == "bf16" and device_type == "cpu" and native_precision(False) != "bf16":
         return (f"warning: train.mixed_precision=bf16 on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, "
-                "no AVX-512 BF16 or AMX): bf16 is emulated, a 512x512 matmul measured 75x slower than fp32 "
-                "(1,630 ms against 22 ms); set train.mixed_precision=auto")
+                "no AVX-512 BF16 or AMX): bf16 is emulated, many times slower than fp32 (docs/launching.md); "
+                "set train.mixed_precision=auto")
     return None

@@ -23,7 +23,7 @@ def test_auto_is_bf16_only_where_the_cpu_computes_it(flags, capability, expected
 def test_an_explicit_bf16_on_an_emulating_cpu_warns_in_one_line(monkeypatch):
     monkeypatch.setattr(build, "native_precision", lambda cuda: "no")
     line = precision_warning("bf16", "bf16", "cpu")
-    assert line.startswith("warning: train.mixed_precision=bf16") and "\n" not in line and "75x" in line
+    assert line.startswith("warning: train.mixed_precision=bf16") and "\n" not in line and "emulated" in line
     assert "train.mixed_precision=auto" in line
     assert precision_warning("auto", "no", "cpu") is None and precision_warning("bf16", "bf16", "cuda") is None
     monkeypatch.setattr(build, "native_precision", lambda cuda: "bf16")

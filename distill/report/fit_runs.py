@@ -60,7 +60,7 @@ def _blas_libraries() -> list:
 def one_blas_thread():
     """Run the fits with one OpenBLAS thread, restored afterwards. Each L-BFGS-B step makes a few
     tiny BLAS calls (5 parameters, 10 corrections); OpenBLAS wakes its threads for each, which on a
-    shared 2-core machine made a step 30x slower (5 ms against 0.15 ms). What threadpoolctl does,
+    shared 2-core machine made a step many times slower (docs/fit.md). What threadpoolctl does,
     by hand: it is not a dependency, and numpy and scipy each load their own OpenBLAS."""
     before = [(put, get()) for put, get in _blas_libraries()]
     for put, _ in before:

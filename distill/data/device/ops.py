@@ -253,7 +253,7 @@ def affine(x: torch.Tensor, matrix: torch.Tensor, resample: int, fill: torch.Ten
     x uint8 (N, C, H, W); matrix (N, 6) float64; fill (C,) values for outside samples. On the CPU,
     where this op is memory traffic, samples go in chunks of ~CPU_CHUNK values (one 224 px image):
     a whole batch's float64 temporaries (77 MB each at 64 x 224 px) leave the caches and fault in
-    fresh pages, 3-5x slower. Other devices take the batch at once."""
+    fresh pages, several times slower (docs/data.md). Other devices take the batch at once."""
     n, c, height, width = x.shape
     step = max(1, CPU_CHUNK // (c * height * width)) if x.device.type == "cpu" else n
     fill = fill.to(x.device, torch.float64)[None, :, None]
