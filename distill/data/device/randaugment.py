@@ -146,7 +146,7 @@ def host(t: torch.Tensor) -> np.ndarray:
     return (t if t.device.type == "cpu" else t.cpu()).detach().numpy()
 
 
-def apply_rand_augment(images: torch.Tensor, params: torch.Tensor, fill: Sequence[int]) -> torch.Tensor:
+def apply_rand_augment(images: torch.Tensor, params: torch.Tensor, fill: Union[Sequence[int], torch.Tensor]) -> torch.Tensor:
     """timm's RandAugment on a batch, by the workers' draws. images uint8 (B, C, H, W); params (B, L, 3)
     from `RandAugmentDraws.draw`, best on the host; fill: the geometric ops' fill colour (timm's img_mean,
     C ints).
@@ -158,7 +158,8 @@ def apply_rand_augment(images: torch.Tensor, params: torch.Tensor, fill: Sequenc
     device. Returns a new uint8 (B, C, H, W)."""
     out = images.clone()
     dev = images.device
-    fill_t = torch.as_tensor(fill, dtype=torch.float64, device=images.device).expand(images.shape[1])
+    fill_t = (fill if isinstance(fill, torch.Tensor) else torch.as_tensor(fill, dtype=torch.float64, device=images.device)
+              ).expand(images.shape[1])  # DeviceAugment hands it over on the device, once
     plan = host(params).astype(np.float64)  # (B, L, 3)
     op_ids, resample = np.rint(plan[..., 0]).astype(np.int64), np.rint(plan[..., 2]).astype(np.int64)
     level_host = torch.from_numpy(np.ascontiguousarray(plan[..., 1]))  # (B, L) float64

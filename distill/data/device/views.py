@@ -200,6 +200,7 @@ class DeviceAugment:
         self.cfg, self.normalize, self.channels, self.name = cfg, normalize, channels, name
         self.ra_shape = rand_augment.shape if rand_augment is not None else None
         self.fill = rand_augment.fill if rand_augment is not None else None
+        self.fill_on_device = None  # the fill as a device tensor, copied once, not once a batch
 
     def __call__(self, flat, labels, index, params, keys):
         """The batch as the workers collated it, on the host (`LoaderBatches` leaves it there, pinned for
@@ -209,7 +210,10 @@ class DeviceAugment:
         images = resize_crops(crops, self.cfg.img_size, self.cfg.interpolation)
         if self.ra_shape is not None:
             n = self.ra_shape[0] * self.ra_shape[1]
-            images = apply_rand_augment(images, params[:, used:used + n].reshape(B, *self.ra_shape), self.fill)
+            if self.fill_on_device is None or self.fill_on_device.device != images.device:
+                self.fill_on_device = torch.as_tensor(self.fill, dtype=torch.float64, device=images.device)
+            images = apply_rand_augment(images, params[:, used:used + n].reshape(B, *self.ra_shape),
+                                        self.fill_on_device)
             used += n
         x = self.normalize(images)
         if self.cfg.reprob > 0:
