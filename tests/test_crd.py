@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, needs_fmnist, run_cli
+from conftest import ROOT, in_fp32, needs_fmnist, run_cli
 from distill.config import ConfigError
 from distill.recipe import DistillConfig, load_config
 from distill.methods import build_criterion, build_method
@@ -159,7 +159,7 @@ def train_args(out):
 def test_crd_killed_after_epoch_1_resumes_to_identical_weights_and_bank(tmp_path):
     whole = run_cli(*train_args(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    cmd = [sys.executable, "-m", "distill", *train_args(tmp_path / "killed")]
+    cmd = [sys.executable, "-m", "distill", *in_fp32(train_args(tmp_path / "killed"))]  # as run_cli runs
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and latest_checkpoint(tmp_path / "killed" / NAME) is None:

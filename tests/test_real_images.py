@@ -111,7 +111,7 @@ def test_rrc_run_killed_and_resumed_gives_identical_weights(fm, tmp_path, augmen
             f"data.augment_on={augment_on}", f"data.decode_on={'device' if augment_on == 'device' else 'auto'}"]
     ref = run_cli(*args, f"output_dir={tmp_path}", "name=ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
-    cmd = [sys.executable, "-m", "distill", *args, f"output_dir={tmp_path}", "name=cut"]
+    cmd = [sys.executable, "-m", "distill", *in_fp32([*args, f"output_dir={tmp_path}", "name=cut"])]  # as run_cli runs
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -138,7 +138,7 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys):
     assert run_study(path) == 1
     captured = capsys.readouterr()
     assert "teacher seed 0: FAILED (exit 2)" in captured.out
-    assert captured.out.count("its teacher teacher_s0 is not complete") == 2
+    assert captured.out.count("teacher_s0, which it needs, is not complete") == 2
     assert "plain seed 1: complete (skipped)" in captured.out  # the others still went on
 
 
