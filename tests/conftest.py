@@ -125,3 +125,18 @@ def run_main(*args) -> subprocess.CompletedProcess:
             contextlib.redirect_stderr(err):
         status = main(in_fp32(args))
     return subprocess.CompletedProcess(["distill", *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
+def noise_jpegs(root: Path, counts: dict, size: tuple, classes: int, seed: int, **save) -> Path:
+    """An image folder of noise JPEGs: `counts` images per split ({"train": 16, "val": 2}) of `size`
+    (width, height), in `classes` class folders, from `seed`; `save` goes to PIL's save (quality=90)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for i in range(n):
+            path = root / split / f"c{i % classes}" / f"{i:02d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, **save)
+    return root

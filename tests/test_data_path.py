@@ -7,6 +7,7 @@ from PIL import Image
 from timm.data import Mixup
 from timm.data.auto_augment import rand_augment_transform
 
+from conftest import noise_jpegs
 from distill.data.augment import BatchAugment, Normalize
 from distill.data.seeds import epoch_salt, epoch_views, seed_view_rngs, step_seed
 from distill.cli import main
@@ -23,14 +24,7 @@ PLAIN = "recipes/fashion_mnist/plain_tiny.yaml"
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """48 random 40x40 JPEGs in 3 classes, train and val."""
-    root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 48), ("val", 6)):
-        for i in range(n):
-            path = root / split / f"c{i % 3}" / f"{i:02d}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
-    return root
+    return noise_jpegs(tmp_path_factory.mktemp("folder"), {"train": 48, "val": 6}, (40, 40), 3, seed=0)
 
 
 RRC = dict(name="imagefolder", img_size=32, crop="rrc", auto_augment="rand-m9-mstd0.5-inc1", reprob=0.5,

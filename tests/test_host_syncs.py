@@ -1,11 +1,11 @@
 """`data.augment_on=device` must not stall a GPU: one batch's augmentation (decode, crops, resize,
 RandAugment, normalisation, erasing) makes no call that waits for the device. Counted on the CPU
 (tests/syncs.py); tests/test_cuda.py runs the same under `torch.cuda.set_sync_debug_mode` where a GPU is."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import noise_jpegs
 from distill.config import DataConfig
 from distill.data.augment import Normalize
 from distill.data.device.randaugment import erase
@@ -17,14 +17,7 @@ from syncs import counted_syncs
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """16 noise JPEGs of 60x45 in 2 classes."""
-    root = tmp_path_factory.mktemp("noise")
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 16), ("val", 2)):
-        for i in range(n):
-            path = root / split / f"c{i % 2}" / f"{i:02d}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (45, 60, 3), dtype=np.uint8)).save(path, quality=90)
-    return root
+    return noise_jpegs(tmp_path_factory.mktemp("noise"), {"train": 16, "val": 2}, (60, 45), 2, seed=1, quality=90)
 
 
 @pytest.mark.parametrize("decode_on_device", [False, True], ids=["pixels", "jpeg"])

@@ -220,14 +220,20 @@ def online_wandb_without_a_key(tmp_path, monkeypatch):
     wandb.teardown()
 
 
+def train_with_online_wandb(tmp_path, monkeypatch, capsys, env: dict):
+    """A plain run logging to W&B online with `env` (no key), in this process: (exit status, stderr lines)."""
+    for k, v in {**stores(tmp_path), **env}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    status = main(in_fp32(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", f"name={NAME}", *TINY,
+                           "train.log_with=wandb"]))
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
 def test_online_wandb_without_a_key_is_one_line_and_makes_no_folder(tmp_path, monkeypatch, capsys,
                                                                    online_wandb_without_a_key):
     """It was W&B's UsageError traceback, after the run folder was made (so the rerun was refused)."""
-    for k, v in {**stores(tmp_path), **online_wandb_without_a_key}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("WANDB_MODE", "online")
-    status = main(in_fp32(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", f"name={NAME}", *TINY, "train.log_with=wandb"]))
-    lines = capsys.readouterr().err.strip().splitlines()
+    status, lines = train_with_online_wandb(tmp_path, monkeypatch, capsys, online_wandb_without_a_key)
     assert status == 2 and len(lines) == 1, lines
     assert "wandb login" in lines[0] and "WANDB_MODE=offline" in lines[0], lines
     assert not (tmp_path / NAME).exists()
@@ -257,11 +263,7 @@ def test_a_tracker_that_fails_to_start_is_one_line_and_leaves_no_folder(tmp_path
     one line, and the new folder goes, so that the corrected command is not refused as 'already exists'."""
     monkeypatch.setitem(trackers.TRACKERS, "wandb", dataclasses.replace(trackers.TRACKERS["wandb"],
                                                                         unready=lambda: None))
-    for k, v in {**stores(tmp_path), **online_wandb_without_a_key}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("WANDB_MODE", "online")
-    status = main(in_fp32(["train", str(ROOT / PLAIN), f"output_dir={tmp_path}", f"name={NAME}", *TINY, "train.log_with=wandb"]))
-    lines = capsys.readouterr().err.strip().splitlines()
+    status, lines = train_with_online_wandb(tmp_path, monkeypatch, capsys, online_wandb_without_a_key)
     assert status == 2 and len(lines) == 1, lines
     assert lines[0].startswith("error: train.log_with: a tracker could not start (UsageError"), lines
     assert not (tmp_path / NAME).exists()

@@ -113,7 +113,12 @@ def markdown(result: dict, figures, level: int = 1) -> str:
     return "\n".join(text)
 
 
-def _save(fig, out: Path, name: str) -> Path:
+def _save(fig, out: Path, name: str, log_x_axes=None) -> Path:
+    """Write the figure; `log_x_axes` (an axes) gets the log x scale, grid and legend the plots share."""
+    if log_x_axes is not None:
+        log_x_axes.set_xscale("log")
+        log_x_axes.grid(alpha=0.3, which="both")
+        log_x_axes.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
@@ -138,12 +143,9 @@ def error_vs_compute(fits: dict, rows: List[dict], out: Path) -> Path:
             band = np.array([frontier(fit, t, xs) for t in fit.draws])
             lo, hi = np.percentile(100 * band, [50 * (1 - LEVEL), 50 * (1 + LEVEL)], axis=0)
             ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, lw=0)
-    ax.set_xscale("log")
     ax.set(xlabel="student training compute (FLOPs)", ylabel="test error (%)",
            title="Error against compute: laws over the fitted range\n(band: 95% over the refits, the law's uncertainty only)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    return _save(fig, out, "error_vs_compute.png")
+    return _save(fig, out, "error_vs_compute.png", ax)
 
 
 def predicted_vs_measured(preds: List[dict], out: Path) -> Path:
@@ -173,12 +175,9 @@ def gain_vs_size(gains: List[dict], out: Path) -> Path:
         ax.errorbar([g["params"] for g in pts], [g["gain"] for g in pts], marker="o", capsize=4,
                     yerr=[g["half_width"] or 0.0 for g in pts], label=f"{method}, {images:.3g} images")
     ax.axhline(0.0, color="0.3", lw=1)
-    ax.set_xscale("log")
     ax.set(xlabel="student parameters", ylabel="gain over baseline (top-1 points)",
            title="Gain, same student and budget, paired by seed (95% t)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    return _save(fig, out, "gain_vs_size.png")
+    return _save(fig, out, "gain_vs_size.png", ax)
 
 
 def plots(result: dict, fits: dict, rows: List[dict], out) -> List[Path]:
