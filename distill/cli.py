@@ -11,7 +11,7 @@ from pathlib import Path
 
 # Light imports only: each command imports what it needs inside its function, so `--help` and a
 # one-line refusal never pay for torch (distill/config.py is a leaf for the same reason).
-from distill.config import precheck
+from distill.catalog import precheck
 from distill.errors import USAGE_ERRORS, ConfigError, UserError
 from distill.runs.launcher import end_with_launcher, first_to_report
 

@@ -142,7 +142,7 @@ class TrainConfig:
     lr_base_batch: int = _key(512, gt=0)
     min_lr: float = _key(1e-6, min=0)
     warmup_epochs: float = _key(5.0, min=0)
-    schedule: str = _key("cosine", choices=("cosine", "wsd"))  # wsd: warm-up, stable, cooldown (distill/train/schedule.py)
+    schedule: str = _key("cosine", choices=("cosine", "wsd"))  # wsd: warm-up, stable, cooldown (distill/schedule.py)
     cooldown: float = _key(0.2, gt=0, max=1.0)  # wsd: the fraction of the run spent in the cooldown
     cooldown_shape: str = _key("1-sqrt", choices=("1-sqrt", "linear"))  # wsd: how the cooldown decays
     weight_decay: float = _key(0.05, min=0)
@@ -350,12 +350,12 @@ def read_config(recipe: Optional[str], overrides: List[str] = (), schema: type =
     return cfg
 
 
-def precheck(recipe: Optional[str], overrides: List[str] = ()) -> None:
-    """The refusals that need no registry (a missing or broken recipe, an unknown key outside
-    `distill.`, a type, a bound), before anything heavy is imported."""
-    cfg = read_config(recipe, overrides)
+def precheck(recipe: Optional[str], overrides: List[str] = (), schema: type = None,
+             choices: Optional[Dict[str, tuple]] = None) -> None:
+    """The refusals that need no registry, before torch is imported (`distill.catalog.precheck`)."""
+    cfg = read_config(recipe, overrides, schema)
     _check_finite(cfg)
-    check_fields(cfg)  # the registries' choices (data.name, distill.type, train.log_with) are the loader's
+    check_fields(cfg, choices)  # the other registries' choices (data.name, train.log_with) are the loader's
 
 
 def to_yaml(cfg: Config) -> str:

@@ -21,7 +21,7 @@ common=(output_dir="$out" student.embed_dim=64 student.depth=2 student.num_heads
         train.eval_every=1000 train.cooldown=$cooldown train.log_with=[])
 train() { local name=$1; shift; $py -m distill train "$recipe" "${common[@]}" name="$name" "$@" > "$out/logs/$name.log" 2>&1; }
 fork_epoch() {  # the last epoch at or before the cooldown start of an $1-epoch run
-  $py -c "from distill.train.schedule import cooldown_start as c; print(c($1 * $steps, $cooldown) // $steps)"
+  $py -c "from distill.schedule import cooldown_start as c; print(c($1 * $steps, $cooldown) // $steps)"
 }
 lane() {  # one seed's runs, in order: the long run first, since the forks start from its checkpoints
   local s=$1 e at

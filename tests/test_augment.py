@@ -1,4 +1,5 @@
 import torch
+from timm.data import Mixup
 
 from distill.data.augment import BatchAugment, Normalize, crop_flip
 from distill.data.loader import ShardedBatches, eval_shard
@@ -59,7 +60,7 @@ def test_eval_shards_count_every_sample_once():
 
 
 def test_batch_augment_with_cutmix_is_reproducible():
-    aug = BatchAugment(Normalize((0.5,), (0.5,)), 2, True, num_classes=10, cutmix_alpha=1.0, label_smoothing=0.1)
+    aug = BatchAugment(Normalize((0.5,), (0.5,)), 2, True, 10, 0.1, Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10))
     images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
     labels, idx = torch.arange(8) % 10, torch.arange(8)
     x1, y1 = aug(images, labels, idx, seed=0, epoch=1, step=5)

@@ -117,8 +117,8 @@ def test_bad_augmentation_keys_are_one_line(capsys, override, words):
                                          ("batch", {"switch_prob": 0.8, "cutmix_minmax": (0.3, 0.7)})])
 def test_mixup_modes_match_timm(mode, extra):
     """Our tensor-op mixing gives what timm's own Mixup gives from the same numpy state, per mode."""
-    kw = dict(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, mode=mode, **extra)
-    aug = BatchAugment(Normalize((0.5,), (0.5,)), 0, False, num_classes=10, **kw)
+    kw = dict(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, mode=mode, num_classes=10, **extra)
+    aug = BatchAugment(Normalize((0.5,), (0.5,)), 0, False, 10, 0.1, Mixup(**kw))
     ref = Mixup(num_classes=10, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, mode=mode,
                 switch_prob=extra.get("switch_prob", 0.5), cutmix_minmax=extra.get("cutmix_minmax"))
     images = torch.randint(0, 256, (8, 1, 12, 16), dtype=torch.uint8)

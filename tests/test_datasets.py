@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from timm.data import Mixup
 from PIL import Image
 
 from conftest import needs_fmnist
@@ -277,8 +278,7 @@ def test_device_and_dataloader_paths_augment_alike(tmp_path):
     files = load_split(DataConfig(name="imagefolder", root=str(tmp_path), img_size=16), train=True)
     in_memory = ImageSplit(torch.stack([files[i][0] for i in range(len(files))]), files.labels,
                            files.classes, files.mean, files.std)
-    aug = BatchAugment(Normalize(files.mean, files.std), 2, True, num_classes=3, cutmix_alpha=1.0,
-                       label_smoothing=0.1)
+    aug = BatchAugment(Normalize(files.mean, files.std), 2, True, 3, 0.1, Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=3))
     # two processes' worth of sharding, seen from rank 1, over two epochs, the second resumed mid-way
     sampler = lambda: ShardedBatches(len(files), 4, rank=1, world_size=2, seed=7)  # noqa: E731
     device_path = DeviceBatches(in_memory, sampler(), "cpu")

@@ -5,7 +5,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import PLAIN, needs_fmnist, run_main
-from distill.train.schedule import lr_factor
+from distill.schedule import lr_factor
 
 
 def test_wsd_is_warmup_then_the_peak_then_its_cooldown():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from timm.data import Mixup
 from accelerate import Accelerator
 from safetensors.torch import load_file
 from timm.loss import SoftTargetCrossEntropy
@@ -41,7 +42,8 @@ def _parts(device="cpu", distilled=True, seed=0):
         model.set_distilled_training(True)
     torch.manual_seed(1)
     teacher = create_model("resnet10t", num_classes=10, in_chans=1).to(device).eval().requires_grad_(False)
-    augment = BatchAugment(Normalize([0.3], [0.3]).to(device), 2, True, 10, cutmix_alpha=1.0, label_smoothing=0.1)
+    augment = BatchAugment(Normalize([0.3], [0.3]).to(device), 2, True, 10, 0.1,
+                           Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10))
     criterion = build_method(DistillConfig(type="hard" if distilled else "none"), SoftTargetCrossEntropy())  # CutMix: soft targets
     g = torch.Generator().manual_seed(2)
     batch = (torch.randint(0, 256, (8, 1, 16, 16), generator=g, dtype=torch.uint8).to(device),
@@ -177,8 +179,9 @@ def test_no_import_cycle_and_files_and_functions_stay_short():
 
 
 def test_config_is_a_leaf_and_the_command_line_starts_without_torch():
-    """config imports no registry (a type-only import counts too), and `--help`, an unknown key outside
-    `distill.` and a missing recipe are refused before torch, timm or torchvision is imported."""
+    """config imports no registry (a type-only import counts too), and `--help`, an unknown key (a
+    method's included), an unknown method and a missing recipe are refused before torch, timm or
+    torchvision is imported."""
     spec = __import__("importlib.util").util.spec_from_file_location("layout", ROOT / "scripts" / "layout.py")
     layout = __import__("importlib.util").util.module_from_spec(spec)
     spec.loader.exec_module(layout)
@@ -186,12 +189,25 @@ def test_config_is_a_leaf_and_the_command_line_starts_without_torch():
     assert layout.imports("distill.config", known["distill.config"], known) == {"distill.errors"}
     probe = ("import sys\nfrom distill.cli import main\n"
              "for argv in (['--help'], ['train', '--help'], ['train', 'no/such.yaml'],\n"
-             "             ['config', 'recipes/fashion_mnist/plain_tiny.yaml', 'train.nope=1']):\n"
+             "             ['config', 'recipes/fashion_mnist/plain_tiny.yaml', 'train.nope=1'],\n"
+             "             ['config', 'recipes/fashion_mnist/kd_tiny.yaml', 'distill.kd_nope=1'],\n"
+             "             ['config', 'recipes/fashion_mnist/kd_tiny.yaml', 'distill.type=kdd']):\n"
              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
              "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'accelerate') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
-    assert out.stderr.count("error: ") == 2, out.stderr  # the two refusals, one line each
+    assert out.stderr.count("error: ") == 4, out.stderr  # the four refusals, one line each
+    assert "distill.kd_nope" in out.stderr and "distill.type='kdd'" in out.stderr, out.stderr
+
+
+def test_the_methods_files_declare_what_the_registry_holds():
+    """the command line's first check reads each method's name and keys from its file (no import);
+    it must read what the registry holds, key by key, or a valid key would be refused."""
+    from distill.catalog import declared_methods
+    from distill.methods import METHODS
+
+    built_in = {name: tuple(m.keys) for name, m in METHODS.items() if m.__module__.startswith("distill.methods.")}
+    assert declared_methods() == built_in  # plugins a test loaded before are not the package's
 
 
 def test_interval_rate_counts_the_steps_it_covers():

@@ -68,16 +68,11 @@ class BatchAugment:
     """
 
     def __init__(self, normalize: Normalize, padding: int, hflip: bool, num_classes: int,
-                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mixup_prob: float = 1.0,
-                 label_smoothing: float = 0.0, switch_prob: float = 0.5, mode: str = "batch",
-                 cutmix_minmax: Optional[Sequence[float]] = None):
+                 label_smoothing: float = 0.0, mixup: Optional[Mixup] = None):
+        """`mixup`: timm's `Mixup` with the run's settings (its parameters are drawn by its own logic),
+        or None when the run mixes nothing (`DataConfig.mixing`)."""
         self.normalize, self.padding, self.hflip = normalize, padding, hflip
-        self.num_classes, self.label_smoothing = num_classes, label_smoothing
-        self.mixup: Optional[Mixup] = None
-        if mixup_alpha > 0 or cutmix_alpha > 0 or cutmix_minmax is not None:
-            self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, cutmix_minmax=cutmix_minmax,
-                               prob=mixup_prob, switch_prob=switch_prob, mode=mode,
-                               label_smoothing=label_smoothing, num_classes=num_classes)
+        self.num_classes, self.label_smoothing, self.mixup = num_classes, label_smoothing, mixup
 
     def views(self, images: torch.Tensor, index: torch.Tensor, salt) -> torch.Tensor:
         """The normalised crop/flip views of a uint8 batch (before Mixup); `salt` int or 0-d tensor."""

@@ -1,6 +1,6 @@
 """Cooldown forks in a scaling study (docs/ladder.md): budgets in training FLOPs, each (size, method,
 seed) trained as one long warmup-stable-decay run to its largest budget, the smaller budgets forked
-from its checkpoints at their cooldown starts (`distill/train/schedule.py`: a fork is the shorter
+from its checkpoints at their cooldown starts (`distill/train/fork.py`: a fork is the shorter
 run, bit for bit); and the check that a fork scores what a cosine run of its budget does.
 
 A budget B sets a size's length in whole epochs of its training set, round(B / (FLOPs per image x
@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 from distill.errors import ConfigError
 from distill.runs.checkpoint import checkpoint_step
-from distill.train.schedule import cooldown_start
+from distill.schedule import cooldown_start
 
 CHECKPOINT = "step_{:09d}"  # distill/runs/checkpoint.py's folder name, for the global step it holds
 

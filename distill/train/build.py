@@ -14,6 +14,7 @@ from typing import Optional, Tuple, Union
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
@@ -33,7 +34,7 @@ from distill.models import build_student
 from distill.models.cost import count_params, forward_gflops, train_gflops
 from distill.train.graphed import GraphedStep, make_capturable
 from distill.precision import fp32_matmul_precision, native_precision, precision_warning
-from distill.train.schedule import lr_factor
+from distill.schedule import lr_factor
 from distill.train.start import load_start
 from distill.train.step import TrainStep, accelerate_hooks, graph_hooks
 from distill.train.teacher_logits import TeacherLogits
@@ -136,7 +137,7 @@ def scaled_lr(cfg: TrainConfig, global_batch: int) -> float:
 
 
 def build_scheduler(optimizer, cfg: TrainConfig, updates_per_epoch: int, ticks_per_update: int):
-    """`train.schedule` per optimizer update (`distill/train/schedule.py`), as a LambdaLR. Accelerate's
+    """`train.schedule` per optimizer update (`distill/schedule.py`), as a LambdaLR. Accelerate's
     prepared scheduler ticks once per process at every update (it assumes a schedule written for one
     process), so the schedule is laid out in ticks: updates x ticks_per_update."""
     total = max(1, cfg.epochs * updates_per_epoch)
@@ -187,8 +188,10 @@ def device_augmented_batches(cfg: DataConfig, split, device, sampler: ShardedBat
 
 
 def build_augment(cfg: DataConfig, normalize: Normalize, num_classes: int) -> BatchAugment:
-    return BatchAugment(normalize, cfg.crop_padding, cfg.hflip, num_classes, cfg.mixup_alpha, cfg.cutmix_alpha,
-                        cfg.mixup_prob, cfg.label_smoothing, cfg.mixup_switch_prob, cfg.mixup_mode, cfg.cutmix_minmax)
+    mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, cutmix_minmax=cfg.cutmix_minmax,
+                  prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                  label_smoothing=cfg.label_smoothing, num_classes=num_classes) if cfg.mixing else None
+    return BatchAugment(normalize, cfg.crop_padding, cfg.hflip, num_classes, cfg.label_smoothing, mixup)
 
 
 def _check_cuda_graphs(cfg: Config, acc: Accelerator, train_batches) -> None:

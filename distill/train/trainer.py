@@ -23,7 +23,7 @@ from distill.runs.signals import Preempted, StopRequest
 from distill.train.build import build_run, make_accelerator, run_warnings
 from distill.train.evaluate import evaluate
 from distill.train.graphed import make_capturable
-from distill.train.schedule import check_fork, fork_source
+from distill.train.fork import check_fork, fork_source
 from distill.train.timing import IntervalRate
 
 PRECISION_WORDS = {"no": "fp32"}  # Accelerate's mixed_precision values, as the run header says them
