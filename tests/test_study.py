@@ -145,8 +145,9 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys):
 def test_plan_wires_teacher_seeds_and_overrides(tmp_path):
     jobs = plan(ROOT / "recipes/studies/fashion_mnist_cpu.yaml", ["train.epochs=1"])
     names = [j.run_dir.name for j in jobs]
-    variants = ("plain", "plain_nols", "hard", "soft", "kd", "kd_standardized", "dkd", "dist", "feature")
-    assert names == ["teacher_s0", *[f"{v}_s{s}" for v in variants for s in range(5)]]
+    variants = ("plain", "plain_nols", "hard", "soft", "kd", "kd_standardized", "dkd", "dist", "feature", "crd")
+    assert names == ["teacher_s0", *[f"{v}_s{s}" for v in variants for s in range(5)], "teacher_vit_s0",
+                     *[f"vitkd_s{s}" for s in range(5)]]
     hard = jobs[11]
     assert f"teacher.checkpoint={jobs[0].run_dir}" in hard.cmd and "seed=0" in hard.cmd
     assert hard.cmd.index("train.epochs=1") > hard.cmd.index("train.epochs=8")  # the command line wins
@@ -300,12 +301,12 @@ def test_a_wrong_baseline_or_declaration_is_refused(tmp_path, extra, message, ca
 
 
 def test_the_example_study_pairs_each_method_with_its_label_term():
-    """kd, kd_standardized and dkd learn their labels with plain cross-entropy: their baseline is plain_nols;
-    the others smooth labels by 0.1, as plain does. Any other difference would be refused."""
+    """kd, kd_standardized, dkd and crd learn their labels with plain cross-entropy: their baseline is
+    plain_nols; the others smooth labels by 0.1, as plain does. Any other difference would be refused."""
     path = ROOT / "recipes/studies/fashion_mnist_cpu.yaml"
     chosen = study_baselines(load_study(path), plan(path), path)
     assert chosen == {"hard": "plain", "soft": "plain", "kd": "plain_nols", "kd_standardized": "plain_nols",
-                      "dkd": "plain_nols", "dist": "plain", "feature": "plain"}
+                      "dkd": "plain_nols", "dist": "plain", "feature": "plain", "crd": "plain_nols", "vitkd": "plain"}
 
 
 @pytest.mark.parametrize("plain_nols", [False, True])
