@@ -21,12 +21,15 @@ $(FMNIST):
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "error: Fashion-MNIST is missing; install Debian's dataset-fashion-mnist as root" >&2; exit 2; fi
 
+# The tests run on TEST_WORKERS processes (pytest-xdist), one thread each (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The everyday tier: everything but the real training runs (about 1 minute here).
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 quickstart: setup
 	PYTHON=$(PY) bash scripts/quickstart.sh
