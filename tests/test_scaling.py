@@ -13,7 +13,7 @@ from conftest import ROOT, needs_fmnist
 from distill.cli import main
 from distill.recipe import load_config
 from distill.report.compare import load_runs
-from distill.report.scaling import check_prediction, ladder_rows, predict_holdout
+from distill.report.scaling import check_prediction, ladder_rows, predict_holdout, predictions_sha256
 from distill.report.study import load_study, plan
 from distill.models import build_student
 from distill.models.cost import forward_gflops, train_gflops
@@ -114,6 +114,11 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path,
         truth = 100 * (1 - law(held_params, p["images"], p["method"]))
         assert abs(p["predicted_top1"] - truth) < 0.05 and p["low"] <= p["predicted_top1"] <= p["high"]
     assert len(pred["predictions"]) == len(sc.methods) * len(sc.epochs)
+    for p in pred["predictions"]:  # the form the fitted rungs' leave-one-size-out error picked, fits.json's fields
+        cands = {k: v for k, v in pred["fits"][p["method"]]["candidates"].items() if v is not None}
+        assert p["form"] == pred["law"][p["method"]] == min(cands, key=cands.get)
+        assert {"persistence_top1", "loglinear_top1", "flops"} <= set(p) and p["measured_top1"] is None
+    assert pred["sha256"] == predictions_sha256(pred["predictions"])
     time.sleep(1.1)
     assert predict_holdout(folder, [], sc, []).read_text() == path.read_text()  # kept, not made again
     for j in (j for j in jobs if j.holdout):
@@ -122,6 +127,7 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path,
     rows = ladder_rows(load_runs([j.run_dir for j in jobs if j.variant != "teacher"]), sc)
     checked = check_prediction(folder, rows)
     assert all(p["measured_top1"] == 90.0 and p["made_before_runs"] for p in checked["predictions"])
+    assert checked["sha256_matches"] and all(p["seeds"] == 2 for p in checked["predictions"])
     assert all(abs(p["error_points"] - (p["predicted_top1"] - 90.0)) < 1e-9 for p in checked["predictions"])
 
 
@@ -211,3 +217,25 @@ def test_the_studys_scaling_report_is_distill_fit_on_its_runs(tmp_path, monkeypa
                for p in alone["predictions"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit", "report", "study"]  # no temporary folder left
     assert "## Scaling fits" in (out / "report.md").read_text()
+
+
+def test_a_predictions_sha256_survives_its_measurement_and_catches_an_edit(tmp_path):
+    """prediction.json's sha256 covers what the law said, not the measurement filled in later: the report
+    says whether it still matches, and an edited prediction does not."""
+    preds = [{"run": "plain_big_e4", "method": "plain", "params": 4e6, "images": 2e4, "flops": 1e12,
+              "predicted_top1": 80.0, "low": 78.0, "high": 82.0, "persistence_top1": 79.0, "loglinear_top1": 81.0,
+              "measured_top1": None, "seeds": 0}]
+    made = {"made_at": "2026-01-01T00:00:00+00:00", "sha256": predictions_sha256(preds), "holdout": "big",
+            "holdout_params": 4_000_000, "law": {"plain": "hoffmann"}, "fitted_on": 12, "predictions": preds}
+    (tmp_path / "prediction.json").write_text(json.dumps(made))
+    _fake_run(tmp_path, "plain_big_e4_s0", 0, 4_000_000, 20_000, 80.5)
+    rows = [{"run": "plain_big_e4_s0", "top1": 80.5}]
+    checked = check_prediction(tmp_path, rows)
+    assert checked["sha256_matches"] and checked["predictions"][0]["measured_top1"] == 80.5
+    assert predictions_sha256(checked["predictions"]) == made["sha256"]  # measured, still the same hash
+    preds[0]["predicted_top1"] = 80.4  # moved towards the measurement after the fact
+    (tmp_path / "prediction.json").write_text(json.dumps(made))
+    assert not check_prediction(tmp_path, rows)["sha256_matches"]
+    from distill.report.scaling import _prediction
+
+    assert "NO LONGER match" in "\n".join(_prediction(check_prediction(tmp_path, rows)))
