@@ -239,3 +239,37 @@ def test_a_predictions_sha256_survives_its_measurement_and_catches_an_edit(tmp_p
     from distill.report.scaling import _prediction
 
     assert "NO LONGER match" in "\n".join(_prediction(check_prediction(tmp_path, rows)))
+
+
+def test_runs_jsonl_carries_teacher_dates_lr_and_unique_images_for_a_refit(tmp_path):
+    """Each row of the study's runs.jsonl is `distill fit`'s row plus the run's teacher (its run folder),
+    start and finish (UTC, from summary.json), train.lr as set and the unique training images."""
+    from distill.report.run_table import check_table
+    from distill.report.scaling import fit_table
+    from distill.report.study import Scaling, StudyRun
+
+    sc = Scaling(sizes={"a": [], "b": []}, epochs=[2], holdout="b",
+                 methods={"plain": StudyRun(recipe="p.yaml"), "kd": StudyRun(recipe="k.yaml", teacher="teacher")})
+    dirs = []
+    for method in ("plain", "kd"):
+        name = f"{method}_a_e2_s0"
+        _fake_run(tmp_path, name, 0, 100_000, 10_000, 70.0)
+        teacher = {"model": "resnet10t", "checkpoint": str(tmp_path / "teacher_s0")} if method == "kd" else {}
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(
+            {"seed": 0, "data": {"name": "fashion_mnist", "train_subset": 5000}, "train": {"lr": 2e-3},
+             "teacher": teacher}))
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        summary.update(started_at="2026-01-01T00:00:00+00:00", finished_at="2026-01-01T00:01:00+00:00", lr=2e-3,
+                       teacher="resnet10t" if method == "kd" else None)
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+        dirs.append(tmp_path / name)
+    _fake_run(tmp_path, "teacher_s0", 0, 5_000_000, 60_000, 90.0)
+    runs = load_runs([*dirs, tmp_path / "teacher_s0"])
+    table = fit_table(ladder_rows(runs, sc), runs, sc)
+    by = {r["method"]: r for r in table}
+    assert len(table) == 2 and by["kd"]["teacher"] == "teacher_s0" and by["plain"]["teacher"] is None
+    assert by["kd"]["teacher_flops"] == 3e3 * 5_000_000 * 60_000  # the teacher run's training FLOPs
+    for r in table:
+        assert (r["lr"], r["unique_images"], r["images"]) == (2e-3, 5000, 10_000)
+        assert (r["started_at"], r["finished_at"]) == ("2026-01-01T00:00:00+00:00", "2026-01-01T00:01:00+00:00")
+    check_table([json.loads(json.dumps(r)) for r in table], "runs.jsonl")  # what `distill fit` reads back

@@ -58,8 +58,33 @@ def ladder_rows(runs: list, sc) -> List[dict]:
                      "params": s["params"], "flops": s["flops"], "images": s["images"], "top1": s["final_top1"],
                      "error": 1 - s["final_top1"] / 100, "test_loss": s.get("test_loss"),
                      "teacher_flops": s.get("teacher_flops", 0.0), "logit_cache": s.get("logit_cache"),
-                     "teacher": s.get("teacher"), "holdout": size == sc.holdout})
+                     **run_facts(run), "holdout": size == sc.holdout})
     return rows
+
+
+EXPORTED = ("teacher", "lr", "lr_effective", "unique_images", "started_at", "finished_at", "wall_s")
+
+
+def run_facts(run: dict) -> dict:
+    """What runs.jsonl carries beyond the fit's fields, from the run's summary.json and config.yaml:
+    `teacher` (the teacher run's folder name, else its hub model, else None), `lr` (train.lr as set;
+    `lr_effective` after the batch rule), `unique_images` (data.train_subset, else the source's
+    training split), `started_at`, `finished_at` (UTC, as the run recorded them) and `wall_s`."""
+    import yaml
+
+    from distill.data.sources import SOURCES
+
+    s, path = run["summary"], Path(run["dir"]) / records.CONFIG
+    cfg = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    data, train, teacher = cfg.get("data") or {}, cfg.get("train") or {}, cfg.get("teacher") or {}
+    source = SOURCES[data["name"]].shape if data.get("name") in SOURCES else None
+    unique = data.get("train_subset") or (source[0] if source else None)
+    if unique and source:
+        unique = min(unique, source[0])
+    named = Path(teacher["checkpoint"]).name if teacher.get("checkpoint") and s.get("teacher") else None
+    return {"teacher": named or s.get("teacher"), "lr": train.get("lr"), "lr_effective": s.get("lr"),
+            "unique_images": unique, "started_at": s.get("started_at"), "finished_at": s.get("finished_at"),
+            "wall_s": s.get("wall_s")}
 
 
 def holdout_student(job) -> tuple:
@@ -143,7 +168,7 @@ def fit_table(rows: List[dict], runs: list, sc) -> List[dict]:
         teacher = sc.methods[r["method"]].teacher
         cost = next((f for name, f in trained.items() if teacher and name.startswith(f"{teacher}_s")), None)
         row = {k: r[k] for k in ("run", "method", "size", "params", "images", "flops", "seed", "top1", "test_loss",
-                                 "holdout")}
+                                 "holdout", *EXPORTED)}
         if cost:
             row["teacher_flops"] = cost
         if r["method"] != base:
