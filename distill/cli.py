@@ -125,6 +125,10 @@ def cmd_study(args) -> int:
 
         if study.scaling is not None and study.scaling.budgets:
             print("\n" + "\n".join(budget_lines(study.scaling)) + "\n" + saved_line(rows))
+        from distill.report.lr_sweep import dry_run_lines
+
+        for line in dry_run_lines(study.scaling, jobs[0].run_dir.parent) if study.scaling else []:
+            print(line)
         return 0
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 

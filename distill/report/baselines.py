@@ -22,6 +22,7 @@ from distill.config import Config, flat_config, flat_dict
 from distill.recipe import load_config
 from distill.errors import ConfigError
 from distill.methods import METHODS
+from distill.report import lr_sweep
 
 # what names a run rather than sets it; `data.aug_seed` too between two different seeds (it follows `seed`)
 IDENTITY = frozenset({"name", "output_dir", "seed", "train.resume"})
@@ -92,7 +93,7 @@ def study_baselines(study, jobs, path: Path) -> Dict[str, str]:
             cfgs[variant][seed] = flat_config(load_config(job.recipe, job.settings))
         return cfgs[variant][seed]
 
-    plains = [v for v in first if cfg(v)["distill.type"] == "none"]
+    plains = [v for v in first if cfg(v)["distill.type"] == "none" and not lr_sweep.is_sweep(v)]  # a sweep run is no baseline
     chosen = {}
     for variant, run in study.runs.items():
         if variant not in first:

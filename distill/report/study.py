@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from distill.config import may_differ_on_resume
 from distill.recipe import load_config
 from distill.errors import ConfigError
-from distill.report import ladder, preregister, scaling
+from distill.report import ladder, lr_sweep, preregister, scaling
 from distill.report.baselines import study_baselines
 from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
@@ -56,6 +56,7 @@ class Scaling:
     gpu: Optional[str] = None  # docs/bench/<gpu>/: the dry run also estimates that GPU's hours
     train_images: Optional[int] = None  # the training split's size, for a dry run where the data is absent
     processes: int = 1  # processes a run uses (GPUs), for the dry run's images per epoch
+    lr_sweep: List[float] = field(default_factory=list)  # rates tried per size before its runs (lr_sweep.py)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Job:
     cmd: List[str]
     needs: Optional[Path] = None
     holdout: bool = False  # a held-out rung's run: predicted before it starts
+    waits_for_lr: Optional[str] = None  # the size whose rate (scaling.lr_sweep) is not chosen yet
     recipe: str = ""
     settings: List[str] = field(default_factory=list)  # the key=value overrides of its command
 
@@ -90,7 +92,8 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
     if sc.holdout not in sc.sizes:
         raise ConfigError(f"study {path}: scaling.holdout={sc.holdout!r} is not one of the sizes: {', '.join(sc.sizes)}")
     if sc.budgets:
-        return ladder.expand(study, path, overrides)
+        ladder.expand(study, path, overrides)
+        return _expand_sweep(study, path)
     if min(sc.epochs) < 1:
         raise ConfigError(f"study {path}: scaling.epochs={sc.epochs} must be whole epochs >= 1")
     order = [s for s in sc.sizes if s != sc.holdout] + [sc.holdout]
@@ -100,6 +103,20 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
                 study.runs[ladder_variant(method, size, epochs)] = StudyRun(
                     run.recipe, run.seeds, [*run.overrides, *sc.sizes[size], f"train.epochs={epochs}"], run.teacher,
                     run.baseline and ladder_variant(run.baseline, size, epochs), run.declared_differences)
+    _expand_sweep(study, path)
+
+
+def _expand_sweep(study: Study, path: Path) -> None:
+    """With `scaling.lr_sweep`, each size's sweep runs go before its ladder runs (`lr_sweep.expand`)."""
+    sc = study.scaling
+    if not sc.lr_sweep:
+        return
+    size_of = {ladder_variant(m, size, e): size for m in sc.methods for size in sc.sizes for e in sc.epochs
+               if ladder_variant(m, size, e) in study.runs}
+    base = scaling.baseline(sc)
+    smallest = {size: min((v for v, s in size_of.items() if s == size and v.startswith(f"{base}_{size}_e")),
+                          key=lambda v: int(v.rsplit("_e", 1)[1])) for size in sc.sizes}
+    lr_sweep.expand(study, path, size_of, smallest)
 
 
 def load_study(path: Path, overrides=()) -> Study:
@@ -185,6 +202,8 @@ def plan(path: Path, overrides=()) -> List[Job]:
     sc, held = study.scaling, set()
     if sc is not None:
         held = {ladder_variant(m, sc.holdout, e) for m in sc.methods for e in sc.epochs}
+        held |= {v for v, size in getattr(sc, "sweep_size", {}).items() if size == sc.holdout}
+        lr_sweep.check_overrides(sc, overrides, path)
     jobs = []
     for variant, run in study.runs.items():
         for seed in run.seeds or study.seeds:
@@ -192,6 +211,8 @@ def plan(path: Path, overrides=()) -> List[Job]:
             needs = first_run[run.teacher] if run.teacher else None
             extra = [f"teacher.checkpoint={needs}"] if needs else []
             resume, source = ladder.resume(run.fork, folder, seed, run_dir)  # a fork waits for its source run instead
+            lr, waits = lr_sweep.lr_setting(sc, variant, folder)  # the size's chosen rate, once its sweep has run
+            extra += [lr] if lr else []
             settings = [*study.overrides, *run.overrides, *extra, *overrides,
                         f"name={run_dir.name}", f"output_dir={folder}", f"seed={seed}", f"train.resume={resume}"]
             needs = source or needs
@@ -199,7 +220,8 @@ def plan(path: Path, overrides=()) -> List[Job]:
             launcher = [str(ROOT / "launch.sh")] if study.launcher == "launch" else [sys.executable, "-m", "distill",
                                                                                     "train"]
             holdout = variant in held
-            jobs.append(Job(variant, seed, run_dir, [*launcher, recipe, *settings], needs, holdout, recipe, settings))
+            jobs.append(Job(variant, seed, run_dir, [*launcher, recipe, *settings], needs, holdout, waits, recipe,
+                            settings))
     return jobs
 
 
@@ -238,12 +260,30 @@ def _run(job: Job, status: dict) -> None:
         status[job.run_dir] = "complete (skipped)"
     elif job.needs is not None and not (job.needs / records.SUMMARY).exists():
         status[job.run_dir] = f"not run: {job.needs.name}, which it needs, is not complete"
+    elif lr_sweep.waiting(job):
+        status[job.run_dir] = lr_sweep.waiting(job)
     else:
         print(f"== study: {label}: {' '.join(job.cmd[-4:])}", flush=True)
         rc = subprocess.run(job.cmd, cwd=Path.cwd()).returncode
         done = (job.run_dir / records.SUMMARY).exists()
         status[job.run_dir] = "ran" if done else f"FAILED (exit {rc})"
     print(f"== study: {label}: {status[job.run_dir]}", flush=True)
+
+
+def _run_phase(path: Path, overrides, study: Study, jobs: List[Job], holdout: bool, status: dict) -> List[Job]:
+    """Run the jobs of one phase: the fitted rungs (`holdout` False) or the held-out one. With
+    `scaling.lr_sweep`, the phase's sweep runs go first; then each size whose sweep is complete gets
+    its rate (lrs.json) and the study is planned again, so that its runs carry it. Returns the jobs."""
+    sweeps = [j for j in jobs if j.holdout == holdout and lr_sweep.is_sweep(j.variant)]
+    for job in sweeps:
+        _run(job, status)
+    if sweeps:
+        lr_sweep.choose(jobs[0].run_dir.parent, study.scaling, jobs)
+        jobs = plan(path, overrides)
+        _check_existing(jobs, path)
+    for job in (j for j in jobs if j.holdout == holdout and not lr_sweep.is_sweep(j.variant)):
+        _run(job, status)
+    return jobs
 
 
 def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> int:
@@ -259,8 +299,7 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     declared = {v: r.declared_differences for v, r in study.runs.items()}
     folder = jobs[0].run_dir.parent
     status = {}
-    for job in (j for j in jobs if not j.holdout):
-        _run(job, status)
+    jobs = _run_phase(path, overrides, study, jobs, False, status)
     if any(j.holdout for j in jobs):
         prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], study.scaling,
                                              [j for j in jobs if j.holdout])
@@ -268,8 +307,7 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
                   for e in study.scaling.epochs}
         locked = preregister.lock(folder, [j.run_dir for j in jobs if not j.holdout and j.variant in ladder])
         print(f"== study: prediction for the held-out rung in {prediction}, locked in {locked}", flush=True)
-    for job in (j for j in jobs if j.holdout):
-        _run(job, status)
+    jobs = _run_phase(path, overrides, study, jobs, True, status)
     finished = [j.run_dir for j in jobs if (j.run_dir / records.SUMMARY).exists()]
     if finished:
         out = report_dir or (folder / "report")
