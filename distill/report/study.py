@@ -22,7 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 from distill.config import may_differ_on_resume
 from distill.recipe import load_config
 from distill.errors import ConfigError
-from distill.report import ladder, lr_sweep, preregister, scaling
+from distill.report import ladder, lr_sweep, preregister, scaling, teacher_axis
+from distill.report.teacher_axis import TeacherAxis
 from distill.report.baselines import study_baselines
 from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
@@ -57,6 +58,7 @@ class Scaling:
     train_images: Optional[int] = None  # the training split's size, for a dry run where the data is absent
     processes: int = 1  # processes a run uses (GPUs), for the dry run's images per epoch
     lr_sweep: List[float] = field(default_factory=list)  # rates tried per size before its runs (lr_sweep.py)
+    teacher_axis: Optional[TeacherAxis] = None  # a method run from several teachers (teacher_axis.py)
 
 
 @dataclass
@@ -93,7 +95,7 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
         raise ConfigError(f"study {path}: scaling.holdout={sc.holdout!r} is not one of the sizes: {', '.join(sc.sizes)}")
     if sc.budgets:
         ladder.expand(study, path, overrides)
-        return _expand_sweep(study, path)
+        return _expand_axes(study, path)
     if min(sc.epochs) < 1:
         raise ConfigError(f"study {path}: scaling.epochs={sc.epochs} must be whole epochs >= 1")
     order = [s for s in sc.sizes if s != sc.holdout] + [sc.holdout]
@@ -103,16 +105,19 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
                 study.runs[ladder_variant(method, size, epochs)] = StudyRun(
                     run.recipe, run.seeds, [*run.overrides, *sc.sizes[size], f"train.epochs={epochs}"], run.teacher,
                     run.baseline and ladder_variant(run.baseline, size, epochs), run.declared_differences)
-    _expand_sweep(study, path)
+    _expand_axes(study, path)
 
 
-def _expand_sweep(study: Study, path: Path) -> None:
-    """With `scaling.lr_sweep`, each size's sweep runs go before its ladder runs (`lr_sweep.expand`)."""
+def _expand_axes(study: Study, path: Path) -> None:
+    """The teacher axis's runs (`teacher_axis.expand`); with `scaling.lr_sweep`, each size's sweep runs
+    before its ladder runs (`lr_sweep.expand`), the teacher axis's included."""
     sc = study.scaling
+    axis = teacher_axis.expand(study, path) if sc.teacher_axis is not None else {}
     if not sc.lr_sweep:
         return
     size_of = {ladder_variant(m, size, e): size for m in sc.methods for size in sc.sizes for e in sc.epochs
                if ladder_variant(m, size, e) in study.runs}
+    size_of.update(axis)
     base = scaling.baseline(sc)
     smallest = {size: min((v for v, s in size_of.items() if s == size and v.startswith(f"{base}_{size}_e")),
                           key=lambda v: int(v.rsplit("_e", 1)[1])) for size in sc.sizes}
@@ -317,6 +322,8 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
             line = preregister.verdict(folder, [j.run_dir for j in jobs if j.holdout])
             with open(out / "report.md", "a") as f:
                 f.write(f"\n{line}\n")
+            if study.scaling.teacher_axis is not None:
+                print(f"== study: teacher axis in {teacher_axis.write(study.scaling, folder, study.seeds, out)}")
             print(f"== study: {line}")
     failed = [str(d) for d, s in status.items() if not (d / records.SUMMARY).exists()]
     for d in failed:
