@@ -44,9 +44,15 @@ def ladder_variant(method: str, size: str, epochs: int) -> str:
     return f"{method}_{size}_e{epochs}"
 
 
+def study_method(sc, name: str) -> str:
+    """The study method a fit label stands for: a data axis's `plain-u20000` is `plain` (data_axis.py)."""
+    return getattr(sc, "data_methods", {}).get(name, (name,))[0]
+
+
 def ladder_rows(runs: list, sc) -> List[dict]:
     """One row per finished ladder run: method, size, epochs, seed and what it cost and scored."""
-    where = {ladder_variant(m, s, e): (m, s, e) for m in sc.methods for s in sc.sizes for e in sc.epochs}
+    methods = [*sc.methods, *getattr(sc, "data_methods", {})]  # a data axis's labels are methods of the fit
+    where = {ladder_variant(m, s, e): (m, s, e) for m in methods for s in sc.sizes for e in sc.epochs}
     rows = []
     for run in runs:
         s = run["summary"]
@@ -112,7 +118,8 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     cells = {ladder_variant(m, sc.holdout, e): (m, e) for m in sc.methods for e in sc.epochs}
     holdout_jobs = [j for j in holdout_jobs if j.variant in cells]  # the rung's cells (not its lr sweep)
     params, per_image = holdout_student(holdout_jobs[0])
-    per_epoch = rows[0]["images"] // rows[0]["epochs"]  # one training set: every run's epochs hold as many
+    main = next(r for r in rows if r["method"] in sc.methods)  # the study's own subset, not a data axis's
+    per_epoch = main["images"] // main["epochs"]  # one training set: every run's epochs hold as many
     planned: Dict[tuple, int] = {}
     for j in holdout_jobs:
         planned[cells[j.variant]] = planned.get(cells[j.variant], 0) + 1
@@ -165,13 +172,15 @@ def fit_table(rows: List[dict], runs: list, sc) -> List[dict]:
     base = baseline(sc)
     table = []
     for r in rows:
-        teacher = sc.methods[r["method"]].teacher
+        teacher = sc.methods[study_method(sc, r["method"])].teacher
         cost = next((f for name, f in trained.items() if teacher and name.startswith(f"{teacher}_s")), None)
         row = {k: r[k] for k in ("run", "method", "size", "params", "images", "flops", "seed", "top1", "test_loss",
                                  "holdout", *EXPORTED)}
         if cost:
             row["teacher_flops"] = cost
-        if r["method"] != base:
+        if study_method(sc, r["method"]) != r["method"]:
+            row["baseline"] = study_method(sc, r["method"])  # unique images against repetition
+        elif r["method"] != base:
             row["baseline"] = base
         table.append(check_row(row, f"run {r['run']}"))
     return check_table(table, "the study's runs")

@@ -22,7 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 from distill.config import may_differ_on_resume
 from distill.recipe import load_config
 from distill.errors import ConfigError
-from distill.report import ladder, lr_sweep, preregister, scaling, teacher_axis
+from distill.report import data_axis, ladder, lr_sweep, preregister, scaling, teacher_axis
+from distill.report.data_axis import DataAxis
 from distill.report.teacher_axis import TeacherAxis
 from distill.report.baselines import study_baselines
 from distill.report.scaling import ladder_variant
@@ -59,6 +60,7 @@ class Scaling:
     processes: int = 1  # processes a run uses (GPUs), for the dry run's images per epoch
     lr_sweep: List[float] = field(default_factory=list)  # rates tried per size before its runs (lr_sweep.py)
     teacher_axis: Optional[TeacherAxis] = None  # a method run from several teachers (teacher_axis.py)
+    data_axis: Optional[DataAxis] = None  # cells run again on another number of unique images (data_axis.py)
 
 
 @dataclass
@@ -95,7 +97,7 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
         raise ConfigError(f"study {path}: scaling.holdout={sc.holdout!r} is not one of the sizes: {', '.join(sc.sizes)}")
     if sc.budgets:
         ladder.expand(study, path, overrides)
-        return _expand_axes(study, path)
+        return _expand_axes(study, path, overrides)
     if min(sc.epochs) < 1:
         raise ConfigError(f"study {path}: scaling.epochs={sc.epochs} must be whole epochs >= 1")
     order = [s for s in sc.sizes if s != sc.holdout] + [sc.holdout]
@@ -105,14 +107,15 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
                 study.runs[ladder_variant(method, size, epochs)] = StudyRun(
                     run.recipe, run.seeds, [*run.overrides, *sc.sizes[size], f"train.epochs={epochs}"], run.teacher,
                     run.baseline and ladder_variant(run.baseline, size, epochs), run.declared_differences)
-    _expand_axes(study, path)
+    _expand_axes(study, path, overrides)
 
 
-def _expand_axes(study: Study, path: Path) -> None:
-    """The teacher axis's runs (`teacher_axis.expand`); with `scaling.lr_sweep`, each size's sweep runs
-    before its ladder runs (`lr_sweep.expand`), the teacher axis's included."""
+def _expand_axes(study: Study, path: Path, overrides=()) -> None:
+    """The data axis's and the teacher axis's runs (`data_axis.expand`, `teacher_axis.expand`); with
+    `scaling.lr_sweep`, each size's sweep runs before its ladder runs (`lr_sweep.expand`), the axes' included."""
     sc = study.scaling
-    axis = teacher_axis.expand(study, path) if sc.teacher_axis is not None else {}
+    axis = data_axis.expand(study, path, overrides) if sc.data_axis is not None else {}
+    axis.update(teacher_axis.expand(study, path) if sc.teacher_axis is not None else {})
     if not sc.lr_sweep:
         return
     size_of = {ladder_variant(m, size, e): size for m in sc.methods for size in sc.sizes for e in sc.epochs
