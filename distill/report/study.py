@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from distill.config import may_differ_on_resume
 from distill.recipe import load_config
 from distill.errors import ConfigError
-from distill.report import data_axis, ladder, lr_sweep, preregister, scaling, teacher_axis
+from distill.report import calibrate, data_axis, ladder, lr_sweep, preregister, scaling, teacher_axis
 from distill.report.data_axis import DataAxis
 from distill.report.teacher_axis import TeacherAxis
 from distill.report.baselines import study_baselines
@@ -294,6 +294,19 @@ def _run_phase(path: Path, overrides, study: Study, jobs: List[Job], holdout: bo
     return jobs
 
 
+def _scaling_report(study: Study, jobs: List[Job], finished: List[Path], out: Path) -> None:
+    """The scaling sections of report.md: the fits, the pre-registration's verdict, the teacher axis and
+    the dry run's calibrated estimate against the measured time."""
+    folder = jobs[0].run_dir.parent
+    print(f"== study: scaling report in {scaling.write_scaling_report(load_runs(finished), study.scaling, folder, out)}")
+    line = preregister.verdict(folder, [j.run_dir for j in jobs if j.holdout])
+    with open(out / "report.md", "a") as f:
+        f.write(f"\n{line}\n" + "\n".join(calibrate.report_lines(folder, finished)) + "\n")
+    if study.scaling.teacher_axis is not None:
+        print(f"== study: teacher axis in {teacher_axis.write(study.scaling, folder, study.seeds, out)}")
+    print(f"== study: {line}")
+
+
 def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> int:
     """Run what is not complete yet, then write the report. Returns 0 if every run is complete.
 
@@ -309,10 +322,10 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     status = {}
     jobs = _run_phase(path, overrides, study, jobs, False, status)
     if any(j.holdout for j in jobs):
-        prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], study.scaling,
-                                             [j for j in jobs if j.holdout])
-        ladder = {ladder_variant(m, size, e) for m in study.scaling.methods for size in study.scaling.sizes
-                  for e in study.scaling.epochs}
+        sc = study.scaling
+        prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], sc, [j for j in jobs if j.holdout])
+        ladder = {ladder_variant(m, size, e) for m in [*sc.methods, *getattr(sc, "data_methods", {})]
+                  for size in sc.sizes for e in sc.epochs}
         locked = preregister.lock(folder, [j.run_dir for j in jobs if not j.holdout and j.variant in ladder])
         print(f"== study: prediction for the held-out rung in {prediction}, locked in {locked}", flush=True)
     jobs = _run_phase(path, overrides, study, jobs, True, status)
@@ -321,13 +334,7 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
         out = report_dir or (folder / "report")
         print(f"== study: report in {write_report(load_runs(finished), out, baselines, declared)}")
         if study.scaling is not None:
-            print(f"== study: scaling report in {scaling.write_scaling_report(load_runs(finished), study.scaling, folder, out)}")
-            line = preregister.verdict(folder, [j.run_dir for j in jobs if j.holdout])
-            with open(out / "report.md", "a") as f:
-                f.write(f"\n{line}\n")
-            if study.scaling.teacher_axis is not None:
-                print(f"== study: teacher axis in {teacher_axis.write(study.scaling, folder, study.seeds, out)}")
-            print(f"== study: {line}")
+            _scaling_report(study, jobs, finished, out)
     failed = [str(d) for d, s in status.items() if not (d / records.SUMMARY).exists()]
     for d in failed:
         print(f"== study: incomplete: {d}: {status[Path(d)]}", file=sys.stderr)
