@@ -1,8 +1,8 @@
 """`distill study FILE --dry-run --calibrate`: hours from a short timed run per size, start-up, data
 path and evaluation included; and, in the study's report, that estimate against the measured time.
 
-Per student (size, precision, batch; a distilled run is counted as its student's plain run: replaying
-cached logits costs little, and recording them is not timed), one `distill train` of 3 epochs of
+Per student (size, precision, batch; a distilled run is counted as its student's plain run plus its
+teacher's counted forwards, live or recording the cache, at the teacher's forward rate timed here), one `distill train` of 3 epochs of
 `CAL_BATCHES` batches, evaluated after the last only, in a temporary folder. From its metrics.jsonl:
 seconds an image (epoch 2, warm, no evaluation), one evaluation (epoch 3's time less epoch 2's) and
 start-up (the process's wall time less its epochs': imports, data, model, checkpoint, summary). A run
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from distill.recipe import load_config
+from distill.report.estimate import _data_yaml, split_shape
 from distill.runs import durable, records
 from distill.runs.checkpoint import checkpoint_step, utc_now
 
@@ -51,6 +52,28 @@ def time_run(job, cfg, folder: Path) -> dict:
             "startup_s": max(wall - sum(e["epoch_s"] for e in epochs), 0.0), "wall_s": wall}
 
 
+def teacher_seconds_per_flop(cfg, classes: int, chans: int) -> float:
+    """Seconds a FLOP of the teacher's forward (no grad, the run's precision) on a batch of random images:
+    what a distilled run's counted teacher FLOPs (live, or recording its cache) cost here."""
+    import torch
+
+    from distill.models import create_model
+    from distill.models.cost import forward_gflops
+    from distill.precision import native_precision
+
+    size = cfg.teacher.img_size or cfg.data.img_size
+    model = create_model(cfg.teacher.model, num_classes=classes, in_chans=chans,
+                         small_input_stem=cfg.teacher.small_input_stem).eval()
+    x = torch.randn(cfg.data.batch_size, chans, size, size)
+    precision = native_precision(False) if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        model(x)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(3):
+            model(x)
+    return (time.perf_counter() - t0) / 3 / (forward_gflops(model, (chans, size, size)) * 1e9 * len(x))
+
+
 def _evals(cfg, start_epoch: int) -> int:
     every, n = cfg.train.eval_every, cfg.train.epochs
     return sum(1 for e in range(start_epoch, n) if (e + 1) % every == 0 or e == n - 1)
@@ -68,6 +91,7 @@ def calibrate(jobs, rows: List[dict], folder: Path) -> List[dict]:
                 t = timed[_key(cfg)] = time_run(job, cfg, Path(tmp) / str(i))
                 print(f"== calibrate: {1e3 * t['s_per_image']:.3f} ms an image, {t['eval_s']:.1f} s an evaluation, "
                       f"{t['startup_s']:.1f} s start-up", flush=True)
+    teachers: Dict[str, float] = {}
     for job, cfg, row in zip(jobs, cfgs, rows):
         t = timed.get(_key(cfg))
         if t is None:  # a student only ever distilled: nothing timed it
@@ -75,6 +99,11 @@ def calibrate(jobs, rows: List[dict], folder: Path) -> List[dict]:
         resume = next((s.split("=", 1)[1] for s in job.settings if s.startswith("train.resume=")), "")
         start = checkpoint_step(resume) * cfg.data.batch_size // max(row["images_scratch"] // cfg.train.epochs, 1)
         seconds = t["startup_s"] + row["images"] * t["s_per_image"] + _evals(cfg, start) * t["eval_s"]
+        if row["teacher_flops"]:  # the teacher's forwards the run makes (live, or recording the cache)
+            model = cfg.teacher.model
+            if model not in teachers:
+                teachers[model] = teacher_seconds_per_flop(cfg, *split_shape(_data_yaml(cfg), None)[1:])
+            seconds += row["teacher_flops"] * teachers[model]
         row["hours_calibrated"] = seconds / 3600
     total = sum(r.get("hours_calibrated", 0.0) for r in rows)
     Path(folder).mkdir(parents=True, exist_ok=True)  # the study's folder: the report reads the estimate there
