@@ -73,3 +73,22 @@ def test_the_report_says_per_size_whether_a_stronger_teacher_hurt(tmp_path):
     text = (out / "report.md").read_text()
     assert "| a | t_mid | t_big | -0.97 ± 0.14 | 3 | yes |" in text
     assert (out / "teacher_axis.png").stat().st_size > 1000
+
+
+def test_a_method_runs_only_at_its_sizes_which_hold_the_held_out_one(tmp_path):
+    """scaling.methods.<m>.sizes: KD at a subset of the ladder (where its teacher's cost is bearable)."""
+    path = _study(tmp_path, ("b",))
+    study = yaml.safe_load(path.read_text())
+    study["scaling"]["methods"]["kd"]["sizes"] = ["b", "c"]
+    path.write_text(yaml.safe_dump(study))
+    variants = {j.variant for j in plan(path)}
+    assert {"plain_a_e1", "kd_b_e1", "kd_c_e2", "kd_b_e2_by_t_small"} <= variants
+    assert not any(v.startswith("kd_a") for v in variants)
+    study["scaling"]["teacher_axis"]["sizes"] = ["a"]
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="fitted sizes of its method"):
+        load_study(path)
+    study["scaling"]["methods"]["kd"]["sizes"] = ["a", "b"]
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="hold the held-out c"):
+        load_study(path)

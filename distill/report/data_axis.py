@@ -55,7 +55,7 @@ def expand(study, path: Path, overrides=()) -> Dict[str, str]:
             sc.epochs = sorted({*sc.epochs, *(r.epochs for r in rungs)})
         else:
             for name, run in runs.items():
-                for e in sc.epochs:
+                for e in sc.epochs if run.sizes is None or size in run.sizes else []:
                     study.runs[ladder_variant(name, size, e)] = replace(
                         run, overrides=[*run.overrides, *sc.sizes[size], f"train.epochs={e}", *extra])
         added.update({v: size for v in study.runs if v not in before})

@@ -129,6 +129,8 @@ def add_cells(study, methods: Dict, size: str, rungs: List[Rung], extra: List[st
 
     wsd = [*study.scaling.sizes[size], "train.schedule=wsd", *extra]
     for method, run in methods.items():
+        if run.sizes is not None and size not in run.sizes:
+            continue
         long = ladder_variant(method, size, rungs[0].epochs)
         for r in rungs:
             more = long_run_overrides(rungs) if r is rungs[0] else []

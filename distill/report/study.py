@@ -43,6 +43,7 @@ class StudyRun:
     baseline: Optional[str] = None  # the plain variant its gain is measured against (None: found, see baselines.py)
     declared_differences: List[str] = field(default_factory=list)  # keys outside the method's it may differ in
     fork: Optional[str] = None  # "<variant>:<step>": starts from that variant's same-seed checkpoint (docs/ladder.md)
+    sizes: Optional[List[str]] = None  # in scaling.methods: the sizes it runs at (None: every size)
 
 
 @dataclass
@@ -95,6 +96,10 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
     sc.holdout = sc.holdout or list(sc.sizes)[-1]
     if sc.holdout not in sc.sizes:
         raise ConfigError(f"study {path}: scaling.holdout={sc.holdout!r} is not one of the sizes: {', '.join(sc.sizes)}")
+    for method, run in sc.methods.items():
+        if run.sizes is not None and (not set(run.sizes) <= set(sc.sizes) or sc.holdout not in run.sizes):
+            raise ConfigError(f"study {path}: scaling.methods.{method}.sizes={run.sizes} must be sizes of the study "
+                              f"and hold the held-out {sc.holdout}")
     if sc.budgets:
         ladder.expand(study, path, overrides)
         return _expand_axes(study, path, overrides)
@@ -103,7 +108,7 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
     order = [s for s in sc.sizes if s != sc.holdout] + [sc.holdout]
     for size in order:
         for method, run in sc.methods.items():
-            for epochs in sc.epochs:
+            for epochs in sc.epochs if run.sizes is None or size in run.sizes else []:
                 study.runs[ladder_variant(method, size, epochs)] = StudyRun(
                     run.recipe, run.seeds, [*run.overrides, *sc.sizes[size], f"train.epochs={epochs}"], run.teacher,
                     run.baseline and ladder_variant(run.baseline, size, epochs), run.declared_differences)

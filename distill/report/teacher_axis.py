@@ -39,11 +39,11 @@ def expand(study, path: Path) -> Dict[str, str]:
     if own is None or own.teacher is None:
         raise ConfigError(f"study {path}: scaling.teacher_axis.method={axis.method!r} is not a method of scaling.methods "
                           "with a teacher")
-    sizes = axis.sizes or [s for s in sc.sizes if s != sc.holdout]
-    bad = [s for s in sizes if s not in sc.sizes or s == sc.holdout]
+    sizes = axis.sizes or [s for s in (own.sizes or sc.sizes) if s != sc.holdout]
+    bad = [s for s in sizes if s not in (own.sizes or sc.sizes) or s == sc.holdout]
     if bad or len(axis.teachers) < 2:
-        raise ConfigError(f"study {path}: scaling.teacher_axis needs 2 or more teachers and fitted sizes (not the "
-                          f"held-out {sc.holdout}); got teachers {list(axis.teachers)}, sizes {sizes}")
+        raise ConfigError(f"study {path}: scaling.teacher_axis needs 2 or more teachers and fitted sizes of its method "
+                          f"(not the held-out {sc.holdout}); got teachers {list(axis.teachers)}, sizes {sizes}")
     added = {}
     for size in sizes:
         mine = [v for v in study.runs if v.startswith(f"{axis.method}_{size}_e")]
