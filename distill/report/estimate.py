@@ -116,9 +116,10 @@ def estimate(jobs, study) -> List[dict]:
         teacher = 0.0
         if cfg.distill.type != "none" and cfg.teacher.model:
             epochs = set(range(start // (n // per_step * per_step), cfg.train.epochs))  # a fork's own epochs
-            if cfg.distill.cache:  # recorded once per view (its key approximated by aug_seed): new epochs only
-                epochs -= {e for s, e in recorded if s == cfg.data.aug_seed}
-                recorded |= {(cfg.data.aug_seed, e) for e in epochs}
+            if cfg.distill.cache:  # recorded once per view (its key approximated by teacher and aug_seed): new epochs only
+                cache = (cfg.teacher.checkpoint or cfg.teacher.model, cfg.data.aug_seed)
+                epochs -= {e for c, e in recorded if c == cache}
+                recorded |= {(cache, e) for e in epochs}
             views = len(epochs) * (images // cfg.train.epochs)
             teacher = _teacher_gflops(cfg, classes, chans) * 1e9 * views
         row = {"run": job.run_dir.name, "params": params, "images": images - start, "images_scratch": images,
