@@ -127,6 +127,9 @@ def _expand_axes(study: Study, path: Path, overrides=()) -> None:
                if ladder_variant(m, size, e) in study.runs}
     size_of.update(axis)
     base = scaling.baseline(sc)
+    if sc.methods[base].sizes is not None:
+        raise ConfigError(f"study {path}: scaling.lr_sweep sweeps each size with {base}, which must run at every size "
+                          f"(remove scaling.methods.{base}.sizes)")
     smallest = {size: min((v for v, s in size_of.items() if s == size and v.startswith(f"{base}_{size}_e")),
                           key=lambda v: int(v.rsplit("_e", 1)[1])) for size in sc.sizes}
     lr_sweep.expand(study, path, size_of, smallest)
