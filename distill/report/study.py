@@ -218,7 +218,8 @@ def plan(path: Path, overrides=()) -> List[Job]:
     sc, held = study.scaling, set()
     if sc is not None:
         held = {ladder_variant(m, sc.holdout, e) for m in sc.methods for e in sc.epochs}
-        held |= {v for v, size in getattr(sc, "sweep_size", {}).items() if size == sc.holdout}
+        held |= {v for v, size in {**getattr(sc, "sweep_size", {}), **getattr(sc, "axis_sizes", {})}.items()
+                 if size == sc.holdout}  # the held-out size's sweep and teacher axis: after the prediction
         lr_sweep.check_overrides(sc, overrides, path)
     jobs = []
     for variant, run in study.runs.items():

@@ -2,8 +2,9 @@
 
 A distillation method (`method`) is run from each teacher of `teachers` (variants of the study's
 `runs:`, each with the overrides its students need, e.g. `teacher.model=`) at each size of `sizes`
-(default: every fitted size), at that size's largest budget, for every seed. The method's own teacher
-is its ladder run there: no second copy. The report plots student top-1 error against teacher
+(default: the method's fitted sizes), at that size's largest budget, for every seed. The method's own
+teacher is its ladder run there: no second copy. At the held-out size they are held-out runs: they
+start after the prediction is written. The report plots student top-1 error against teacher
 error per size and says, per size and for every pair of teachers, whether the stronger teacher's
 students scored lower, paired by seed with a 95% t interval (Busbridge et al. 2025's capacity gap).
 """
@@ -23,7 +24,7 @@ from distill.runs import durable, records
 class TeacherAxis:
     method: str = ""  # the distillation method of `scaling.methods` whose runs take each teacher
     teachers: Dict[str, List[str]] = field(default_factory=dict)  # teacher variant -> overrides its students need
-    sizes: List[str] = field(default_factory=list)  # [] : every fitted size
+    sizes: List[str] = field(default_factory=list)  # []: the method's fitted sizes; the held-out one runs after the prediction
 
 
 def axis_variant(cell: str, teacher: str) -> str:
@@ -40,10 +41,10 @@ def expand(study, path: Path) -> Dict[str, str]:
         raise ConfigError(f"study {path}: scaling.teacher_axis.method={axis.method!r} is not a method of scaling.methods "
                           "with a teacher")
     sizes = axis.sizes or [s for s in (own.sizes or sc.sizes) if s != sc.holdout]
-    bad = [s for s in sizes if s not in (own.sizes or sc.sizes) or s == sc.holdout]
+    bad = [s for s in sizes if s not in (own.sizes or sc.sizes)]
     if bad or len(axis.teachers) < 2:
-        raise ConfigError(f"study {path}: scaling.teacher_axis needs 2 or more teachers and fitted sizes of its method "
-                          f"(not the held-out {sc.holdout}); got teachers {list(axis.teachers)}, sizes {sizes}")
+        raise ConfigError(f"study {path}: scaling.teacher_axis needs 2 or more teachers and sizes its method runs at "
+                          f"({', '.join(own.sizes or sc.sizes)}); got teachers {list(axis.teachers)}, sizes {sizes}")
     added = {}
     for size in sizes:
         mine = [v for v in study.runs if v.startswith(f"{axis.method}_{size}_e")]
@@ -55,6 +56,7 @@ def expand(study, path: Path) -> Dict[str, str]:
                                                                   overrides=[*run.overrides, *extra])
                 added[axis_variant(cell, teacher)] = size
         sc.axis_cells = {**getattr(sc, "axis_cells", {}), size: cell}
+    sc.axis_sizes = added
     return added
 
 
