@@ -21,8 +21,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List
 
+from omegaconf import OmegaConf
+
 from distill.recipe import load_config
-from distill.report.estimate import _data_yaml, split_shape
+from distill.report.estimate import split_shape
 from distill.runs import durable, records
 from distill.runs.checkpoint import checkpoint_step, utc_now
 
@@ -102,7 +104,8 @@ def calibrate(jobs, rows: List[dict], folder: Path) -> List[dict]:
         if row["teacher_flops"]:  # the teacher's forwards the run makes (live, or recording the cache)
             model = cfg.teacher.model
             if model not in teachers:
-                teachers[model] = teacher_seconds_per_flop(cfg, *split_shape(_data_yaml(cfg), None)[1:])
+                data = OmegaConf.to_yaml(OmegaConf.structured(cfg.data))
+                teachers[model] = teacher_seconds_per_flop(cfg, *split_shape(data, None)[1:])
             seconds += row["teacher_flops"] * teachers[model]
         row["hours_calibrated"] = seconds / 3600
     total = sum(r.get("hours_calibrated", 0.0) for r in rows)
