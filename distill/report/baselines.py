@@ -90,7 +90,8 @@ def study_baselines(study, jobs, path: Path) -> Dict[str, str]:
         seed = seed if seed in first[variant] else next(iter(first[variant]))
         if cfgs[variant][seed] is None:
             job = first[variant][seed]
-            cfgs[variant][seed] = flat_config(load_config(job.recipe, job.settings))
+            settings = [s for s in job.settings if not s.startswith("train.resume=")]  # a fork's checkpoint: not made yet
+            cfgs[variant][seed] = flat_config(load_config(job.recipe, settings))
         return cfgs[variant][seed]
 
     plains = [v for v in first if cfg(v)["distill.type"] == "none" and not lr_sweep.is_sweep(v)]  # a sweep run is no baseline
