@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -143,6 +144,11 @@ def load_study(path: Path, overrides=()) -> Study:
     except OmegaConfBaseException as e:
         raise ConfigError(f"study {path}: {getattr(e, 'full_key', '') or ''}: "
                           f"{str(getattr(e, 'msg', e)).splitlines()[0]}") from None
+    except yaml.YAMLError as e:  # e.g. [a, b=[]] : a flow list's [] needs quotes
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"study {path}:{where}: not valid YAML ({getattr(e, 'problem', None) or e}); "
+                          "quote an item that holds [ ] { } or ': '") from None
     if study.scaling is not None:
         _expand_scaling(study, path, overrides)
     if study.launcher not in ("python", "launch"):
