@@ -68,14 +68,15 @@ def ladder_rows(runs: list, sc) -> List[dict]:
     return rows
 
 
-EXPORTED = ("teacher", "lr", "lr_effective", "unique_images", "started_at", "finished_at", "wall_s")
+EXPORTED = ("teacher", "lr", "lr_effective", "unique_images", "started_at", "finished_at", "wall_s", "forked_from")
 
 
 def run_facts(run: dict) -> dict:
     """What runs.jsonl carries beyond the fit's fields, from the run's summary.json and config.yaml:
     `teacher` (the teacher run's folder name, else its hub model, else None), `lr` (train.lr as set;
     `lr_effective` after the batch rule), `unique_images` (data.train_subset, else the source's
-    training split), `started_at`, `finished_at` (UTC, as the run recorded them) and `wall_s`."""
+    training split), `started_at`, `finished_at` (UTC, as the run recorded them: a fork keeps its long run's
+    start, which its checkpoint carries), `wall_s` and `forked_from` (the checkpoint a fork started from)."""
     import yaml
 
     from distill.data.sources import SOURCES
@@ -90,7 +91,7 @@ def run_facts(run: dict) -> dict:
     named = Path(teacher["checkpoint"]).name if teacher.get("checkpoint") and s.get("teacher") else None
     return {"teacher": named or s.get("teacher"), "lr": train.get("lr"), "lr_effective": s.get("lr"),
             "unique_images": unique, "started_at": s.get("started_at"), "finished_at": s.get("finished_at"),
-            "wall_s": s.get("wall_s")}
+            "wall_s": s.get("wall_s"), "forked_from": s.get("forked_from")}
 
 
 def holdout_student(job) -> tuple:
