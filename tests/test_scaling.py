@@ -273,3 +273,29 @@ def test_runs_jsonl_carries_teacher_dates_lr_and_unique_images_for_a_refit(tmp_p
         assert (r["lr"], r["unique_images"], r["images"]) == (2e-3, 5000, 10_000)
         assert (r["started_at"], r["finished_at"]) == ("2026-01-01T00:00:00+00:00", "2026-01-01T00:01:00+00:00")
     check_table([json.loads(json.dumps(r)) for r in table], "runs.jsonl")  # what `distill fit` reads back
+
+
+def test_under_budgets_the_naive_baselines_compare_sizes_at_one_budget_not_one_image_count():
+    """Budgets in FLOPs give each size its own images, so no two sizes share an image count: persistence
+    (the largest fitted size) and the log-linear line are taken at the held-out cell's `budget` instead."""
+    import numpy as np
+
+    from distill.report.fit_claims import analyse
+
+    rows = []
+    for n in (1e4, 3e4, 1e5, 4e5):
+        for b in (1e10, 3e10, 1e11):
+            images = b / (100 * n)  # 100 FLOPs per parameter and image
+            for seed in (0, 1):
+                err = (0.1 + 2 * n ** -0.3 + 5 * images ** -0.3) * (1 + 0.01 * (-1) ** seed)
+                rows.append({"method": "plain", "params": n, "images": images, "flops": b, "seed": seed,
+                             "top1": 100 * (1 - err), "budget": b, "holdout": n == 4e5})
+    result, _ = analyse(rows, bootstrap=10)
+    for p in result["predictions"]:
+        at = {n: np.mean([r["top1"] for r in rows if r["params"] == n and r["budget"] == p["flops"]])
+              for n in (1e4, 3e4, 1e5)}
+        assert p["persistence_top1"] == pytest.approx(at[1e5])
+        slope, icept = np.polyfit(np.log(list(at)), list(at.values()), 1)
+        assert p["loglinear_top1"] == pytest.approx(icept + slope * np.log(4e5))
+    result, _ = analyse([{k: v for k, v in r.items() if k != "budget"} for r in rows], bootstrap=10)
+    assert all(p["persistence_top1"] is None for p in result["predictions"])  # no size shares its images

@@ -64,8 +64,16 @@ def ladder_rows(runs: list, sc) -> List[dict]:
                      "params": s["params"], "flops": s["flops"], "images": s["images"], "top1": s["final_top1"],
                      "error": 1 - s["final_top1"] / 100, "test_loss": s.get("test_loss"),
                      "teacher_flops": s.get("teacher_flops", 0.0), "logit_cache": s.get("logit_cache"),
-                     **run_facts(run), "holdout": size == sc.holdout})
+                     **run_facts(run), "budget": budget_of(sc, method, size, epochs), "holdout": size == sc.holdout})
     return rows
+
+
+def budget_of(sc, method: str, size: str, epochs: int) -> Optional[float]:
+    """The training FLOPs a budgets study asked of a cell (None under `epochs`): the naive baselines of
+    its prediction compare sizes at one budget, where each trains its own images."""
+    images = getattr(sc, "data_methods", {}).get(method, (None, None))[1]
+    rungs = getattr(sc, "rungs", {}).get(f"{size}-u{images}" if images else size, [])
+    return next((r.budget for r in rungs if r.epochs == epochs), None)
 
 
 EXPORTED = ("teacher", "lr", "lr_effective", "unique_images", "started_at", "finished_at", "wall_s", "forked_from")
@@ -125,7 +133,8 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     for j in holdout_jobs:
         planned[cells[j.variant]] = planned.get(cells[j.variant], 0) + 1
     held = [{"method": m, "params": params, "images": e * per_epoch, "flops": per_image * e * per_epoch, "seed": s,
-             "top1": None, "holdout": True} for (m, e), n in planned.items() for s in range(n)]
+             "top1": None, "holdout": True, "budget": budget_of(sc, m, sc.holdout, e)}
+            for (m, e), n in planned.items() for s in range(n)]
     result, _ = fit_rows(table + held, BOOTSTRAP, None)
     epochs_of = {e * per_epoch: e for _, e in planned}
     predictions = [{"run": ladder_variant(p["method"], sc.holdout, epochs_of[p["images"]]),
@@ -176,7 +185,7 @@ def fit_table(rows: List[dict], runs: list, sc) -> List[dict]:
         teacher = sc.methods[study_method(sc, r["method"])].teacher
         cost = next((f for name, f in trained.items() if teacher and name.startswith(f"{teacher}_s")), None)
         row = {k: r[k] for k in ("run", "method", "size", "params", "images", "flops", "seed", "top1", "test_loss",
-                                 "holdout", *EXPORTED)}
+                                 "holdout", "budget", *EXPORTED)}
         if cost:
             row["teacher_flops"] = cost
         if study_method(sc, r["method"]) != r["method"]:
