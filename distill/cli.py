@@ -120,11 +120,18 @@ def cmd_study(args) -> int:
 
         study = load_study(Path(args.study), args.overrides)
         rows = estimate(jobs, study)
+        if args.calibrate:  # a short timed run per size: start-up, data path and evaluation (report/calibrate.py)
+            from distill.report.calibrate import calibrate
+            rows = calibrate(jobs, rows, jobs[0].run_dir.parent)
         print("\n" + table(rows))
         from distill.report.ladder import budget_lines, saved_line
 
         if study.scaling is not None and study.scaling.budgets:
             print("\n" + "\n".join(budget_lines(study.scaling)) + "\n" + saved_line(rows))
+        from distill.report.lr_sweep import dry_run_lines
+
+        for line in dry_run_lines(study.scaling, jobs[0].run_dir.parent) if study.scaling else []:
+            print(line)
         return 0
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 
@@ -234,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: <study folder>/report)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the commands, each run's FLOPs and estimated hours; run nothing")
+    p.add_argument("--calibrate", action="store_true", help="with --dry-run: time a short run per size, write estimate.json")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("fit", help="fit scaling laws to a JSONL table of runs (see docs/fit.md)")

@@ -176,3 +176,19 @@ def test_a_fork_of_no_earlier_variant_is_refused(tmp_path):
         else:
             with pytest.raises(ConfigError, match="is not <variant>:<step>"):
                 load_study(path)
+
+
+def test_a_budgets_study_finds_its_baselines_before_its_forks_checkpoints_exist(tmp_path):
+    """`distill study` checks every pair like with like before any run starts, when no fork's checkpoint
+    exists yet: the fork's train.resume is no config difference and must not stop the study."""
+    from distill.report.baselines import study_baselines
+
+    path = _study(tmp_path, {"budgets": [8.8e11, 2.2e11]})
+    study = yaml.safe_load(path.read_text())
+    study["scaling"]["methods"]["kd"] = {"recipe": str(ROOT / "recipes/fashion_mnist/kd_tiny.yaml"),
+                                         "overrides": ["data.label_smoothing=0.1", "teacher.model=resnet10t"]}
+    path.write_text(yaml.safe_dump(study))
+    jobs = plan(path)
+    assert any(not s.endswith("=auto") for j in jobs for s in j.settings if s.startswith("train.resume="))
+    found = study_baselines(load_study(path), jobs, path)
+    assert found["kd_w64d2_e4"] == "plain_w64d2_e4" and found["kd_w96d3_e5"] == "plain_w96d3_e5"

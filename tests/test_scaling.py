@@ -13,7 +13,7 @@ from conftest import ROOT, needs_fmnist
 from distill.cli import main
 from distill.recipe import load_config
 from distill.report.compare import load_runs
-from distill.report.scaling import check_prediction, ladder_rows, predict_holdout
+from distill.report.scaling import check_prediction, ladder_rows, predict_holdout, predictions_sha256
 from distill.report.study import load_study, plan
 from distill.models import build_student
 from distill.models.cost import forward_gflops, train_gflops
@@ -114,6 +114,11 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path,
         truth = 100 * (1 - law(held_params, p["images"], p["method"]))
         assert abs(p["predicted_top1"] - truth) < 0.05 and p["low"] <= p["predicted_top1"] <= p["high"]
     assert len(pred["predictions"]) == len(sc.methods) * len(sc.epochs)
+    for p in pred["predictions"]:  # the form the fitted rungs' leave-one-size-out error picked, fits.json's fields
+        cands = {k: v for k, v in pred["fits"][p["method"]]["candidates"].items() if v is not None}
+        assert p["form"] == pred["law"][p["method"]] == min(cands, key=cands.get)
+        assert {"persistence_top1", "loglinear_top1", "flops"} <= set(p) and p["measured_top1"] is None
+    assert pred["sha256"] == predictions_sha256(pred["predictions"])
     time.sleep(1.1)
     assert predict_holdout(folder, [], sc, []).read_text() == path.read_text()  # kept, not made again
     for j in (j for j in jobs if j.holdout):
@@ -122,6 +127,7 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path,
     rows = ladder_rows(load_runs([j.run_dir for j in jobs if j.variant != "teacher"]), sc)
     checked = check_prediction(folder, rows)
     assert all(p["measured_top1"] == 90.0 and p["made_before_runs"] for p in checked["predictions"])
+    assert checked["sha256_matches"] and all(p["seeds"] == 2 for p in checked["predictions"])
     assert all(abs(p["error_points"] - (p["predicted_top1"] - 90.0)) < 1e-9 for p in checked["predictions"])
 
 
@@ -211,3 +217,85 @@ def test_the_studys_scaling_report_is_distill_fit_on_its_runs(tmp_path, monkeypa
                for p in alone["predictions"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit", "report", "study"]  # no temporary folder left
     assert "## Scaling fits" in (out / "report.md").read_text()
+
+
+def test_a_predictions_sha256_survives_its_measurement_and_catches_an_edit(tmp_path):
+    """prediction.json's sha256 covers what the law said, not the measurement filled in later: the report
+    says whether it still matches, and an edited prediction does not."""
+    preds = [{"run": "plain_big_e4", "method": "plain", "params": 4e6, "images": 2e4, "flops": 1e12,
+              "predicted_top1": 80.0, "low": 78.0, "high": 82.0, "persistence_top1": 79.0, "loglinear_top1": 81.0,
+              "measured_top1": None, "seeds": 0}]
+    made = {"made_at": "2026-01-01T00:00:00+00:00", "sha256": predictions_sha256(preds), "holdout": "big",
+            "holdout_params": 4_000_000, "law": {"plain": "hoffmann"}, "fitted_on": 12, "predictions": preds}
+    (tmp_path / "prediction.json").write_text(json.dumps(made))
+    _fake_run(tmp_path, "plain_big_e4_s0", 0, 4_000_000, 20_000, 80.5)
+    rows = [{"run": "plain_big_e4_s0", "top1": 80.5}]
+    checked = check_prediction(tmp_path, rows)
+    assert checked["sha256_matches"] and checked["predictions"][0]["measured_top1"] == 80.5
+    assert predictions_sha256(checked["predictions"]) == made["sha256"]  # measured, still the same hash
+    preds[0]["predicted_top1"] = 80.4  # moved towards the measurement after the fact
+    (tmp_path / "prediction.json").write_text(json.dumps(made))
+    assert not check_prediction(tmp_path, rows)["sha256_matches"]
+    from distill.report.scaling import _prediction
+
+    assert "NO LONGER match" in "\n".join(_prediction(check_prediction(tmp_path, rows)))
+
+
+def test_runs_jsonl_carries_teacher_dates_lr_and_unique_images_for_a_refit(tmp_path):
+    """Each row of the study's runs.jsonl is `distill fit`'s row plus the run's teacher (its run folder),
+    start and finish (UTC, from summary.json), train.lr as set and the unique training images."""
+    from distill.report.run_table import check_table
+    from distill.report.scaling import fit_table
+    from distill.report.study import Scaling, StudyRun
+
+    sc = Scaling(sizes={"a": [], "b": []}, epochs=[2], holdout="b",
+                 methods={"plain": StudyRun(recipe="p.yaml"), "kd": StudyRun(recipe="k.yaml", teacher="teacher")})
+    dirs = []
+    for method in ("plain", "kd"):
+        name = f"{method}_a_e2_s0"
+        _fake_run(tmp_path, name, 0, 100_000, 10_000, 70.0)
+        teacher = {"model": "resnet10t", "checkpoint": str(tmp_path / "teacher_s0")} if method == "kd" else {}
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(
+            {"seed": 0, "data": {"name": "fashion_mnist", "train_subset": 5000}, "train": {"lr": 2e-3},
+             "teacher": teacher}))
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        summary.update(started_at="2026-01-01T00:00:00+00:00", finished_at="2026-01-01T00:01:00+00:00", lr=2e-3,
+                       teacher="resnet10t" if method == "kd" else None)
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+        dirs.append(tmp_path / name)
+    _fake_run(tmp_path, "teacher_s0", 0, 5_000_000, 60_000, 90.0)
+    runs = load_runs([*dirs, tmp_path / "teacher_s0"])
+    table = fit_table(ladder_rows(runs, sc), runs, sc)
+    by = {r["method"]: r for r in table}
+    assert len(table) == 2 and by["kd"]["teacher"] == "teacher_s0" and by["plain"]["teacher"] is None
+    assert by["kd"]["teacher_flops"] == 3e3 * 5_000_000 * 60_000  # the teacher run's training FLOPs
+    for r in table:
+        assert (r["lr"], r["unique_images"], r["images"]) == (2e-3, 5000, 10_000)
+        assert (r["started_at"], r["finished_at"]) == ("2026-01-01T00:00:00+00:00", "2026-01-01T00:01:00+00:00")
+    check_table([json.loads(json.dumps(r)) for r in table], "runs.jsonl")  # what `distill fit` reads back
+
+
+def test_under_budgets_the_naive_baselines_compare_sizes_at_one_budget_not_one_image_count():
+    """Budgets in FLOPs give each size its own images, so no two sizes share an image count: persistence
+    (the largest fitted size) and the log-linear line are taken at the held-out cell's `budget` instead."""
+    import numpy as np
+
+    from distill.report.fit_claims import analyse
+
+    rows = []
+    for n in (1e4, 3e4, 1e5, 4e5):
+        for b in (1e10, 3e10, 1e11):
+            images = b / (100 * n)  # 100 FLOPs per parameter and image
+            for seed in (0, 1):
+                err = (0.1 + 2 * n ** -0.3 + 5 * images ** -0.3) * (1 + 0.01 * (-1) ** seed)
+                rows.append({"method": "plain", "params": n, "images": images, "flops": b, "seed": seed,
+                             "top1": 100 * (1 - err), "budget": b, "holdout": n == 4e5})
+    result, _ = analyse(rows, bootstrap=10)
+    for p in result["predictions"]:
+        at = {n: np.mean([r["top1"] for r in rows if r["params"] == n and r["budget"] == p["flops"]])
+              for n in (1e4, 3e4, 1e5)}
+        assert p["persistence_top1"] == pytest.approx(at[1e5])
+        slope, icept = np.polyfit(np.log(list(at)), list(at.values()), 1)
+        assert p["loglinear_top1"] == pytest.approx(icept + slope * np.log(4e5))
+    result, _ = analyse([{k: v for k, v in r.items() if k != "budget"} for r in rows], bootstrap=10)
+    assert all(p["persistence_top1"] is None for p in result["predictions"])  # no size shares its images

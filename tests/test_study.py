@@ -320,3 +320,10 @@ def test_compare_on_run_folders_names_the_baseline_and_flags_other_differences(t
     else:
         assert rows["kd"]["baseline"] == "plain"
         assert rows["kd"]["also_differs"] == "data.label_smoothing 0.0 vs 0.1 (NOT declared)"
+
+
+def test_a_study_file_that_is_not_yaml_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\noverrides: [data.train_subset=640, train.log_with=[]]\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: line 2, column \d+: not valid YAML .*quote an item"):
+        load_study(path)

@@ -22,6 +22,7 @@ from distill.config import Config, flat_config, flat_dict
 from distill.recipe import load_config
 from distill.errors import ConfigError
 from distill.methods import METHODS
+from distill.report import lr_sweep
 
 # what names a run rather than sets it; `data.aug_seed` too between two different seeds (it follows `seed`)
 IDENTITY = frozenset({"name", "output_dir", "seed", "train.resume"})
@@ -89,10 +90,11 @@ def study_baselines(study, jobs, path: Path) -> Dict[str, str]:
         seed = seed if seed in first[variant] else next(iter(first[variant]))
         if cfgs[variant][seed] is None:
             job = first[variant][seed]
-            cfgs[variant][seed] = flat_config(load_config(job.recipe, job.settings))
+            settings = [s for s in job.settings if not s.startswith("train.resume=")]  # a fork's checkpoint: not made yet
+            cfgs[variant][seed] = flat_config(load_config(job.recipe, settings))
         return cfgs[variant][seed]
 
-    plains = [v for v in first if cfg(v)["distill.type"] == "none"]
+    plains = [v for v in first if cfg(v)["distill.type"] == "none" and not lr_sweep.is_sweep(v)]  # a sweep run is no baseline
     chosen = {}
     for variant, run in study.runs.items():
         if variant not in first:

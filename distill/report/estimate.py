@@ -5,7 +5,8 @@ times the images its epochs hold) and the teacher's forward FLOPs (live: every v
 cache, the views are recorded once per study and replayed, so the recording is counted once). Hours
 on this device come from timing the student's forward and backward on random images (4 steps after
 one warm-up, at the recipe's precision and batch, fewer images where a step would cost over
-0.2 TFLOP): the data path, evaluation and start-up are not timed. Hours
+0.2 TFLOP): the data path, evaluation and start-up are not timed (`--calibrate` times them:
+distill/report/calibrate.py). Hours
 on a GPU named by the study (`scaling.gpu`, a folder of `docs/bench/`) divide the FLOPs by the
 training TFLOP/s measured there, interpolated in log-log between the measured models' forward GFLOPs.
 """
@@ -115,9 +116,10 @@ def estimate(jobs, study) -> List[dict]:
         teacher = 0.0
         if cfg.distill.type != "none" and cfg.teacher.model:
             epochs = set(range(start // (n // per_step * per_step), cfg.train.epochs))  # a fork's own epochs
-            if cfg.distill.cache:  # recorded once per view (its key approximated by aug_seed): new epochs only
-                epochs -= {e for s, e in recorded if s == cfg.data.aug_seed}
-                recorded |= {(cfg.data.aug_seed, e) for e in epochs}
+            if cfg.distill.cache:  # recorded once per view (its key approximated by teacher and aug_seed): new epochs only
+                cache = (cfg.teacher.checkpoint or cfg.teacher.model, cfg.data.aug_seed)
+                epochs -= {e for c, e in recorded if c == cache}
+                recorded |= {(cache, e) for e in epochs}
             views = len(epochs) * (images // cfg.train.epochs)
             teacher = _teacher_gflops(cfg, classes, chans) * 1e9 * views
         row = {"run": job.run_dir.name, "params": params, "images": images - start, "images_scratch": images,
@@ -157,15 +159,17 @@ def _teacher_gflops(cfg, classes: int, chans: int) -> float:
 
 def table(rows: List[dict]) -> str:
     """The dry run's printout: one line per run, then the totals."""
-    gpu = any("hours_gpu" in r for r in rows)
+    gpu, cal = any("hours_gpu" in r for r in rows), any("hours_calibrated" in r for r in rows)
     head = f"{'run':32s} {'params':>9s} {'images':>12s} {'student FLOPs':>14s} {'teacher FLOPs':>14s} {'h here':>8s}"
-    lines = [head + (f" {'h GPU':>8s}" if gpu else "")]
+    lines = [head + (f" {'h GPU':>8s}" if gpu else "") + (f" {'h calib.':>8s}" if cal else "")]
     for r in rows:
         line = (f"{r['run']:32s} {r['params'] / 1e6:8.2f}M {r['images']:12,d} {r['flops']:14.3e} "
                 f"{r['teacher_flops']:14.3e} {r['hours_here']:8.3f}")
-        lines.append(line + (f" {r['hours_gpu']:8.3f}" if gpu else ""))
-    total = {k: sum(r.get(k, 0.0) for r in rows) for k in ("flops", "teacher_flops", "hours_here", "hours_gpu")}
+        lines.append(line + (f" {r['hours_gpu']:8.3f}" if gpu else "") +
+                     (f" {r.get('hours_calibrated', float('nan')):8.3f}" if cal else ""))
+    keys = ("flops", "teacher_flops", "hours_here", "hours_gpu", "hours_calibrated")
+    total = {k: sum(r.get(k, 0.0) for r in rows) for k in keys}
     lines.append(f"{'total (' + str(len(rows)) + ' runs)':32s} {'':9s} {'':12s} {total['flops']:14.3e} "
                  f"{total['teacher_flops']:14.3e} {total['hours_here']:8.3f}" +
-                 (f" {total['hours_gpu']:8.3f}" if gpu else ""))
+                 (f" {total['hours_gpu']:8.3f}" if gpu else "") + (f" {total['hours_calibrated']:8.3f}" if cal else ""))
     return "\n".join(lines)

@@ -97,7 +97,8 @@ def compare(a: MethodFit, b: MethodFit, cost: str, students: Dict[str, int]) -> 
 def predictions(fits: Dict[str, MethodFit], held: List[dict], seed: int) -> List[dict]:
     """Each held-out cell (method, params, images): the law's top-1 with a 95% prediction interval
     for the mean of its seeds (refits plus resampled seed noise), beside persistence (the largest
-    fitted size at that budget) and a line in log N at that budget."""
+    fitted size at that budget: the same images, or the same `budget` where the rows carry one) and a
+    line in log N at that budget."""
     rng = np.random.default_rng(seed)
     groups: Dict[tuple, list] = {}
     for r in held:
@@ -108,6 +109,7 @@ def predictions(fits: Dict[str, MethodFit], held: List[dict], seed: int) -> List
         if fit is None:
             continue
         flops = float(np.mean([r["flops"] for r in runs]))
+        budget = runs[0].get("budget")  # a study's budget in FLOPs: the naive baselines match it, not images
         measured = [float(r["top1"]) for r in runs if r.get("top1") is not None]
         m = len(runs)  # the cell's runs, measured or planned: the interval is for their mean
         point = float(fit.error(fit.solution.theta, [params], [images], [flops])[0])
@@ -116,19 +118,30 @@ def predictions(fits: Dict[str, MethodFit], held: List[dict], seed: int) -> List
         low, high = _percentiles(100 * (1 - drawn * np.exp(noise)))
         out.append({"method": method, "params": params, "images": images, "flops": flops,
                     "predicted_top1": 100 * (1 - point), "low": low, "high": high,
-                    "persistence_top1": _persistence(fit, images), "loglinear_top1": _loglinear(fit, params, images),
+                    "persistence_top1": _persistence(fit, images, budget),
+                    "loglinear_top1": _loglinear(fit, params, images, budget),
                     "measured_top1": float(np.mean(measured)) if measured else None, "seeds": len(measured)})
     return out
 
 
-def _persistence(fit: MethodFit, images) -> Optional[float]:
-    cells = cell_means(fit.rows)
-    at = [(n, c["top1"]) for (n, d), c in cells.items() if d == images]
+def _cells_at(fit: MethodFit, images, budget=None) -> List[tuple]:
+    """(params, mean top-1) of the fitted cells at `images`, or, where the rows carry a `budget` (training
+    FLOPs asked: each size trains its own images), at that budget."""
+    if budget is None:
+        return [(n, c["top1"]) for (n, d), c in cell_means(fit.rows).items() if d == images]
+    at: Dict[float, list] = {}
+    for r in (r for r in fit.rows if r.get("budget") == budget):
+        at.setdefault(r["params"], []).append(r["top1"])
+    return [(n, float(np.mean(v))) for n, v in at.items()]
+
+
+def _persistence(fit: MethodFit, images, budget=None) -> Optional[float]:
+    at = _cells_at(fit, images, budget)
     return max(at)[1] if at else None
 
 
-def _loglinear(fit: MethodFit, params, images) -> Optional[float]:
-    at = [(n, c["top1"]) for (n, d), c in cell_means(fit.rows).items() if d == images]
+def _loglinear(fit: MethodFit, params, images, budget=None) -> Optional[float]:
+    at = _cells_at(fit, images, budget)
     if len(at) < 2:
         return None
     slope, icept = np.polyfit(np.log([n for n, _ in at]), [t for _, t in at], 1)

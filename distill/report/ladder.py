@@ -97,33 +97,46 @@ def expand(study, path: Path, overrides=()) -> None:
     """Add a budgets ladder's variants to `study.runs`: per size (the held-out one last) and method, the
     long run to the largest budget, then the smaller budgets as its forks. A size's epochs are set by
     its student's FLOPs under the first method, so every method of a size trains the same epochs."""
-    from distill.recipe import load_config
-    from distill.report.scaling import ladder_variant
-
     sc = study.scaling
     if sc.epochs:
         raise ConfigError(f"study {path}: scaling gives epochs and budgets; give one (budgets: training FLOPs, "
                           "trained as cooldown forks; see docs/ladder.md)")
     if min(sc.budgets) <= 0:
         raise ConfigError(f"study {path}: scaling.budgets={sc.budgets} must be training FLOPs > 0")
-    order = [s for s in sc.sizes if s != sc.holdout] + [sc.holdout]
-    first = next(iter(sc.methods.values()))
     sc.rungs = {}
-    for size in order:
-        wsd = [*sc.sizes[size], "train.schedule=wsd"]
-        cfg = load_config(str(path.parent / first.recipe), [*study.overrides, *first.overrides, *wsd, *overrides])
-        image_flops, epoch_images, steps = size_shape(cfg, sc)
-        rungs = plan_size(sc.budgets, image_flops, epoch_images, steps, cfg.train.grad_accum_steps,
-                          cfg.train.cooldown, f"study {path}: size {size}")
-        sc.rungs[size] = rungs
-        for method, run in sc.methods.items():
-            long = ladder_variant(method, size, rungs[0].epochs)
-            for r in rungs:
-                extra = long_run_overrides(rungs) if r is rungs[0] else []
-                study.runs[ladder_variant(method, size, r.epochs)] = replace(  # a StudyRun, as the method's
-                    run, overrides=[*run.overrides, *wsd, f"train.epochs={r.epochs}", *extra],
-                    fork=f"{long}:{r.fork_step}" if r.fork_step else None)
+    for size in [s for s in sc.sizes if s != sc.holdout] + [sc.holdout]:
+        sc.rungs[size] = size_rungs(study, path, overrides, size)
+        add_cells(study, sc.methods, size, sc.rungs[size], [])
     sc.epochs = sorted({r.epochs for rungs in sc.rungs.values() for r in rungs})
+
+
+def size_rungs(study, path: Path, overrides, size: str, extra=()) -> List[Rung]:
+    """The rungs of one size under the first method (with `extra` overrides, e.g. another data.train_subset)."""
+    from distill.recipe import load_config
+
+    sc = study.scaling
+    first = next(iter(sc.methods.values()))
+    wsd = [*sc.sizes[size], "train.schedule=wsd", *extra]
+    cfg = load_config(str(path.parent / first.recipe), [*study.overrides, *first.overrides, *wsd, *overrides])
+    image_flops, epoch_images, steps = size_shape(cfg, sc)
+    return plan_size(sc.budgets, image_flops, epoch_images, steps, cfg.train.grad_accum_steps,
+                     cfg.train.cooldown, f"study {path}: size {size}" + (f" ({' '.join(extra)})" if extra else ""))
+
+
+def add_cells(study, methods: Dict, size: str, rungs: List[Rung], extra: List[str]) -> None:
+    """Per method label (-> its StudyRun) the long run and its forks of one size, with `extra` overrides."""
+    from distill.report.scaling import ladder_variant
+
+    wsd = [*study.scaling.sizes[size], "train.schedule=wsd", *extra]
+    for method, run in methods.items():
+        if run.sizes is not None and size not in run.sizes:
+            continue
+        long = ladder_variant(method, size, rungs[0].epochs)
+        for r in rungs:
+            more = long_run_overrides(rungs) if r is rungs[0] else []
+            study.runs[ladder_variant(method, size, r.epochs)] = replace(  # a StudyRun, as the method's
+                run, overrides=[*run.overrides, *wsd, f"train.epochs={r.epochs}", *more],
+                fork=f"{long}:{r.fork_step}" if r.fork_step else None)
 
 
 def check_forks(runs: Dict, path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Required: `method` (str), `params` (> 0), `images` (training images seen, > 0), `flops` (the
 student's training FLOPs, > 0), `seed` (int), `top1` (final test top-1 in %, 0 < top1 < 100).
-Optional: `size` (a label), `unique_images`, `test_loss`, `teacher_flops` (the teacher's whole
+Optional: `size` (a label), `unique_images`, `budget` (the training FLOPs a study asked: where held-out
+rows carry it, the naive baselines match fitted cells by it instead of by images), `test_loss`, `teacher_flops` (the teacher's whole
 training cost, the same on every row of a method), `baseline` (the method this one is compared
 with, the same on every row of a method), `holdout` (bool: kept out of the fit, predicted).
 Anything else in a row is kept and ignored.
@@ -17,7 +18,7 @@ from typing import List, Optional
 from distill.errors import ConfigError
 
 _NUMBERS = {"params": True, "images": True, "flops": True, "top1": True, "seed": True,
-            "unique_images": False, "test_loss": False, "teacher_flops": False}
+            "unique_images": False, "test_loss": False, "teacher_flops": False, "budget": False}
 
 
 def _number(row: dict, key: str, where: str):
@@ -28,7 +29,7 @@ def _number(row: dict, key: str, where: str):
         raise ConfigError(f"{where}: field 'seed' must be a whole number, got {v!r}")
     if key == "top1" and not 0 < v < 100:
         raise ConfigError(f"{where}: field 'top1' is final test top-1 in percent and must lie in (0, 100), got {v!r}")
-    if key in ("params", "images", "flops", "unique_images") and v <= 0:
+    if key in ("params", "images", "flops", "unique_images", "budget") and v <= 0:
         raise ConfigError(f"{where}: field {key!r} must be positive, got {v!r}")
     if key == "teacher_flops" and v < 0:
         raise ConfigError(f"{where}: field 'teacher_flops' must be >= 0, got {v!r}")

@@ -9,6 +9,7 @@ to `report.md`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +27,16 @@ from distill.models.cost import count_params, train_gflops
 
 PREDICTION = "prediction.json"
 BOOTSTRAP = 400  # refits per law in a study's report, as `distill fit`'s default
+# a prediction's fields filled in from the held-out runs after it was made: left out of its sha256
+MEASURED = ("measured_top1", "seeds", "measured_std", "error_points", "made_before_runs")
+
+
+def predictions_sha256(predictions: List[dict]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of a prediction.json's `predictions` as
+    made: every field but the measurement (`MEASURED`, null or 0 when made), so filling the measurement
+    in keeps the hash and any edit of what the law said changes it."""
+    made = [{k: v for k, v in p.items() if k not in MEASURED} for p in predictions]
+    return hashlib.sha256(json.dumps(made, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def ladder_variant(method: str, size: str, epochs: int) -> str:
@@ -33,9 +44,15 @@ def ladder_variant(method: str, size: str, epochs: int) -> str:
     return f"{method}_{size}_e{epochs}"
 
 
+def study_method(sc, name: str) -> str:
+    """The study method a fit label stands for: a data axis's `plain-u20000` is `plain` (data_axis.py)."""
+    return getattr(sc, "data_methods", {}).get(name, (name,))[0]
+
+
 def ladder_rows(runs: list, sc) -> List[dict]:
     """One row per finished ladder run: method, size, epochs, seed and what it cost and scored."""
-    where = {ladder_variant(m, s, e): (m, s, e) for m in sc.methods for s in sc.sizes for e in sc.epochs}
+    methods = [*sc.methods, *getattr(sc, "data_methods", {})]  # a data axis's labels are methods of the fit
+    where = {ladder_variant(m, s, e): (m, s, e) for m in methods for s in sc.sizes for e in sc.epochs}
     rows = []
     for run in runs:
         s = run["summary"]
@@ -47,8 +64,42 @@ def ladder_rows(runs: list, sc) -> List[dict]:
                      "params": s["params"], "flops": s["flops"], "images": s["images"], "top1": s["final_top1"],
                      "error": 1 - s["final_top1"] / 100, "test_loss": s.get("test_loss"),
                      "teacher_flops": s.get("teacher_flops", 0.0), "logit_cache": s.get("logit_cache"),
-                     "teacher": s.get("teacher"), "holdout": size == sc.holdout})
+                     **run_facts(run), "budget": budget_of(sc, method, size, epochs), "holdout": size == sc.holdout})
     return rows
+
+
+def budget_of(sc, method: str, size: str, epochs: int) -> Optional[float]:
+    """The training FLOPs a budgets study asked of a cell (None under `epochs`): the naive baselines of
+    its prediction compare sizes at one budget, where each trains its own images."""
+    images = getattr(sc, "data_methods", {}).get(method, (None, None))[1]
+    rungs = getattr(sc, "rungs", {}).get(f"{size}-u{images}" if images else size, [])
+    return next((r.budget for r in rungs if r.epochs == epochs), None)
+
+
+EXPORTED = ("teacher", "lr", "lr_effective", "unique_images", "started_at", "finished_at", "wall_s", "forked_from")
+
+
+def run_facts(run: dict) -> dict:
+    """What runs.jsonl carries beyond the fit's fields, from the run's summary.json and config.yaml:
+    `teacher` (the teacher run's folder name, else its hub model, else None), `lr` (train.lr as set;
+    `lr_effective` after the batch rule), `unique_images` (data.train_subset, else the source's
+    training split), `started_at`, `finished_at` (UTC, as the run recorded them: a fork keeps its long run's
+    start, which its checkpoint carries), `wall_s` and `forked_from` (the checkpoint a fork started from)."""
+    import yaml
+
+    from distill.data.sources import SOURCES
+
+    s, path = run["summary"], Path(run["dir"]) / records.CONFIG
+    cfg = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    data, train, teacher = cfg.get("data") or {}, cfg.get("train") or {}, cfg.get("teacher") or {}
+    source = SOURCES[data["name"]].shape if data.get("name") in SOURCES else None
+    unique = data.get("train_subset") or (source[0] if source else None)
+    if unique and source:
+        unique = min(unique, source[0])
+    named = Path(teacher["checkpoint"]).name if teacher.get("checkpoint") and s.get("teacher") else None
+    return {"teacher": named or s.get("teacher"), "lr": train.get("lr"), "lr_effective": s.get("lr"),
+            "unique_images": unique, "started_at": s.get("started_at"), "finished_at": s.get("finished_at"),
+            "wall_s": s.get("wall_s"), "forked_from": s.get("forked_from")}
 
 
 def holdout_student(job) -> tuple:
@@ -62,35 +113,38 @@ def holdout_student(job) -> tuple:
 
 
 def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
-    """Fit each method's law on the finished rungs, as `distill fit` does, and write the held-out
-    rung's predicted top-1 per budget (95% interval for the mean of its planned seeds) into
-    `folder/prediction.json`, with the time it was made; an existing one is kept (a prediction is made
-    once, before the held-out runs start)."""
+    """Fit each method's law on the finished rungs, as `distill fit` does (the form each method's
+    leave-one-size-out error picks), and write the held-out rung's predicted top-1 per budget (95%
+    interval for the mean of its planned seeds) into `folder/prediction.json`: `made_at`, `sha256`
+    (`predictions_sha256`) and `predictions` with fits.json's prediction fields (the measurement null);
+    an existing one is kept (a prediction is made once, before the held-out runs start)."""
     path = Path(folder) / PREDICTION
     if path.exists():
         return path
     runs = load_runs([j.run_dir for j in done_jobs if (j.run_dir / records.SUMMARY).exists()])
     rows = ladder_rows(runs, sc)
     table = fit_table(rows, runs, sc)
+    cells = {ladder_variant(m, sc.holdout, e): (m, e) for m in sc.methods for e in sc.epochs}
+    holdout_jobs = [j for j in holdout_jobs if j.variant in cells]  # the rung's cells (not its lr sweep)
     params, per_image = holdout_student(holdout_jobs[0])
-    per_epoch = rows[0]["images"] // rows[0]["epochs"]  # one training set: every run's epochs hold as many
-    held_epochs = sorted({int(j.variant.rsplit("_e", 1)[1]) for j in holdout_jobs})  # its own, under budgets
-    images = {e: e * per_epoch for e in held_epochs}
-    planned: Dict[str, int] = {}
+    main = next(r for r in rows if r["method"] in sc.methods)  # the study's own subset, not a data axis's
+    per_epoch = main["images"] // main["epochs"]  # one training set: every run's epochs hold as many
+    planned: Dict[tuple, int] = {}
     for j in holdout_jobs:
-        planned[j.variant] = planned.get(j.variant, 0) + 1
-    held = [{"method": m, "params": params, "images": images[e], "flops": per_image * images[e], "seed": s,
-             "top1": None, "holdout": True} for m in sc.methods for e in held_epochs
-            for s in range(planned.get(ladder_variant(m, sc.holdout, e), 1))]
+        planned[cells[j.variant]] = planned.get(cells[j.variant], 0) + 1
+    held = [{"method": m, "params": params, "images": e * per_epoch, "flops": per_image * e * per_epoch, "seed": s,
+             "top1": None, "holdout": True, "budget": budget_of(sc, m, sc.holdout, e)}
+            for (m, e), n in planned.items() for s in range(n)]
     result, _ = fit_rows(table + held, BOOTSTRAP, None)
-    epochs_of = {v: k for k, v in images.items()}
-    out = {"made_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "holdout": sc.holdout,
-           "holdout_params": params, "law": {m: law["form"] for m, law in result["laws"].items()},
-           "fitted_on": len(table), "fits": result["laws"],
-           "predictions": [{"run": ladder_variant(p["method"], sc.holdout, epochs_of[p["images"]]),
-                            "epochs": epochs_of[p["images"]], **{k: p[k] for k in (
-                                "method", "params", "images", "flops", "predicted_top1", "low", "high")}}
-                           for p in result["predictions"]]}
+    epochs_of = {e * per_epoch: e for _, e in planned}
+    predictions = [{"run": ladder_variant(p["method"], sc.holdout, epochs_of[p["images"]]),
+                    "epochs": epochs_of[p["images"]], "form": result["laws"][p["method"]]["form"],
+                    "planned_seeds": planned[p["method"], epochs_of[p["images"]]], **p}
+                   for p in result["predictions"]]
+    out = {"made_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "sha256": predictions_sha256(predictions), "holdout": sc.holdout, "holdout_params": params,
+           "law": {m: law["form"] for m, law in result["laws"].items()}, "fitted_on": len(table),
+           "fits": result["laws"], "predictions": predictions}
     durable.write_text(path, json.dumps(out, indent=2) + "\n", f"prediction {path}")
     return path
 
@@ -102,15 +156,18 @@ def baseline(sc) -> str:
 
 def check_prediction(folder: Path, rows: List[dict]) -> Optional[dict]:
     """prediction.json with each prediction's measured top-1 (mean over the held-out seeds) beside it,
-    and whether it was made before the first held-out run started (its config.yaml's time)."""
+    whether it was made before the first held-out run started (its config.yaml's time), and
+    `sha256_matches`: whether its predictions still hash to the `sha256` written when it was made."""
     path = Path(folder) / PREDICTION
     if not path.exists():
         return None
     pred = json.loads(path.read_text())
     made = datetime.fromisoformat(pred["made_at"]).timestamp()
+    pred["sha256_matches"] = pred.get("sha256") == predictions_sha256(pred["predictions"])
     for p in pred["predictions"]:
         held = [r for r in rows if r["run"].rsplit("_s", 1)[0] == p["run"]]
         p["measured_top1"] = mean([r["top1"] for r in held]) if held else None
+        p["seeds"] = len(held)
         p["measured_std"] = std([r["top1"] for r in held]) if held else None
         p["error_points"] = p["predicted_top1"] - p["measured_top1"] if held else None
         started = [(Path(folder) / r["run"] / records.CONFIG).stat().st_mtime for r in held]
@@ -125,13 +182,15 @@ def fit_table(rows: List[dict], runs: list, sc) -> List[dict]:
     base = baseline(sc)
     table = []
     for r in rows:
-        teacher = sc.methods[r["method"]].teacher
+        teacher = sc.methods[study_method(sc, r["method"])].teacher
         cost = next((f for name, f in trained.items() if teacher and name.startswith(f"{teacher}_s")), None)
         row = {k: r[k] for k in ("run", "method", "size", "params", "images", "flops", "seed", "top1", "test_loss",
-                                 "holdout")}
+                                 "holdout", "budget", *EXPORTED)}
         if cost:
             row["teacher_flops"] = cost
-        if r["method"] != base:
+        if study_method(sc, r["method"]) != r["method"]:
+            row["baseline"] = study_method(sc, r["method"])  # unique images against repetition
+        elif r["method"] != base:
             row["baseline"] = base
         table.append(check_row(row, f"run {r['run']}"))
     return check_table(table, "the study's runs")
@@ -142,8 +201,11 @@ def _prediction(pred) -> List[str]:
         return ["No prediction was made (the study has no held-out rung that ran after the others).", ""]
     head = ["run", "predicted top-1 % [95% band]", "measured (mean ± std)", "predicted - measured", "made before"]
     law = pred["law"] if isinstance(pred["law"], str) else ", ".join(f"{m}: {f}" for m, f in pred["law"].items())
+    sha = ("no sha256 (made before predictions were hashed)" if "sha256" not in pred else
+           f"sha256 {pred['sha256'][:12]}...: " + ("its predictions still match it" if pred["sha256_matches"]
+                                                   else "its predictions NO LONGER match it: edited since made"))
     lines = [f"Made at {pred['made_at']} from {pred['fitted_on']} runs of the other rungs (law: {law}), for "
-             f"`{pred['holdout']}` ({pred['holdout_params']:,} parameters):", "",
+             f"`{pred['holdout']}` ({pred['holdout_params']:,} parameters); {sha}:", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in pred["predictions"]:
         lines.append(f"| {p['run']} | {p['predicted_top1']:.2f} [{p['low']:.2f}, {p['high']:.2f}] | "
@@ -162,6 +224,8 @@ def write_scaling_report(runs: list, sc, folder: Path, out: Path) -> Path:
     result, fits = fit_rows(table, BOOTSTRAP, None)
     result["prediction"] = check_prediction(folder, rows)
     durable.write_text(out / "runs.jsonl", "".join(json.dumps(r) + "\n" for r in table), str(out / "runs.jsonl"))
+    if result["prediction"] is not None:  # the study folder's copy stays as made; this one has the measurement
+        durable.write_text(out / PREDICTION, json.dumps(result["prediction"], indent=2) + "\n", str(out / PREDICTION))
     figures = plots(result, fits, table, out)
     path = out / "fits.json"
     durable.write_text(path, json.dumps(result, indent=2) + "\n", str(path))

@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill.config import may_differ_on_resume
 from distill.recipe import load_config
 from distill.errors import ConfigError
-from distill.report import ladder, preregister, scaling
+from distill.report import calibrate, data_axis, ladder, lr_sweep, preregister, scaling, teacher_axis
+from distill.report.data_axis import DataAxis
+from distill.report.teacher_axis import TeacherAxis
 from distill.report.baselines import study_baselines
 from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
@@ -41,6 +44,7 @@ class StudyRun:
     baseline: Optional[str] = None  # the plain variant its gain is measured against (None: found, see baselines.py)
     declared_differences: List[str] = field(default_factory=list)  # keys outside the method's it may differ in
     fork: Optional[str] = None  # "<variant>:<step>": starts from that variant's same-seed checkpoint (docs/ladder.md)
+    sizes: Optional[List[str]] = None  # in scaling.methods: the sizes it runs at (None: every size)
 
 
 @dataclass
@@ -56,6 +60,9 @@ class Scaling:
     gpu: Optional[str] = None  # docs/bench/<gpu>/: the dry run also estimates that GPU's hours
     train_images: Optional[int] = None  # the training split's size, for a dry run where the data is absent
     processes: int = 1  # processes a run uses (GPUs), for the dry run's images per epoch
+    lr_sweep: List[float] = field(default_factory=list)  # rates tried per size before its runs (lr_sweep.py)
+    teacher_axis: Optional[TeacherAxis] = None  # a method run from several teachers (teacher_axis.py)
+    data_axis: Optional[DataAxis] = None  # cells run again on another number of unique images (data_axis.py)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class Job:
     cmd: List[str]
     needs: Optional[Path] = None
     holdout: bool = False  # a held-out rung's run: predicted before it starts
+    waits_for_lr: Optional[str] = None  # the size whose rate (scaling.lr_sweep) is not chosen yet
     recipe: str = ""
     settings: List[str] = field(default_factory=list)  # the key=value overrides of its command
 
@@ -89,17 +97,43 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
     sc.holdout = sc.holdout or list(sc.sizes)[-1]
     if sc.holdout not in sc.sizes:
         raise ConfigError(f"study {path}: scaling.holdout={sc.holdout!r} is not one of the sizes: {', '.join(sc.sizes)}")
+    for method, run in sc.methods.items():
+        if run.sizes is not None and (not set(run.sizes) <= set(sc.sizes) or sc.holdout not in run.sizes):
+            raise ConfigError(f"study {path}: scaling.methods.{method}.sizes={run.sizes} must be sizes of the study "
+                              f"and hold the held-out {sc.holdout}")
     if sc.budgets:
-        return ladder.expand(study, path, overrides)
+        ladder.expand(study, path, overrides)
+        return _expand_axes(study, path, overrides)
     if min(sc.epochs) < 1:
         raise ConfigError(f"study {path}: scaling.epochs={sc.epochs} must be whole epochs >= 1")
     order = [s for s in sc.sizes if s != sc.holdout] + [sc.holdout]
     for size in order:
         for method, run in sc.methods.items():
-            for epochs in sc.epochs:
+            for epochs in sc.epochs if run.sizes is None or size in run.sizes else []:
                 study.runs[ladder_variant(method, size, epochs)] = StudyRun(
                     run.recipe, run.seeds, [*run.overrides, *sc.sizes[size], f"train.epochs={epochs}"], run.teacher,
                     run.baseline and ladder_variant(run.baseline, size, epochs), run.declared_differences)
+    _expand_axes(study, path, overrides)
+
+
+def _expand_axes(study: Study, path: Path, overrides=()) -> None:
+    """The data axis's and the teacher axis's runs (`data_axis.expand`, `teacher_axis.expand`); with
+    `scaling.lr_sweep`, each size's sweep runs before its ladder runs (`lr_sweep.expand`), the axes' included."""
+    sc = study.scaling
+    axis = data_axis.expand(study, path, overrides) if sc.data_axis is not None else {}
+    axis.update(teacher_axis.expand(study, path) if sc.teacher_axis is not None else {})
+    if not sc.lr_sweep:
+        return
+    size_of = {ladder_variant(m, size, e): size for m in sc.methods for size in sc.sizes for e in sc.epochs
+               if ladder_variant(m, size, e) in study.runs}
+    size_of.update(axis)
+    base = scaling.baseline(sc)
+    if sc.methods[base].sizes is not None:
+        raise ConfigError(f"study {path}: scaling.lr_sweep sweeps each size with {base}, which must run at every size "
+                          f"(remove scaling.methods.{base}.sizes)")
+    smallest = {size: min((v for v, s in size_of.items() if s == size and v.startswith(f"{base}_{size}_e")),
+                          key=lambda v: int(v.rsplit("_e", 1)[1])) for size in sc.sizes}
+    lr_sweep.expand(study, path, size_of, smallest)
 
 
 def load_study(path: Path, overrides=()) -> Study:
@@ -110,6 +144,11 @@ def load_study(path: Path, overrides=()) -> Study:
     except OmegaConfBaseException as e:
         raise ConfigError(f"study {path}: {getattr(e, 'full_key', '') or ''}: "
                           f"{str(getattr(e, 'msg', e)).splitlines()[0]}") from None
+    except yaml.YAMLError as e:  # e.g. [a, b=[]] : a flow list's [] needs quotes
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"study {path}:{where}: not valid YAML ({getattr(e, 'problem', None) or e}); "
+                          "quote an item that holds [ ] { } or ': '") from None
     if study.scaling is not None:
         _expand_scaling(study, path, overrides)
     if study.launcher not in ("python", "launch"):
@@ -185,6 +224,9 @@ def plan(path: Path, overrides=()) -> List[Job]:
     sc, held = study.scaling, set()
     if sc is not None:
         held = {ladder_variant(m, sc.holdout, e) for m in sc.methods for e in sc.epochs}
+        held |= {v for v, size in {**getattr(sc, "sweep_size", {}), **getattr(sc, "axis_sizes", {})}.items()
+                 if size == sc.holdout}  # the held-out size's sweep and teacher axis: after the prediction
+        lr_sweep.check_overrides(sc, overrides, path)
     jobs = []
     for variant, run in study.runs.items():
         for seed in run.seeds or study.seeds:
@@ -192,6 +234,8 @@ def plan(path: Path, overrides=()) -> List[Job]:
             needs = first_run[run.teacher] if run.teacher else None
             extra = [f"teacher.checkpoint={needs}"] if needs else []
             resume, source = ladder.resume(run.fork, folder, seed, run_dir)  # a fork waits for its source run instead
+            lr, waits = lr_sweep.lr_setting(sc, variant, folder)  # the size's chosen rate, once its sweep has run
+            extra += [lr] if lr else []
             settings = [*study.overrides, *run.overrides, *extra, *overrides,
                         f"name={run_dir.name}", f"output_dir={folder}", f"seed={seed}", f"train.resume={resume}"]
             needs = source or needs
@@ -199,7 +243,8 @@ def plan(path: Path, overrides=()) -> List[Job]:
             launcher = [str(ROOT / "launch.sh")] if study.launcher == "launch" else [sys.executable, "-m", "distill",
                                                                                     "train"]
             holdout = variant in held
-            jobs.append(Job(variant, seed, run_dir, [*launcher, recipe, *settings], needs, holdout, recipe, settings))
+            jobs.append(Job(variant, seed, run_dir, [*launcher, recipe, *settings], needs, holdout, waits, recipe,
+                            settings))
     return jobs
 
 
@@ -238,12 +283,43 @@ def _run(job: Job, status: dict) -> None:
         status[job.run_dir] = "complete (skipped)"
     elif job.needs is not None and not (job.needs / records.SUMMARY).exists():
         status[job.run_dir] = f"not run: {job.needs.name}, which it needs, is not complete"
+    elif lr_sweep.waiting(job):
+        status[job.run_dir] = lr_sweep.waiting(job)
     else:
         print(f"== study: {label}: {' '.join(job.cmd[-4:])}", flush=True)
         rc = subprocess.run(job.cmd, cwd=Path.cwd()).returncode
         done = (job.run_dir / records.SUMMARY).exists()
         status[job.run_dir] = "ran" if done else f"FAILED (exit {rc})"
     print(f"== study: {label}: {status[job.run_dir]}", flush=True)
+
+
+def _run_phase(path: Path, overrides, study: Study, jobs: List[Job], holdout: bool, status: dict) -> List[Job]:
+    """Run the jobs of one phase: the fitted rungs (`holdout` False) or the held-out one. With
+    `scaling.lr_sweep`, the phase's sweep runs go first; then each size whose sweep is complete gets
+    its rate (lrs.json) and the study is planned again, so that its runs carry it. Returns the jobs."""
+    sweeps = [j for j in jobs if j.holdout == holdout and lr_sweep.is_sweep(j.variant)]
+    for job in sweeps:
+        _run(job, status)
+    if sweeps:
+        lr_sweep.choose(jobs[0].run_dir.parent, study.scaling, jobs)
+        jobs = plan(path, overrides)
+        _check_existing(jobs, path)
+    for job in (j for j in jobs if j.holdout == holdout and not lr_sweep.is_sweep(j.variant)):
+        _run(job, status)
+    return jobs
+
+
+def _scaling_report(study: Study, jobs: List[Job], finished: List[Path], out: Path) -> None:
+    """The scaling sections of report.md: the fits, the pre-registration's verdict, the teacher axis and
+    the dry run's calibrated estimate against the measured time."""
+    folder = jobs[0].run_dir.parent
+    print(f"== study: scaling report in {scaling.write_scaling_report(load_runs(finished), study.scaling, folder, out)}")
+    line = preregister.verdict(folder, [j.run_dir for j in jobs if j.holdout])
+    with open(out / "report.md", "a") as f:
+        f.write(f"\n{line}\n" + "\n".join(calibrate.report_lines(folder, finished)) + "\n")
+    if study.scaling.teacher_axis is not None:
+        print(f"== study: teacher axis in {teacher_axis.write(study.scaling, folder, study.seeds, out)}")
+    print(f"== study: {line}")
 
 
 def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> int:
@@ -259,27 +335,21 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     declared = {v: r.declared_differences for v, r in study.runs.items()}
     folder = jobs[0].run_dir.parent
     status = {}
-    for job in (j for j in jobs if not j.holdout):
-        _run(job, status)
+    jobs = _run_phase(path, overrides, study, jobs, False, status)
     if any(j.holdout for j in jobs):
-        prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], study.scaling,
-                                             [j for j in jobs if j.holdout])
-        ladder = {ladder_variant(m, size, e) for m in study.scaling.methods for size in study.scaling.sizes
-                  for e in study.scaling.epochs}
+        sc = study.scaling
+        prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], sc, [j for j in jobs if j.holdout])
+        ladder = {ladder_variant(m, size, e) for m in [*sc.methods, *getattr(sc, "data_methods", {})]
+                  for size in sc.sizes for e in sc.epochs}
         locked = preregister.lock(folder, [j.run_dir for j in jobs if not j.holdout and j.variant in ladder])
         print(f"== study: prediction for the held-out rung in {prediction}, locked in {locked}", flush=True)
-    for job in (j for j in jobs if j.holdout):
-        _run(job, status)
+    jobs = _run_phase(path, overrides, study, jobs, True, status)
     finished = [j.run_dir for j in jobs if (j.run_dir / records.SUMMARY).exists()]
     if finished:
         out = report_dir or (folder / "report")
         print(f"== study: report in {write_report(load_runs(finished), out, baselines, declared)}")
         if study.scaling is not None:
-            print(f"== study: scaling report in {scaling.write_scaling_report(load_runs(finished), study.scaling, folder, out)}")
-            line = preregister.verdict(folder, [j.run_dir for j in jobs if j.holdout])
-            with open(out / "report.md", "a") as f:
-                f.write(f"\n{line}\n")
-            print(f"== study: {line}")
+            _scaling_report(study, jobs, finished, out)
     failed = [str(d) for d, s in status.items() if not (d / records.SUMMARY).exists()]
     for d in failed:
         print(f"== study: incomplete: {d}: {status[Path(d)]}", file=sys.stderr)

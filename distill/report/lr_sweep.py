@@ -1,0 +1,126 @@
+"""A learning rate per size in a scaling study (`scaling.lr_sweep`, docs/ladder.md).
+
+Before a size's ladder runs, the study trains it once per rate of the sweep: the baseline method
+(`plain` if the study has it), the study's first seed, the size's smallest budget (under `budgets`,
+a warmup-stable-decay run from scratch of that budget's epochs: what its fork is, bit for bit). The
+best final top-1 picks the size's `train.lr`; `<study folder>/lrs.json` records every rate tried,
+its top-1 and the choice, once made (a re-run of the study reads it and skips the complete runs).
+Every later run of that size uses the chosen rate. The held-out size's sweep runs after the
+prediction for it is written: its top-1 at the smallest budget is a measurement of the held-out rung.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from distill.errors import ConfigError
+from distill.runs import durable, records
+from distill.runs.checkpoint import utc_now
+
+LRS = "lrs.json"
+PREFIX = "lrsweep_"  # a sweep run's variant: lrsweep_<size>_lr<rate>; never a ladder cell or a baseline
+
+
+def sweep_variant(size: str, lr: float) -> str:
+    return f"{PREFIX}{size}_lr{lr:g}"
+
+
+def is_sweep(variant: str) -> bool:
+    return variant.startswith(PREFIX)
+
+
+def expand(study, path: Path, size_of: Dict[str, str], smallest: Dict[str, str]) -> None:
+    """Put each size's sweep variants before its first ladder variant in `study.runs`. `size_of`:
+    ladder variant -> size; `smallest`: size -> the baseline method's variant at the smallest budget,
+    whose settings (fork aside: the sweep trains from scratch) each sweep run takes, with its rate."""
+    sc = study.scaling
+    rates = list(sc.lr_sweep)
+    if len(set(rates)) != len(rates) or min(rates) <= 0:
+        raise ConfigError(f"study {path}: scaling.lr_sweep={rates} must be distinct learning rates > 0")
+    sc.size_of, sc.sweep_size = dict(size_of), {}
+    runs, seed = {}, study.seeds[0]
+    for variant, run in study.runs.items():
+        size = size_of.get(variant)
+        if size is not None and sweep_variant(size, rates[0]) not in runs:
+            base = study.runs[smallest[size]]
+            for lr in rates:
+                runs[sweep_variant(size, lr)] = replace(base, seeds=[seed], fork=None,
+                                                        overrides=[*base.overrides, f"train.lr={lr:g}"])
+                sc.sweep_size[sweep_variant(size, lr)] = size
+        runs[variant] = run
+    study.runs = runs
+
+
+def chosen(folder: Path) -> Dict[str, dict]:
+    """lrs.json of the study folder: size -> {chosen, tried, ...}; {} before any choice."""
+    path = Path(folder) / LRS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def choose(folder: Path, sc, jobs) -> Dict[str, dict]:
+    """Choose the rate of every size whose sweep runs are all complete and that has none yet; write
+    lrs.json (a choice once made is kept). Returns lrs.json's content."""
+    lrs = chosen(folder)
+    sweeps: Dict[str, list] = {}
+    for job in (j for j in jobs if is_sweep(j.variant)):
+        sweeps.setdefault(sc.sweep_size[job.variant], []).append(job)
+    new = False
+    for size, mine in sweeps.items():
+        if size in lrs or not all((j.run_dir / records.SUMMARY).exists() for j in mine):
+            continue
+        tried = []
+        for job in mine:
+            s = json.loads((job.run_dir / records.SUMMARY).read_text())
+            lr = float(next(x for x in reversed(job.settings) if x.startswith("train.lr=")).split("=", 1)[1])
+            tried.append({"lr": lr, "top1": s["final_top1"], "run": job.run_dir.name})
+        best = max(tried, key=lambda t: t["top1"])  # the first of equal top-1s: the sweep's order
+        lrs[size] = {"chosen": best["lr"], "epochs": int(dict(x.split("=", 1) for x in mine[0].settings)["train.epochs"]),
+                     "seed": mine[0].seed, "tried": tried, "chosen_at": utc_now()}
+        new = True
+    if new:
+        durable.write_text(Path(folder) / LRS, json.dumps(lrs, indent=2) + "\n", f"learning rates {folder / LRS}")
+    return lrs
+
+
+def lr_setting(sc, variant: str, folder: Path) -> tuple:
+    """(the `train.lr=` override of a ladder variant, or None; the size whose rate it still waits for, or None)."""
+    if not getattr(sc, "lr_sweep", None) or variant not in getattr(sc, "size_of", {}):
+        return None, None
+    size = sc.size_of[variant]
+    lrs = chosen(folder)
+    return (f"train.lr={lrs[size]['chosen']:g}", None) if size in lrs else (None, size)
+
+
+def check_overrides(sc, overrides, path: Path) -> None:
+    """A command-line train.lr would overrule every size's choice: refused where the study sweeps."""
+    if getattr(sc, "lr_sweep", None) and any(o.split("=", 1)[0].strip() == "train.lr" for o in overrides):
+        raise ConfigError(f"study {path}: train.lr= on the command line cannot apply: scaling.lr_sweep chooses each "
+                          "size's rate; edit lr_sweep in the study file instead")
+
+
+def dry_run_lines(sc, folder: Path) -> List[str]:
+    """What the dry run says of the rates: chosen (lrs.json), or decided after the sweep's runs."""
+    if not getattr(sc, "lr_sweep", None):
+        return []
+    lrs = chosen(folder)
+    sizes = list(dict.fromkeys(sc.sweep_size.values()))
+    lines = ["", f"learning rate per size: {len(sc.sweep_size)} sweep runs (lrsweep_<size>_lr<rate>), rates "
+             f"{', '.join(f'{r:g}' for r in sc.lr_sweep)} at each size's smallest budget, the study's first seed; the "
+             "best final top-1 sets the size's train.lr"]
+    for size in sizes:
+        if size in lrs:
+            lines.append(f"  {size}: train.lr={lrs[size]['chosen']:g} (chosen, {LRS})")
+        else:
+            lines.append(f"  {size}: decided after its sweep runs; its runs above show the recipe's train.lr, "
+                         "which the chosen rate replaces" + (" (held out: swept after the prediction)"
+                                                            if size == sc.holdout else ""))
+    return lines
+
+
+def waiting(job) -> Optional[str]:
+    """Why a job cannot start yet, or None: a ladder run whose size's rate is not chosen."""
+    if getattr(job, "waits_for_lr", None):
+        return f"not run: the learning rate of size {job.waits_for_lr} is not chosen (its sweep runs are not all complete)"
+    return None

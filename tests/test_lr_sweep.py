@@ -1,0 +1,111 @@
+"""A learning rate per size (`scaling.lr_sweep`): the sweep's runs first, each size's best rate chosen
+into lrs.json, every later run of that size with it; the held-out size swept after the prediction.
+Training is stood in for: a run is a summary.json whose top-1 depends on its rate."""
+import json
+import math
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from distill.errors import ConfigError
+from distill.report import study as study_mod
+from distill.report.study import plan, run_study
+
+BEST = {"a": 1e-3, "b": 2e-3}  # the rate that scores best on each size
+
+
+def _study(tmp_path, budgets=False):
+    path = tmp_path / "s.yaml"
+    sizes = {"a": ["student.embed_dim=64", "student.depth=2", "student.num_heads=2"],
+             "b": ["student.embed_dim=96", "student.depth=2", "student.num_heads=3"]}
+    extra = {"budgets": [2.2e11, 8.8e11]} if budgets else {"epochs": [1, 2]}
+    path.write_text(yaml.safe_dump({
+        "name": "s", "output_dir": str(tmp_path / "out"), "seeds": [0, 1],
+        "overrides": ["data.train_subset=5000", "train.lr=1e-3", "train.cooldown=0.25"],
+        "scaling": {"sizes": sizes, "lr_sweep": [5e-4, 1e-3, 2e-3], **extra,
+                    "methods": {"plain": {"recipe": str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")}}}}))
+    return path
+
+
+def _setting(cmd, key):
+    return [c.split("=", 1)[1] for c in cmd if c.startswith(key + "=")][-1]
+
+
+def test_the_sweep_runs_first_at_the_smallest_budget_and_the_ladder_waits_for_its_rate(tmp_path):
+    jobs = plan(_study(tmp_path, budgets=True))
+    names = [j.run_dir.name for j in jobs]
+    sweep_a = ["lrsweep_a_lr0.0005_s0", "lrsweep_a_lr0.001_s0", "lrsweep_a_lr0.002_s0"]
+    assert names[:3] == sweep_a and all(not n.startswith("lrsweep_a") for n in names[3:])
+    small = min((j for j in jobs if j.variant.startswith("plain_a_")), key=lambda j: int(_setting(j.cmd, "train.epochs")))
+    for j in jobs[:3]:  # the smallest budget's epochs, from scratch (wsd: what its fork is), one seed, its rate
+        assert _setting(j.cmd, "train.epochs") == _setting(small.cmd, "train.epochs")
+        assert (_setting(j.cmd, "train.resume"), _setting(j.cmd, "train.schedule"), j.seed) == ("auto", "wsd", 0)
+        assert not j.holdout and j.waits_for_lr is None
+    assert [float(_setting(j.cmd, "train.lr")) for j in jobs[:3]] == [5e-4, 1e-3, 2e-3]
+    ladder = [j for j in jobs if j.variant.startswith("plain_")]
+    assert {j.waits_for_lr for j in ladder} == {"a", "b"}
+    held = [j for j in jobs if j.holdout]  # b is held out: its sweep too, before its ladder runs
+    assert [j.run_dir.name for j in held][:3] == [n.replace("_a_", "_b_") for n in sweep_a]
+    with pytest.raises(ConfigError, match="lr_sweep chooses each size's rate"):
+        plan(_study(tmp_path), ["train.lr=3e-3"])
+
+
+def _fake_train(order):
+    def run(cmd, cwd=None):
+        name, folder, lr = _setting(cmd, "name"), _setting(cmd, "output_dir"), float(_setting(cmd, "train.lr"))
+        size = name.split("_")[1]
+        order.append((name, lr))
+        if name == "lrsweep_a_lr0.002_s0" and getattr(run, "fail", False):
+            return type("Done", (), {"returncode": 1})()
+        top1 = 80 - 10 * abs(math.log2(lr / BEST[size]))
+        d = __import__("pathlib").Path(folder) / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "summary.json").write_text(json.dumps({"name": name, "final_top1": top1, "seed": 0}))
+        return type("Done", (), {"returncode": 0})()
+    return run
+
+
+def _stub_reports(monkeypatch, predicted):
+    def predict(folder, done, sc, held):
+        predicted.append(len(done))
+        (folder / "prediction.json").write_text(json.dumps({"predictions": []}))
+        return folder / "prediction.json"
+
+    monkeypatch.setattr(study_mod.scaling, "predict_holdout", predict)
+    monkeypatch.setattr(study_mod.scaling, "write_scaling_report", lambda runs, sc, folder, out: out / "f.json")
+    monkeypatch.setattr(study_mod, "write_report", lambda runs, out, *a: (out.mkdir(parents=True, exist_ok=True), out / "r.md")[1])
+
+
+def test_each_size_runs_at_its_best_rate_recorded_in_lrs_json_and_a_rerun_keeps_it(tmp_path, monkeypatch):
+    order, predicted = [], []
+    monkeypatch.setattr(study_mod.subprocess, "run", _fake_train(order))
+    _stub_reports(monkeypatch, predicted)
+    path = _study(tmp_path)
+    assert run_study(path) == 0
+    folder = tmp_path / "out" / "s"
+    lrs = json.loads((folder / "lrs.json").read_text())
+    assert {s: v["chosen"] for s, v in lrs.items()} == BEST
+    assert [t["lr"] for t in lrs["a"]["tried"]] == [5e-4, 1e-3, 2e-3] and lrs["a"]["epochs"] == 1
+    names = [n for n, _ in order]
+    assert names.index("lrsweep_b_lr0.0005_s0") > names.index("plain_a_e2_s1")  # b swept after a's runs...
+    assert predicted == [4 + 3]  # ...and after the prediction, made from a's 4 ladder runs (and its sweep)
+    for name, lr in order:
+        if name.startswith("plain_"):
+            assert lr == BEST[name.split("_")[1]], name
+    (folder / "lrsweep_a_lr0.0005_s0" / "summary.json").write_text(json.dumps({"final_top1": 99.0}))
+    order.clear()
+    assert run_study(path) == 0 and order == []  # complete runs skipped, the choice kept
+    assert json.loads((folder / "lrs.json").read_text())["a"]["chosen"] == 1e-3
+
+
+def test_a_size_whose_sweep_failed_runs_nothing_else(tmp_path, monkeypatch, capsys):
+    order, predicted = [], []
+    fake = _fake_train(order)
+    fake.fail = True
+    monkeypatch.setattr(study_mod.subprocess, "run", fake)
+    _stub_reports(monkeypatch, predicted)
+    assert run_study(_study(tmp_path)) == 1
+    assert not any(n.startswith("plain_a") for n, _ in order)
+    assert "the learning rate of size a is not chosen" in capsys.readouterr().err
+    assert "a" not in json.loads((tmp_path / "out" / "s" / "lrs.json").read_text())
