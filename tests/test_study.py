@@ -327,3 +327,22 @@ def test_a_study_file_that_is_not_yaml_is_refused_in_one_line(tmp_path):
     path.write_text("name: s\noverrides: [data.train_subset=640, train.log_with=[]]\n")
     with pytest.raises(ConfigError, match=r"s.yaml: line 2, column \d+: not valid YAML .*quote an item"):
         load_study(path)
+
+
+def test_a_run_written_before_a_methods_keys_existed_differs_in_none_of_them(tmp_path):
+    """The report reads each run's config.yaml; one written before a method was added holds none of its
+    keys, which are their defaults there, not a difference (the example study's plain_nols, written
+    before ViTKD, against crd)."""
+    import yaml
+
+    from distill.config import to_yaml
+    from distill.recipe import load_config
+    from distill.report.baselines import differences, saved_config
+
+    text = to_yaml(load_config(str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")))
+    old = yaml.safe_load(text)
+    del old["distill"]["vitkd_alpha"], old["distill"]["crd_beta"]
+    for name, body in (("new", text), ("old", yaml.safe_dump(old))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(body)
+    assert differences(saved_config(tmp_path / "new"), saved_config(tmp_path / "old")) == {}
