@@ -21,11 +21,13 @@ $(FMNIST):
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "error: Fashion-MNIST is missing; install Debian's dataset-fashion-mnist as root" >&2; exit 2; fi
 
-# The tests run on TEST_WORKERS processes (pytest-xdist), one thread each (tests/conftest.py).
+# The tests run on TEST_WORKERS processes (pytest-xdist), one thread each (tests/conftest.py). In the whole
+# suite a module's tests stay on one process (--dist loadscope), so a fixture's training run is made once;
+# the fast tier has none and balances test by test (docs/tests.md has both times).
 TEST_WORKERS ?= 2
 
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 # The everyday tier: everything but the real training runs (about 1 minute here).
 test-fast: setup
