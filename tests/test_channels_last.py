@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import distill.train.step
 from conftest import needs_fmnist, run_main
 
-pytestmark = needs_fmnist
+pytestmark = [needs_fmnist, pytest.mark.slow]  # three real training runs: the full tier only
 
 TEACHER = ["recipes/fashion_mnist/teacher_resnet18.yaml", "student.model=resnet10t", "student.small_input_stem=false",
            "data.train_subset=256", "data.test_subset=100", "data.batch_size=32", "data.cutmix_alpha=0",

@@ -147,11 +147,13 @@ def test_tensorboard_on_full_disk_raises_one_line(tmp_path, monkeypatch):
 @needs_fmnist
 @pytest.mark.slow
 def test_run_on_full_disk_stops_cleanly_and_resumes_exactly(tmp_path, short_run):
-    """Checkpoints every 16 steps (38 MB each, keep 2) on a 96 MiB filesystem: the third (step 48, before
-    the epoch's end at 64) does not fit. The run must exit 2 with one line, leave no temporary, keep steps
-    16 and 32 whole, and after the filesystem grows, resume to the weights of an uninterrupted run."""
+    """Checkpoints every 16 steps (keep 2) on a filesystem of 2.5 checkpoints (the uninterrupted run's are the
+    size): the third (step 48, before the epoch's end at 64) does not fit. The run must exit 2 with one
+    line, leave no temporary, keep steps 16 and 32 whole, and after the filesystem grows, resume to the
+    weights of an uninterrupted run."""
     args = ["train", RECIPE, *SHORT, "train.checkpoint_every_steps=16", "train.keep_checkpoints=2"]
-    with tmpfs(tmp_path / "fs", "96m") as fs:
+    checkpoint = sum(f.stat().st_size for f in complete_checkpoints(short_run)[-1].rglob("*") if f.is_file())
+    with tmpfs(tmp_path / "fs", str(int(2.5 * checkpoint))) as fs:
         run_dir = fs / NAME
         failed = run_cli(*args, f"output_dir={fs}")
         assert failed.returncode == 2, failed.stderr[-3000:]
@@ -165,7 +167,7 @@ def test_run_on_full_disk_stops_cleanly_and_resumes_exactly(tmp_path, short_run)
             assert load_file(str(ckpt / "model.safetensors"))
             assert torch.load(ckpt / "optimizer.bin", weights_only=False)["state"]
 
-        subprocess.run(["mount", "-o", "remount,size=256m", str(fs)], check=True)
+        subprocess.run(["mount", "-o", f"remount,size={8 * checkpoint}", str(fs)], check=True)
         resumed = run_cli(*args, f"output_dir={fs}", "train.resume=auto")
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert f"resumed from {kept[-1]}" in resumed.stdout + resumed.stderr

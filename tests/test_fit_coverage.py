@@ -4,6 +4,7 @@ held-out size, as the committed CPU ladder has."""
 import math
 
 import numpy as np
+import pytest
 
 from distill.report.fit_claims import predictions
 from distill.report.fit_runs import fit_method, one_blas_thread
@@ -22,6 +23,7 @@ def _runs(rng, sizes, holdout):
             for n in sizes for d in IMAGES for s in (0, 1)]
 
 
+@pytest.mark.slow  # 40 replicas of 50 refits: the full tier
 def test_95_percent_intervals_cover_the_truth_at_about_the_nominal_rate():
     """Per replica: the refits' 95% band for the law at an interior cell (parameter uncertainty)
     against the true error, and the 95% prediction interval for the held-out cells' two-seed mean
