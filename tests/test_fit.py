@@ -194,18 +194,40 @@ def test_a_table_too_small_to_choose_a_law_is_refused_in_one_line(tmp_path, caps
     assert "\n" not in err and not (tmp_path / "out").exists()
 
 
-def test_the_docs_state_the_committed_fits_crossings_and_errors():
+@pytest.mark.parametrize("fits_json, pages", [
+    ("docs/scaling_cpu/fit/fits.json", ("docs/scaling_cpu/README.md", "docs/scaling.md")),
+    ("docs/scaling_cpu_v2/report/fits.json", ("docs/scaling_cpu_v2/README.md",))], ids=["v1", "v2"])
+def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages):
     """Every crossing (with its interval) and the held-out errors beside their baselines, as the committed
-    fits.json has them, appear in the two pages that state them; a page left stale fails here."""
-    fits = json.loads((ROOT / "docs/scaling_cpu/fit/fits.json").read_text())
+    fits.json has them, appear in the pages that state them; a page left stale fails here."""
+    fits = json.loads((ROOT / fits_json).read_text())
     def sci(x):  # as the pages write it: 3.52e11
         return f"{x:.2e}".replace("e+", "e")
 
     expected = [f"{sci(c['flops'])} [{sci(c['low'])}, {sci(c['high'])}]" for c in fits["crossings"]]
     errors = fits["holdout_errors"]["all"]
     expected += [f"{errors[k]:.2f}" for k in ("predicted", "persistence", "loglinear")]
-    for page in ("docs/scaling_cpu/README.md", "docs/scaling.md"):
+    for page in pages:
         text = (ROOT / page).read_text()
         missing = [e for e in expected if e not in text]
         assert not missing, f"{page} does not state {missing}"
     assert not any(c["teacher_cost"] == "full" for c in fits["crossings"])  # "in full, never inside the data"
+
+
+def test_the_v2_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_says():
+    """docs/scaling_cpu_v2: the prediction's hash holds (as made and with the measurement filled in), every
+    held-out run started after it was made, runs.jsonl has the fields a refit and a date check need, and
+    the README's count of cells inside their 95% interval is the committed one."""
+    from distill.report.scaling import predictions_sha256
+
+    folder = ROOT / "docs/scaling_cpu_v2"
+    made = json.loads((folder / "prediction.json").read_text())
+    measured = json.loads((folder / "report/prediction.json").read_text())
+    assert made["sha256"] == predictions_sha256(made["predictions"]) == predictions_sha256(measured["predictions"])
+    rows = [json.loads(line) for line in (folder / "report/runs.jsonl").read_text().splitlines()]
+    assert all({"teacher", "started_at", "finished_at", "lr", "unique_images"} <= set(r) for r in rows)
+    held = [r for r in rows if r.get("holdout")]
+    assert held and all(r["started_at"] > made["made_at"] or r.get("forked_from") for r in held)
+    cells = json.loads((folder / "report/fits.json").read_text())["predictions"]
+    inside = sum(c["low"] <= c["measured_top1"] <= c["high"] for c in cells)
+    assert f"inside the 95% prediction interval in {inside} of {len(cells)} cells" in (folder / "README.md").read_text()
