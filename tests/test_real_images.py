@@ -93,14 +93,16 @@ def test_hf_set_streams_from_arrow(fm):
 def test_deit_augmentation_learns_on_real_images(fm, tmp_path, name, augment_on):
     """RandomResizedCrop, RandAugment, random erasing, repeats x3, Mixup/CutMix: well above 10 % chance."""
     # DeiT's settings (RandAugment m9, Mixup 0.8 / CutMix 1.0, erasing 0.25, repeats 3), crops of a third
-    # of the image or more; 279 steps of the 64-token ViT from scratch (34.6 % here with imagefolder)
+    # of the image or more; 279 steps of a narrow 64-token ViT (0.43M parameters) from scratch
+    # (34.6 % with imagefolder, 33.6 % with hf)
     res = run_main("train", PLAIN, f"output_dir={tmp_path}", "name=run", *source(fm, name), *DEIT_AUG,
                    f"data.augment_on={augment_on}",
                    "data.batch_size=32", "data.scale=[0.35,1]", "train.epochs=3", "train.lr=1e-3",
+                   "student.embed_dim=128", "student.depth=2", "student.num_heads=2",
                    "train.lr_base_batch=32", "train.warmup_epochs=0.3", "train.log_every=20")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    print(f"{name}: top1 {summary['final_top1']:.1f} in {summary['wall_s']:.0f} s")
+    print(f"{name}: top1 {summary['final_top1']:.1f} in {summary['wall_s']:.0f} s, {summary['params']} params")
     assert summary["final_top1"] > 25.0, summary  # 10 classes: chance is 10 %
 
 

@@ -25,6 +25,7 @@ def train(out: Path, recipe: str, *overrides):
 def teacher_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     train(out, "teacher_resnet18", "data.train_subset=2048", "train.epochs=1", "student.model=resnet10t",
+          "student.small_input_stem=false",  # timm's stride-4 stem: a quarter of the pixels, the same test
           "train.ema=true", "train.ema_decay=0.9", "train.grad_accum_steps=2")
     return out / "fashion_mnist_teacher_resnet18"
 
@@ -66,6 +67,7 @@ def test_tensorboard_holds_every_loss_term(plain_run, teacher_run, tmp_path):
     assert {"train/loss", "train/loss_base", "train/lr_epoch", "eval/top1", "eval/top5",
             "train/img_per_s_epoch"} <= plain
     train(tmp_path, "hard_tiny", f"teacher.checkpoint={teacher_run}", "teacher.model=resnet10t", "train.epochs=1",
+          "teacher.small_input_stem=false",
           "data.train_subset=1024")  # the tags are the test: 32 steps write them all
     distilled = tags(tmp_path / "fashion_mnist_hard_tiny")
     assert {"train/loss", "train/loss_base", "train/loss_distill", "eval/top1_cls", "eval/top1_dist"} <= distilled
@@ -95,7 +97,8 @@ def test_ema_and_gradient_accumulation(teacher_run):
 def test_feature_distillation_trains_checkpoints_and_resumes_its_projection(teacher_run, tmp_path):
     """The projection is a trained weight of the run: in the checkpoint, changed by training, not in the
     exported student, and restored on resume (resumed from epoch 1, the run ends with the same weights)."""
-    t = [f"teacher.checkpoint={teacher_run}", "teacher.model=resnet10t", "data.train_subset=1024",
+    t = [f"teacher.checkpoint={teacher_run}", "teacher.model=resnet10t", "teacher.small_input_stem=false",
+         "data.train_subset=1024",
          "student.embed_dim=128", "student.depth=2", "student.num_heads=2"]  # a narrow student: quicker, same test
     train(tmp_path, "feature_tiny", *t)
     run = tmp_path / "fashion_mnist_feature_tiny"
