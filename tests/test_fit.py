@@ -194,6 +194,27 @@ def test_a_table_too_small_to_choose_a_law_is_refused_in_one_line(tmp_path, caps
     assert "\n" not in err and not (tmp_path / "out").exists()
 
 
+def test_planned_held_out_rows_are_predicted_before_they_are_run(tmp_path):
+    """A held-out row without top1 is a planned run: predicted (no measurement), never fitted; a fitted
+    row without top1 is still refused. The noiseless law below predicts itself at the planned size."""
+    def law(n, d):
+        return 0.1 + 0.3 * (n / 1e5) ** -0.4 + 0.5 * (d / 2e4) ** -0.6
+
+    rows = _grid_rows(law, sizes=(1e5, 2e5, 4e5), seeds=(0,))
+    planned = [{"method": "plain", "params": 1.6e6, "images": d, "flops": 100.0 * 1.6e6 * d, "seed": s,
+                "holdout": True} for d in (2e4, 8e4) for s in (0, 1, 2)]
+    out = tmp_path / "out"
+    assert main(["fit", str(_write(tmp_path / "runs.jsonl", rows + planned)), "--out", str(out),
+                 "--bootstrap", "10"]) == 0
+    preds = json.loads((out / "fits.json").read_text())["predictions"]
+    assert [(p["images"], p["measured_top1"], p["seeds"]) for p in preds] == [(2e4, None, 0), (8e4, None, 0)]
+    for p in preds:
+        assert p["predicted_top1"] == pytest.approx(100 * (1 - law(1.6e6, p["images"])), abs=0.05)
+        assert p["low"] <= p["predicted_top1"] <= p["high"]
+    del rows[0]["top1"]
+    assert main(["fit", str(_write(tmp_path / "bad.jsonl", rows + planned)), "--out", str(tmp_path / "o2")]) == 2
+
+
 @pytest.mark.parametrize("fits_json, pages", [
     ("docs/scaling_cpu/fit/fits.json", ("docs/scaling_cpu/README.md", "docs/scaling.md")),
     ("docs/scaling_cpu_v2/report/fits.json", ("docs/scaling_cpu_v2/README.md",))], ids=["v1", "v2"])

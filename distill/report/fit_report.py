@@ -132,7 +132,8 @@ def error_vs_compute(fits: dict, rows: List[dict], out: Path) -> Path:
     for i, (method, fit) in enumerate(fits.items()):
         colour = f"C{i}"
         for held in (False, True):
-            mine = [r for r in rows if r["method"] == method and bool(r.get("holdout")) == held]
+            mine = [r for r in rows if r["method"] == method and bool(r.get("holdout")) == held
+                    and r.get("top1") is not None]  # a planned held-out run is predicted, not yet measured
             cells = cell_means(mine)
             ax.plot([c["flops"] for c in cells.values()], [100 - c["top1"] for c in cells.values()],
                     "s" if held else "o", mfc="none" if held else colour, color=colour,

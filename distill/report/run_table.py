@@ -1,7 +1,8 @@
 """A table of runs for `distill fit`: JSONL, one run a line, checked field by field.
 
 Required: `method` (str), `params` (> 0), `images` (training images seen, > 0), `flops` (the
-student's training FLOPs, > 0), `seed` (int), `top1` (final test top-1 in %, 0 < top1 < 100).
+student's training FLOPs, > 0), `seed` (int), `top1` (final test top-1 in %, 0 < top1 < 100); a
+held-out row may leave `top1` out or null: a planned run, predicted before it is trained.
 Optional: `size` (a label), `unique_images`, `budget` (the training FLOPs a study asked: where held-out
 rows carry it, the naive baselines match fitted cells by it instead of by images), `test_loss`, `teacher_flops` (the teacher's whole
 training cost, the same on every row of a method), `baseline` (the method this one is compared
@@ -40,11 +41,12 @@ def check_row(row, where: str) -> dict:
     """One run, its fields checked and typed; `where` names it in the one-line error."""
     if not isinstance(row, dict):
         raise ConfigError(f"{where}: a run must be a JSON object, got {type(row).__name__}")
+    planned = row.get("holdout") is True and row.get("top1") is None  # predicted before it is run
     for key, required in _NUMBERS.items():
         if row.get(key) is None:
-            if required:
+            if required and not (planned and key == "top1"):
                 raise ConfigError(f"{where}: missing field {key!r} (required: method, params, images, flops, "
-                                  "seed, top1)")
+                                  "seed, and top1 unless the row is a planned held-out run)")
             continue
         row[key] = _number(row, key, where)
     for key in ("method", "size", "baseline"):
