@@ -132,6 +132,12 @@ def cmd_study(args) -> int:
 
         for line in dry_run_lines(study.scaling, jobs[0].run_dir.parent) if study.scaling else []:
             print(line)
+        if study.scaling is not None and study.scaling.prior_runs:
+            from distill.report.scaling import prior_rows
+
+            prior = prior_rows(study.scaling)
+            print(f"\nfitted with the study's own runs: {len(prior)} prior runs of "
+                  f"{len({r['params'] for r in prior})} sizes from {study.scaling.prior_runs}")
         return 0
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 

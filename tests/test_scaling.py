@@ -131,6 +131,61 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path,
     assert all(abs(p["error_points"] - (p["predicted_top1"] - 90.0)) < 1e-9 for p in checked["predictions"])
 
 
+@needs_fmnist
+def test_a_ladder_extended_fits_its_prior_runs_and_locks_them(tmp_path, monkeypatch, capsys):
+    """`scaling.prior_runs`: an earlier study's runs.jsonl fitted with the study's own (here it has none but
+    the held-out rung): the prediction is the law's value at the new size, the lock names the prior runs,
+    the verdict counts them; a table holding the held-out size is refused before anything runs."""
+    from distill.report import preregister, scaling
+
+    monkeypatch.setattr(scaling, "BOOTSTRAP", 10)
+    n = {"w64d2": 106058, "w96d3": 344650, "w128d4": 805258}
+    images = {4: 19968, 8: 39936, 16: 79872}
+
+    def law(params, imgs, method):
+        return (0.06 if method == "kd" else 0.08) + 4.0 * params ** -0.3 + 30.0 * imgs ** -0.45
+
+    prior = [{"run": f"{m}_{size}_e{e}_s{seed}", "method": m, "size": size, "params": n[size], "images": d,
+              "flops": 3e3 * n[size] * d, "seed": seed, "top1": 100 * (1 - law(n[size], d, m)),
+              "finished_at": "2026-01-01T00:00:00+00:00", "holdout": size == "w128d4"}  # held out there, fitted here
+             for m in ("plain", "kd") for size in n for e, d in images.items() for seed in (0, 1)]
+    (tmp_path / "prior.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prior))
+    study = yaml.safe_load(CPU_STUDY.read_text())
+    study.update(output_dir=str(tmp_path / "runs"))
+    study["runs"]["teacher"]["recipe"] = str(ROOT / "recipes/fashion_mnist/teacher_resnet18.yaml")
+    for m in study["scaling"]["methods"].values():
+        m["recipe"] = str(ROOT / "recipes/fashion_mnist" / Path(m["recipe"]).name)
+    study["scaling"]["sizes"] = {"w160d4": study["scaling"]["sizes"]["w160d4"]}
+    study["scaling"]["prior_runs"] = "prior.jsonl"  # relative to the study file
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    assert main(["study", str(tmp_path / "s.yaml"), "--dry-run"]) == 0
+    assert "fitted with the study's own runs: 36 prior runs of 3 sizes" in capsys.readouterr().out
+    sc, jobs = load_study(tmp_path / "s.yaml").scaling, plan(tmp_path / "s.yaml")
+    folder = jobs[0].run_dir.parent
+    held = [j for j in jobs if j.holdout]
+    assert len(held) == len(jobs) - 1  # all but the teacher
+    pred = json.loads(predict_holdout(folder, [j for j in jobs if not j.holdout], sc, held).read_text())
+    assert pred["fitted_on"] == 36 and 1.2e6 < pred["holdout_params"] < 1.3e6
+    for p in pred["predictions"]:
+        truth = 100 * (1 - law(pred["holdout_params"], p["images"], p["method"]))
+        assert abs(p["predicted_top1"] - truth) < 0.05 and p["persistence_top1"] is not None
+    locked = json.loads(preregister.lock(folder, [], sc.prior_runs).read_text())
+    assert locked["prior_runs"]["runs"] == 36 and locked["prior_runs"]["last_finished_at"].startswith("2026-01-01")
+    time.sleep(1.1)
+    for j in held:
+        _fake_run(folder, j.run_dir.name, j.seed, pred["holdout_params"], 19968, 90.0)
+        summary = json.loads((j.run_dir / "summary.json").read_text())
+        (j.run_dir / "summary.json").write_text(json.dumps({**summary, "started_at": preregister.utc_now()}))
+    line = preregister.verdict(folder, [j.run_dir for j in held])
+    assert line.startswith("Pre-registration verified") and "after its 36 fitted runs finished" in line, line
+
+    prior[0]["size"] = "w160d4"
+    (tmp_path / "prior.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prior))
+    assert main(["study", str(tmp_path / "s.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: study ") and "runs of the held-out size w160d4" in err and "\n" not in err
+
+
 def test_dry_run_prints_each_runs_flops_by_hand_and_the_total(tmp_path, capsys):
     """FLOPs of a run = training FLOPs per image (the hand count above) x its images; nothing runs.
     In-process (`main` returns the exit status): a subprocess would only add ~6 s of imports."""

@@ -125,13 +125,13 @@ def predictions(fits: Dict[str, MethodFit], held: List[dict], seed: int) -> List
 
 
 def _cells_at(fit: MethodFit, images, budget=None) -> List[tuple]:
-    """(params, mean top-1) of the fitted cells at `images`, or, where the rows carry a `budget` (training
-    FLOPs asked: each size trains its own images), at that budget."""
-    if budget is None:
-        return [(n, c["top1"]) for (n, d), c in cell_means(fit.rows).items() if d == images]
+    """(params, mean top-1) of the fitted cells at `budget` (training FLOPs asked: each size trains its own
+    images) where fitted rows carry it, else at `images`."""
     at: Dict[float, list] = {}
-    for r in (r for r in fit.rows if r.get("budget") == budget):
+    for r in (r for r in fit.rows if budget is not None and r.get("budget") == budget):
         at.setdefault(r["params"], []).append(r["top1"])
+    if not at:  # no fitted size was asked that budget (or none is given): the same images
+        return [(n, c["top1"]) for (n, d), c in cell_means(fit.rows).items() if d == images]
     return [(n, float(np.mean(v))) for n, v in at.items()]
 
 

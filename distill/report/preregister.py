@@ -16,7 +16,7 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from distill.runs import durable, records
 from distill.runs.checkpoint import utc_now
@@ -28,9 +28,10 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def lock(folder: Path, fitted: Iterable[Path]) -> Path:
+def lock(folder: Path, fitted: Iterable[Path], prior: Optional[str] = None) -> Path:
     """Write `folder/prediction.lock.json` for `folder/prediction.json` and the finished runs of
-    `fitted` (the runs it was fitted on); an existing lock is kept, as the prediction is."""
+    `fitted` (the runs it was fitted on), and of `prior` (`scaling.prior_runs`: a runs.jsonl fitted too),
+    its sha256, run count and last `finished_at`; an existing lock is kept, as the prediction is."""
     folder = Path(folder)
     path = folder / LOCK
     if path.exists():
@@ -38,6 +39,11 @@ def lock(folder: Path, fitted: Iterable[Path]) -> Path:
     names = sorted(Path(d).name for d in fitted if (Path(d) / records.SUMMARY).exists())
     data = {"prediction": PREDICTION, "sha256": sha256(folder / PREDICTION), "locked_at": utc_now(),
             "fitted_runs": names}
+    if prior:
+        rows = [json.loads(line) for line in Path(prior).read_text().splitlines() if line.strip()]
+        finished = [r.get("finished_at") for r in rows]
+        data["prior_runs"] = {"file": str(prior), "sha256": sha256(Path(prior)), "runs": len(rows),
+                              "last_finished_at": None if None in finished else max(finished, key=datetime.fromisoformat)}
     durable.write_text(path, json.dumps(data, indent=2) + "\n", f"prediction lock {path}")
     return path
 
@@ -61,6 +67,10 @@ def verdict(folder: Path, held_out: Iterable[Path]) -> str:
         return (f"Pre-registration NOT verified: prediction.json's sha256 is {now[:12]}..., not the "
                 f"{locked['sha256'][:12]}... locked at {locked['locked_at']}: it changed after the lock.")
     fitted = {name: _summary(folder / name).get("finished_at") for name in locked["fitted_runs"]}
+    prior = locked.get("prior_runs")
+    if prior:  # an earlier study's runs, fitted too: their latest finish stands for them all
+        fitted[f"{prior['runs']} prior runs ({Path(prior['file']).name})"] = prior["last_finished_at"]
+    count = len(locked["fitted_runs"]) + (prior["runs"] if prior else 0)
     held = {d.name: _summary(d).get("started_at") for d in held_out if (d / records.SUMMARY).exists()}
     unknown = sorted(n for n, t in {**fitted, **held}.items() if t is None)
     if unknown:
@@ -74,7 +84,7 @@ def verdict(folder: Path, held_out: Iterable[Path]) -> str:
         return f"Pre-registration NOT verified: {'; '.join(what[:3])}, after or before the lock at {locked['locked_at']}."
     if not held:
         return (f"Pre-registration: prediction.json (sha256 {now[:12]}...) locked at {locked['locked_at']} after "
-                f"its {len(fitted)} fitted runs finished; no held-out run has finished yet.")
+                f"its {count} fitted runs finished; no held-out run has finished yet.")
     return (f"Pre-registration verified: prediction.json (sha256 {now[:12]}...) is unchanged since its lock at "
-            f"{locked['locked_at']}, after its {len(fitted)} fitted runs finished and before each of the "
+            f"{locked['locked_at']}, after its {count} fitted runs finished and before each of the "
             f"{len(held)} held-out runs started (their summary.json's finished_at and started_at).")

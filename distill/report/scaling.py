@@ -19,7 +19,8 @@ from distill.recipe import load_config
 from distill.data.sources import load_split
 from distill.report.compare import load_runs
 from distill.report.fit_report import fit_rows, markdown, plots
-from distill.report.run_table import check_row, check_table
+from distill.errors import ConfigError
+from distill.report.run_table import check_row, check_table, read_runs
 from distill.report.stats import mean, std
 from distill.runs import durable, records
 from distill.models import build_student
@@ -66,6 +67,29 @@ def ladder_rows(runs: list, sc) -> List[dict]:
                      "teacher_flops": s.get("teacher_flops", 0.0), "logit_cache": s.get("logit_cache"),
                      **run_facts(run), "budget": budget_of(sc, method, size, epochs), "holdout": size == sc.holdout})
     return rows
+
+
+def check_prior_runs(path: Path, sc) -> str:
+    """`scaling.prior_runs`, resolved against the study file and checked as `distill fit` checks a table;
+    none of its rows may be of the held-out size. Returns the resolved path."""
+    prior = (Path(path).parent / sc.prior_runs).resolve()
+    try:
+        rows = read_runs(prior)
+    except ConfigError as e:
+        raise ConfigError(f"study {path}: scaling.prior_runs: {e}") from None
+    held = [r.get("run", "a run") for r in rows if r.get("size") == sc.holdout]
+    if held:
+        raise ConfigError(f"study {path}: scaling.prior_runs {prior} has {len(held)} runs of the held-out size "
+                          f"{sc.holdout} ({held[0]}, ...): hold out a size it does not have")
+    return str(prior)
+
+
+def prior_rows(sc) -> List[dict]:
+    """The rows of `scaling.prior_runs` (a ladder extended: an earlier study's committed runs.jsonl), all
+    fitted: an earlier study's held-out rows are data here."""
+    if not getattr(sc, "prior_runs", None):
+        return []
+    return [{**r, "holdout": False} for r in read_runs(sc.prior_runs)]
 
 
 def budget_of(sc, method: str, size: str, epochs: int) -> Optional[float]:
@@ -127,8 +151,12 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     cells = {ladder_variant(m, sc.holdout, e): (m, e) for m in sc.methods for e in sc.epochs}
     holdout_jobs = [j for j in holdout_jobs if j.variant in cells]  # the rung's cells (not its lr sweep)
     params, per_image = holdout_student(holdout_jobs[0])
-    main = next(r for r in rows if r["method"] in sc.methods)  # the study's own subset, not a data axis's
-    per_epoch = main["images"] // main["epochs"]  # one training set: every run's epochs hold as many
+    main = next((r for r in rows if r["method"] in sc.methods), None)  # the study's own subset, not a data axis's
+    if main is not None:
+        per_epoch = main["images"] // main["epochs"]  # one training set: every run's epochs hold as many
+    else:  # every fitted run is a prior one: the images of an epoch from the held-out run's own config
+        from distill.report.ladder import size_shape
+        per_epoch = size_shape(load_config(holdout_jobs[0].recipe, holdout_jobs[0].settings), sc)[1]
     planned: Dict[tuple, int] = {}
     for j in holdout_jobs:
         planned[cells[j.variant]] = planned.get(cells[j.variant], 0) + 1
@@ -145,6 +173,7 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
            "sha256": predictions_sha256(predictions), "holdout": sc.holdout, "holdout_params": params,
            "law": {m: law["form"] for m, law in result["laws"].items()}, "fitted_on": len(table),
            "fits": result["laws"], "predictions": predictions}
+    path.parent.mkdir(parents=True, exist_ok=True)  # a study of prior runs and a held-out rung alone has run nothing yet
     durable.write_text(path, json.dumps(out, indent=2) + "\n", f"prediction {path}")
     return path
 
@@ -176,11 +205,12 @@ def check_prediction(folder: Path, rows: List[dict]) -> Optional[dict]:
 
 
 def fit_table(rows: List[dict], runs: list, sc) -> List[dict]:
-    """The ladder's runs as `distill fit` reads them (docs/fit.md): `teacher_flops` the training FLOPs
-    of the method's teacher run (none for hub weights, trained elsewhere), `baseline` the study's."""
+    """The ladder's runs as `distill fit` reads them (docs/fit.md), after `scaling.prior_runs`'s:
+    `teacher_flops` the training FLOPs of the method's teacher run (none for hub weights, trained
+    elsewhere), `baseline` the study's."""
     trained = {r["summary"]["name"]: r["summary"].get("flops") for r in runs}
     base = baseline(sc)
-    table = []
+    table = prior_rows(sc)  # checked with the study's own: one teacher cost and one baseline per method
     for r in rows:
         teacher = sc.methods[study_method(sc, r["method"])].teacher
         cost = next((f for name, f in trained.items() if teacher and name.startswith(f"{teacher}_s")), None)
@@ -217,7 +247,8 @@ def _prediction(pred) -> List[str]:
 
 def write_scaling_report(runs: list, sc, folder: Path, out: Path) -> Path:
     """runs.jsonl, fits.json and the plots into `out`, and a section of report.md; returns fits.json's
-    path. The fit is `distill fit out/runs.jsonl`'s, with the study's held-out rung held out."""
+    path. The fit is `distill fit out/runs.jsonl`'s, with the study's held-out rung held out; runs.jsonl
+    holds `scaling.prior_runs`'s rows too, first."""
     out = Path(out)
     rows = ladder_rows(runs, sc)
     table = fit_table(rows, runs, sc)

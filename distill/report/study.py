@@ -63,6 +63,7 @@ class Scaling:
     lr_sweep: List[float] = field(default_factory=list)  # rates tried per size before its runs (lr_sweep.py)
     teacher_axis: Optional[TeacherAxis] = None  # a method run from several teachers (teacher_axis.py)
     data_axis: Optional[DataAxis] = None  # cells run again on another number of unique images (data_axis.py)
+    prior_runs: Optional[str] = None  # a committed runs.jsonl (relative to the study file) fitted with its own runs
 
 
 @dataclass
@@ -101,6 +102,8 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
         if run.sizes is not None and (not set(run.sizes) <= set(sc.sizes) or sc.holdout not in run.sizes):
             raise ConfigError(f"study {path}: scaling.methods.{method}.sizes={run.sizes} must be sizes of the study "
                               f"and hold the held-out {sc.holdout}")
+    if sc.prior_runs is not None:
+        sc.prior_runs = scaling.check_prior_runs(path, sc)
     if sc.budgets:
         ladder.expand(study, path, overrides)
         return _expand_axes(study, path, overrides)
@@ -341,7 +344,8 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
         prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], sc, [j for j in jobs if j.holdout])
         ladder = {ladder_variant(m, size, e) for m in [*sc.methods, *getattr(sc, "data_methods", {})]
                   for size in sc.sizes for e in sc.epochs}
-        locked = preregister.lock(folder, [j.run_dir for j in jobs if not j.holdout and j.variant in ladder])
+        locked = preregister.lock(folder, [j.run_dir for j in jobs if not j.holdout and j.variant in ladder],
+                                  sc.prior_runs)
         print(f"== study: prediction for the held-out rung in {prediction}, locked in {locked}", flush=True)
     jobs = _run_phase(path, overrides, study, jobs, True, status)
     finished = [j.run_dir for j in jobs if (j.run_dir / records.SUMMARY).exists()]
