@@ -217,7 +217,8 @@ def test_planned_held_out_rows_are_predicted_before_they_are_run(tmp_path):
 
 @pytest.mark.parametrize("fits_json, pages", [
     ("docs/scaling_cpu/fit/fits.json", ("docs/scaling_cpu/README.md", "docs/scaling.md")),
-    ("docs/scaling_cpu_v2/report/fits.json", ("docs/scaling_cpu_v2/README.md",))], ids=["v1", "v2"])
+    ("docs/scaling_cpu_v2/report/fits.json", ("docs/scaling_cpu_v2/README.md",)),
+    ("docs/scaling_cpu_v3/report/fits.json", ("docs/scaling_cpu_v3/README.md",))], ids=["v1", "v2", "v3"])
 def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages):
     """Every crossing (with its interval) and the held-out errors beside their baselines, as the committed
     fits.json has them, appear in the pages that state them; a page left stale fails here."""
@@ -236,13 +237,14 @@ def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages
     assert not any(c["teacher_cost"] == "full" and "kd" in c["methods"] for c in fits["crossings"])
 
 
-def test_the_v2_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_says():
-    """docs/scaling_cpu_v2: the prediction's hash holds (as made and with the measurement filled in), every
-    held-out run started after it was made, runs.jsonl has the fields a refit and a date check need, and
-    the README's count of cells inside their 95% interval is the committed one."""
+@pytest.mark.parametrize("study", ["scaling_cpu_v2", "scaling_cpu_v3"])
+def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_says(study):
+    """docs/scaling_cpu_v2 and _v3: the prediction's hash holds (as made and with the measurement filled in),
+    every held-out run started after it was made, runs.jsonl has the fields a refit and a date check need,
+    and the README's count of cells inside their 95% interval is the committed one."""
     from distill.report.scaling import predictions_sha256
 
-    folder = ROOT / "docs/scaling_cpu_v2"
+    folder = ROOT / "docs" / study
     made = json.loads((folder / "prediction.json").read_text())
     measured = json.loads((folder / "report/prediction.json").read_text())
     assert made["sha256"] == predictions_sha256(made["predictions"]) == predictions_sha256(measured["predictions"])
