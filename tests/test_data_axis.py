@@ -13,7 +13,7 @@ from distill.report.fit_claims import gains
 from distill.report.scaling import fit_table, ladder_rows
 from distill.report.study import load_study, plan
 
-W64 = 1.081088e7  # w64d2's training FLOPs per image (tests/test_ladder.py's size_shape)
+W64 = 1.081088e7  # w64d2's training FLOPs per image (estimate.size_shape, as tests/test_ladder.py checks it)
 
 
 def _study(tmp_path, sizes=("a",)):

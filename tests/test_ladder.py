@@ -54,7 +54,7 @@ def _study(tmp_path, scaling):
 def test_a_budgets_study_plans_long_runs_then_forks_from_their_checkpoints(tmp_path):
     """Each size's budgets become epochs by its own FLOPs per image; per seed the long run goes first,
     keeps its checkpoints, and every smaller budget forks from that seed's long run at its cooldown start."""
-    from distill.report.ladder import size_shape
+    from distill.report.estimate import size_shape
     from distill.recipe import load_config
 
     cfg = load_config(str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml"),
@@ -140,7 +140,7 @@ def test_a_budgets_ladder_trains_its_long_runs_and_forks(tmp_path):
     """The smallest size of a shrunk budgets study (256 images, 4 steps an epoch; command-line overrides
     reach the planning): the 16-epoch wsd run keeps a checkpoint every 3 epochs, the 8- and 4-epoch budgets
     fork from them (epochs 6 and 3) and finish as forks of that run, with the full budget's FLOPs."""
-    from distill.report.ladder import size_shape
+    from distill.report.estimate import size_shape
     from distill.report.study import _run
     from distill.recipe import load_config
 

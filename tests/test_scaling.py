@@ -136,9 +136,10 @@ def test_a_ladder_extended_fits_its_prior_runs_and_locks_them(tmp_path, monkeypa
     """`scaling.prior_runs`: an earlier study's runs.jsonl fitted with the study's own (here it has none but
     the held-out rung): the prediction is the law's value at the new size, the lock names the prior runs,
     the verdict counts them; a table holding the held-out size is refused before anything runs."""
-    from distill.report import preregister, scaling
+    from distill.report import estimate, preregister, scaling
 
     monkeypatch.setattr(scaling, "BOOTSTRAP", 10)
+    monkeypatch.setattr(estimate, "_seconds_per_image", lambda *a, **k: 1e-3)  # the dry run's hours are not the test
     n = {"w64d2": 106058, "w96d3": 344650, "w128d4": 805258}
     images = {4: 19968, 8: 39936, 16: 79872}
 

@@ -55,6 +55,16 @@ def split_shape(data_yaml: str, train_images: Optional[int]):
         return data.train_subset or train_images, 1000, 3
 
 
+def size_shape(cfg, sc) -> tuple:
+    """(training FLOPs per image of the student, images an epoch, micro-steps an epoch) of one run's config,
+    without reading the data where its source is built in (`split_shape`)."""
+    n, classes, chans = split_shape(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), sc.train_images)
+    per_step = cfg.data.batch_size * sc.processes
+    model = build_student(cfg.student, classes, chans, cfg.data.img_size)
+    image_flops = train_gflops(model, (chans, cfg.data.img_size, cfg.data.img_size)) * 1e9
+    return image_flops, (n // per_step) * per_step, n // per_step
+
+
 def _seconds_per_image(model: torch.nn.Module, shape, precision: str, batch: int) -> float:
     """Forward and backward of `model` on random images, timed after one warm-up step."""
     x = torch.randn(batch, *shape)

@@ -77,22 +77,6 @@ def saved_line(rows: List[dict]) -> str:
 
 
 # ---- a scaling study's budgets in FLOPs (distill/report/study.py calls `expand`) -----------------------
-def size_shape(cfg, sc) -> tuple:
-    """(training FLOPs per image of the student, images an epoch, micro-steps an epoch) of one run's config,
-    without reading the data where its source is built in (`estimate.split_shape`)."""
-    from omegaconf import OmegaConf
-
-    from distill.report.estimate import split_shape
-    from distill.models import build_student
-    from distill.models.cost import train_gflops
-
-    n, classes, chans = split_shape(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), sc.train_images)
-    per_step = cfg.data.batch_size * sc.processes
-    model = build_student(cfg.student, classes, chans, cfg.data.img_size)
-    image_flops = train_gflops(model, (chans, cfg.data.img_size, cfg.data.img_size)) * 1e9
-    return image_flops, (n // per_step) * per_step, n // per_step
-
-
 def expand(study, path: Path, overrides=()) -> None:
     """Add a budgets ladder's variants to `study.runs`: per size (the held-out one last) and method, the
     long run to the largest budget, then the smaller budgets as its forks. A size's epochs are set by
@@ -113,6 +97,7 @@ def expand(study, path: Path, overrides=()) -> None:
 def size_rungs(study, path: Path, overrides, size: str, extra=()) -> List[Rung]:
     """The rungs of one size under the first method (with `extra` overrides, e.g. another data.train_subset)."""
     from distill.recipe import load_config
+    from distill.report.estimate import size_shape
 
     sc = study.scaling
     first = next(iter(sc.methods.values()))

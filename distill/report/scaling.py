@@ -155,7 +155,7 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     if main is not None:
         per_epoch = main["images"] // main["epochs"]  # one training set: every run's epochs hold as many
     else:  # every fitted run is a prior one: the images of an epoch from the held-out run's own config
-        from distill.report.ladder import size_shape
+        from distill.report.estimate import size_shape
         per_epoch = size_shape(load_config(holdout_jobs[0].recipe, holdout_jobs[0].settings), sc)[1]
     planned: Dict[tuple, int] = {}
     for j in holdout_jobs:
