@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 # The suite is CPU tests (bit-exact runs, gloo processes): on a machine with a GPU, it is hidden from them
@@ -51,7 +52,12 @@ needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config, items):
-    """A CUDA session runs the CUDA tests only: the others must not see the GPU."""
+    """The modules with the most real runs (tests marked slow) first, each module's tests kept in their
+    order: under --dist loadscope a process takes a whole module at a time, so the longest going first
+    lets both processes finish together instead of one waiting on the last long module.
+    A CUDA session runs the CUDA tests only: the others must not see the GPU."""
+    slow = Counter(item.module.__name__ for item in items if "slow" in item.keywords)
+    items.sort(key=lambda item: -slow[item.module.__name__])  # stable
     if CUDA_SESSION:
         skip = pytest.mark.skip(reason="DISTILL_TEST_CUDA=1 runs the CUDA tests only (-m cuda); the rest hide the GPU")
         for item in items:
