@@ -28,8 +28,9 @@ PLAIN, HARD = "recipes/fashion_mnist/plain_tiny.yaml", "recipes/fashion_mnist/ha
 # DeiT's augmentation at small scale: RandomResizedCrop, RandAugment, random erasing, repeats, Mixup/CutMix
 DEIT_AUG = ["data.img_size=32", "data.crop=rrc", "data.auto_augment=rand-m9-mstd0.5-inc1", "data.reprob=0.25",
             "data.aug_repeats=3", "data.mixup_alpha=0.8", "data.cutmix_alpha=1.0", "data.num_workers=2"]
-# a few steps of a 4-token ViT: what is tested here is the sameness of views and weights, not learning
-SMALL = [*DEIT_AUG, "student.patch_size=16", "data.train_subset=480", "data.test_subset=100", "data.batch_size=16",
+# a few steps of a narrow 4-token ViT: what is tested here is the sameness of views and weights, not learning
+SMALL = [*DEIT_AUG, "student.patch_size=16", "student.embed_dim=128", "student.depth=2", "student.num_heads=2",
+         "data.train_subset=480", "data.test_subset=100", "data.batch_size=16",
          "train.epochs=2", "train.warmup_epochs=0.2", "train.log_every=10"]
 
 
