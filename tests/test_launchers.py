@@ -20,7 +20,8 @@ NAME = "fashion_mnist_plain_tiny"
 BIN = Path(sys.executable).parent
 # 8 steps of 2 x 16 images in fp32, one thread per process: a whole 2-process job in ~30 s
 TINY = ["data.train_subset=256", "data.test_subset=100", "data.batch_size=16", "data.cutmix_alpha=0",
-        "train.epochs=1", "train.log_every=4", "train.warmup_epochs=0", "train.mixed_precision=no"]
+        "train.epochs=1", "train.log_every=4", "train.warmup_epochs=0", "train.mixed_precision=no",
+        "student.embed_dim=128", "student.depth=2", "student.num_heads=2"]  # the launch is the test, not the width
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable,
        "CUDA_VISIBLE_DEVICES": ""}  # the CPU path, on any machine
 
