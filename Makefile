@@ -12,9 +12,7 @@ setup: $(VENV)/.installed data
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# --no-compile: Python compiles what it imports on first use; compiling all of torch at install took about
-	# a minute of CI's ten (docs/tests.md). The tests read W&B and MLflow runs back: hence `trackers`.
-	$(PY) -m pip install -q --no-compile -c constraints.txt -e ".[test,trackers]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,trackers]"  # the tests read W&B and MLflow runs back
 	touch $@
 
 data: $(FMNIST)
