@@ -145,7 +145,8 @@ def cmd_study(args) -> int:
 def cmd_fit(args) -> int:
     from distill.commands.fit import run_fit  # numpy and scipy only: a refusal stays instant
 
-    out = run_fit(args.runs, args.out, args.holdout_params, args.bootstrap, args.students)
+    out = run_fit(args.runs, args.out, args.holdout_params, args.bootstrap, args.students,
+                  max_epochs=args.max_epochs)
     print(f"fits.json, report.md and plots in {out}")
     return 0
 
@@ -257,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=400, help="bootstrap refits (default 400)")
     p.add_argument("--students", type=int,
                    help="students the teacher's training is amortised over (default: each method's cells)")
+    p.add_argument("--max-epochs", type=float,
+                   help="fit only runs that saw their unique images at most this many times (needs unique_images)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("methods", help="list the distillation methods (distill.type), their papers and keys")

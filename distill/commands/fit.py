@@ -18,7 +18,7 @@ MIN_BOOTSTRAP = 10  # fewer refits give no 2.5th and 97.5th percentile worth pri
 
 
 def run_fit(runs, out, holdout_params: Optional[float] = None, bootstrap: int = 400,
-            students: Optional[int] = None, seed: int = 0) -> Path:
+            students: Optional[int] = None, seed: int = 0, max_epochs: Optional[float] = None) -> Path:
     """Check the arguments and the table, fit, and write DIR; returns DIR."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -29,7 +29,7 @@ def run_fit(runs, out, holdout_params: Optional[float] = None, bootstrap: int = 
     if students is not None and students < 1:
         raise ConfigError(f"--students {students}: the teacher is amortised over at least 1 student")
     rows = read_runs(runs, holdout_params)
-    result, fits = fit_rows(rows, bootstrap, students, seed)
+    result, fits = fit_rows(rows, bootstrap, students, seed, max_epochs)
     result["settings"]["runs"] = str(runs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

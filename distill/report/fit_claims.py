@@ -220,19 +220,32 @@ def _law(fit: MethodFit) -> dict:
             "range": {k: list(fit.range(k)) for k in ("params", "images", "flops")}}
 
 
-def analyse(rows: List[dict], bootstrap: int = 400, students: Optional[int] = None, seed: int = 0) -> tuple:
+def epochs_of(row: dict) -> float:
+    """Images seen over unique images: how many times a run saw its training set."""
+    return float(row["images"]) / float(row["unique_images"])
+
+
+def analyse(rows: List[dict], bootstrap: int = 400, students: Optional[int] = None, seed: int = 0,
+            max_epochs: Optional[float] = None) -> tuple:
     """Fit every method on its non-held-out rows and draw the claims. Returns (result, fits):
-    result is what fits.json holds, fits the `MethodFit` per fitted method (for the plots)."""
+    result is what fits.json holds, fits the `MethodFit` per fitted method (for the plots).
+    `max_epochs`: fit only the runs that saw their unique images at most this many times (the laws
+    take D as images seen, which repetition breaks: Muennighoff et al. 2023 find up to about 4 epochs
+    worth nearly as much as fresh data); the other runs stay in the table, gains and baselines."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fits, laws = {}, {}
     with one_blas_thread():
         for m in methods:
             mine = [r for r in rows if r["method"] == m and not r.get("holdout")]
+            beyond = [r for r in mine if max_epochs is not None and epochs_of(r) > max_epochs * (1 + 1e-9)]
+            mine = [r for r in mine if r not in beyond]
             try:
                 fits[m] = fit_method(m, mine, bootstrap, seed)
                 laws[m] = _law(fits[m])
             except ValueError as e:
                 laws[m] = {"form": None, "not_fitted": str(e)}
+            if max_epochs is not None:
+                laws[m]["beyond_max_epochs"] = len(beyond)
         base = baselines(rows)
         counts = {m: students or students_of(rows, m) for m in methods}
         comparisons = [compare(fits[base[m]], fits[m], cost, counts) for m in methods

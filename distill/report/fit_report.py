@@ -52,6 +52,15 @@ def _laws(laws: dict) -> List[str]:
     return lines
 
 
+def _cut(result: dict) -> List[str]:
+    cut = result["settings"].get("max_epochs")
+    if cut is None:
+        return []
+    left = ", ".join(f"{m} {law.get('beyond_max_epochs', 0)}" for m, law in result["laws"].items())
+    return [f"Fitted only on runs that saw their unique images at most {cut:g} times (the laws take D as "
+            f"images seen, which repetition breaks); runs left out of the fits for more epochs: {left}.", ""]
+
+
 def _predictions(result: dict) -> List[str]:
     preds = result["predictions"]
     if not preds:
@@ -101,7 +110,7 @@ def markdown(result: dict, figures, level: int = 1) -> str:
             f"{s['rows']} runs ({s['held_out']} held out), {s['bootstrap']} bootstrap refits (residuals, "
             f"seed {s['seed']}), Huber loss on log error (delta {s['huber_delta']:g}), L-BFGS-B from a grid of "
             "starts. Each method's form was chosen by leave-one-size-out error on the fitted sizes, before the "
-            "held-out rows were looked at.", "",
+            "held-out rows were looked at.", "", *_cut(result),
             f"{h}# Laws", "", *_laws(result["laws"]),
             f"{h}# Held-out predictions", "", *_predictions(result),
             f"{h}# Where the compute laws cross", "",
@@ -192,15 +201,25 @@ def plots(result: dict, fits: dict, rows: List[dict], out) -> List[Path]:
     return figures
 
 
-def fit_rows(rows: List[dict], bootstrap: int, students: Optional[int], seed: int = 0) -> tuple:
-    """`analyse` plus the settings a reader needs; (result, fits). Refuses a table with no law."""
-    result, fits = analyse(rows, bootstrap, students, seed)
+def fit_rows(rows: List[dict], bootstrap: int, students: Optional[int], seed: int = 0,
+             max_epochs: Optional[float] = None) -> tuple:
+    """`analyse` plus the settings a reader needs; (result, fits). Refuses a table with no law, and
+    `max_epochs` on a table whose rows do not all carry `unique_images`."""
+    if max_epochs is not None:
+        if not max_epochs >= 1:
+            raise ConfigError(f"max epochs {max_epochs}: a run sees its images at least once; give 1 or more")
+        bare = next((r for r in rows if not r.get("unique_images")), None)
+        if bare is not None:
+            raise ConfigError(f"run {bare.get('run', bare['method'])} has no unique_images: a cut at "
+                              f"{max_epochs:g} epochs needs it on every row (or fit without the cut)")
+    result, fits = analyse(rows, bootstrap, students, seed, max_epochs)
     if not fits:
         reasons = "; ".join(f"{m}: {law['not_fitted']}" for m, law in result["laws"].items())
         raise ConfigError(f"no method could be fitted: {reasons}")
     result["settings"] = {"rows": len(rows), "held_out": sum(1 for r in rows if r.get("holdout")),
                           "bootstrap": bootstrap, "seed": seed, "huber_delta": HUBER_DELTA,
-                          "students": students, "level": 0.95}
+                          "students": students, "level": 0.95,
+                          **({"max_epochs": max_epochs} if max_epochs is not None else {})}
     return result, fits
 
 

@@ -163,7 +163,7 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     held = [{"method": m, "params": params, "images": e * per_epoch, "flops": per_image * e * per_epoch, "seed": s,
              "top1": None, "holdout": True, "budget": budget_of(sc, m, sc.holdout, e)}
             for (m, e), n in planned.items() for s in range(n)]
-    result, _ = fit_rows(table + held, BOOTSTRAP, None)
+    result, _ = fit_rows(table + held, BOOTSTRAP, None, max_epochs=sc.fit_max_epochs)
     epochs_of = {e * per_epoch: e for _, e in planned}
     predictions = [{"run": ladder_variant(p["method"], sc.holdout, epochs_of[p["images"]]),
                     "epochs": epochs_of[p["images"]], "form": result["laws"][p["method"]]["form"],
@@ -172,6 +172,7 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     out = {"made_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "sha256": predictions_sha256(predictions), "holdout": sc.holdout, "holdout_params": params,
            "law": {m: law["form"] for m, law in result["laws"].items()}, "fitted_on": len(table),
+           **({"fit_max_epochs": sc.fit_max_epochs} if sc.fit_max_epochs is not None else {}),
            "fits": result["laws"], "predictions": predictions}
     path.parent.mkdir(parents=True, exist_ok=True)  # a study of prior runs and a held-out rung alone has run nothing yet
     durable.write_text(path, json.dumps(out, indent=2) + "\n", f"prediction {path}")
@@ -234,7 +235,9 @@ def _prediction(pred) -> List[str]:
     sha = ("no sha256 (made before predictions were hashed)" if "sha256" not in pred else
            f"sha256 {pred['sha256'][:12]}...: " + ("its predictions still match it" if pred["sha256_matches"]
                                                    else "its predictions NO LONGER match it: edited since made"))
-    lines = [f"Made at {pred['made_at']} from {pred['fitted_on']} runs of the other rungs (law: {law}), for "
+    cut = (f", fitted only where a run saw its images at most {pred['fit_max_epochs']:g} times"
+           if pred.get("fit_max_epochs") is not None else "")
+    lines = [f"Made at {pred['made_at']} from {pred['fitted_on']} runs of the other rungs (law: {law}{cut}), for "
              f"`{pred['holdout']}` ({pred['holdout_params']:,} parameters); {sha}:", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in pred["predictions"]:
@@ -252,7 +255,7 @@ def write_scaling_report(runs: list, sc, folder: Path, out: Path) -> Path:
     out = Path(out)
     rows = ladder_rows(runs, sc)
     table = fit_table(rows, runs, sc)
-    result, fits = fit_rows(table, BOOTSTRAP, None)
+    result, fits = fit_rows(table, BOOTSTRAP, None, max_epochs=sc.fit_max_epochs)
     result["prediction"] = check_prediction(folder, rows)
     durable.write_text(out / "runs.jsonl", "".join(json.dumps(r) + "\n" for r in table), str(out / "runs.jsonl"))
     if result["prediction"] is not None:  # the study folder's copy stays as made; this one has the measurement

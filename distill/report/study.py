@@ -64,6 +64,7 @@ class Scaling:
     teacher_axis: Optional[TeacherAxis] = None  # a method run from several teachers (teacher_axis.py)
     data_axis: Optional[DataAxis] = None  # cells run again on another number of unique images (data_axis.py)
     prior_runs: Optional[str] = None  # a committed runs.jsonl (relative to the study file) fitted with its own runs
+    fit_max_epochs: Optional[float] = None  # fit only runs of at most this many epochs (`distill fit --max-epochs`)
 
 
 @dataclass
@@ -102,6 +103,8 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
         if run.sizes is not None and (not set(run.sizes) <= set(sc.sizes) or sc.holdout not in run.sizes):
             raise ConfigError(f"study {path}: scaling.methods.{method}.sizes={run.sizes} must be sizes of the study "
                               f"and hold the held-out {sc.holdout}")
+    if sc.fit_max_epochs is not None and not sc.fit_max_epochs >= 1:
+        raise ConfigError(f"study {path}: scaling.fit_max_epochs={sc.fit_max_epochs} must be at least 1 (epochs)")
     if sc.prior_runs is not None:
         sc.prior_runs = scaling.check_prior_runs(path, sc)
     if sc.budgets:
