@@ -215,6 +215,46 @@ def test_planned_held_out_rows_are_predicted_before_they_are_run(tmp_path):
     assert main(["fit", str(_write(tmp_path / "bad.jsonl", rows + planned)), "--out", str(tmp_path / "o2")]) == 2
 
 
+def test_max_epochs_fits_only_the_runs_that_repeat_their_images_little(tmp_path, capsys):
+    """Runs beyond 4 epochs follow Muennighoff et al. 2023's effective data, D' = U (1 + R* (1 - exp(-R / R*))),
+    R the repetitions after the first epoch (R* = 3): the chinchilla law in images seen holds only up to
+    about 4 epochs. Cut there, the fit predicts a 4x larger size at 1 to 3 epochs as the true law does;
+    uncut, it bends to the repeated runs and misses."""
+    unique = 2e4
+
+    def law(n, d):  # chinchilla in images seen, the law of every run of at most 4 epochs
+        return 0.1 + 0.3 * (n / 1e5) ** -0.4 + 0.5 * (d / unique) ** -0.6
+
+    def measured(n, d):
+        r = d / unique - 1
+        return law(n, d if r <= 3 else unique * (1 + 3 * (1 - math.exp(-r / 3))))
+
+    rows = [{**r, "unique_images": unique} for r in _grid_rows(measured, sizes=(1e5, 2e5, 4e5),
+                                                                images=(2e4, 4e4, 8e4, 3.2e5, 1.28e6), seeds=(0,))]
+    planned = [{"method": "plain", "params": 1.6e6, "images": d, "flops": 100.0 * 1.6e6 * d, "seed": 0,
+                "holdout": True} for d in (2e4, 4e4, 6e4)]  # a planned row is not fitted: it needs no unique_images
+    runs = _write(tmp_path / "runs.jsonl", rows + planned)
+    missed = {}
+    for cut in ("4", None):
+        out = tmp_path / f"cut{cut}"
+        assert main(["fit", str(runs), "--out", str(out), "--bootstrap", "10", *(["--max-epochs", cut] if cut else [])]) == 0
+        fits = json.loads((out / "fits.json").read_text())
+        missed[cut] = max(abs(p["predicted_top1"] - 100 * (1 - law(1.6e6, p["images"]))) for p in fits["predictions"])
+        if cut:
+            assert fits["settings"]["max_epochs"] == 4 and fits["laws"]["plain"]["beyond_max_epochs"] == 6
+            assert fits["laws"]["plain"]["runs"] == 9 and fits["laws"]["plain"]["form"] == "chinchilla"
+            assert "at most 4 times" in (out / "report.md").read_text()
+        else:
+            assert "max_epochs" not in fits["settings"] and "beyond_max_epochs" not in fits["laws"]["plain"]
+    assert missed["4"] < 0.05 and missed[None] > 0.5, missed
+    bare = _write(tmp_path / "bare.jsonl", [{k: v for k, v in r.items() if k != "unique_images"} for r in rows])
+    for table, cut, says in ((bare, "4", "has no unique_images"), (runs, "0.5", "at least once")):
+        assert main(["fit", str(table), "--out", str(tmp_path / "refused"), "--max-epochs", cut]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and says in err and "\n" not in err
+        assert not (tmp_path / "refused").exists()
+
+
 @pytest.mark.parametrize("fits_json, pages", [
     ("docs/scaling_cpu/fit/fits.json", ("docs/scaling_cpu/README.md", "docs/scaling.md")),
     ("docs/scaling_cpu_v2/report/fits.json", ("docs/scaling_cpu_v2/README.md",)),
