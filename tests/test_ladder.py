@@ -59,7 +59,7 @@ def test_a_budgets_study_plans_long_runs_then_forks_from_their_checkpoints(tmp_p
 
     cfg = load_config(str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml"),
                       ["data.train_subset=5000", "student.embed_dim=64", "student.depth=2", "student.num_heads=2"])
-    image_flops, epoch_images, steps = size_shape(cfg, load_study(_study(tmp_path, {"epochs": [1]})).scaling)
+    image_flops, epoch_images, steps, _ = size_shape(cfg, load_study(_study(tmp_path, {"epochs": [1]})).scaling)
     assert (epoch_images, steps) == (4992, 39)  # 39 batches of 128; the partial one is dropped
     budgets = [e * image_flops * epoch_images for e in (16, 8, 4)]  # w64d2: exactly 16, 8 and 4 epochs
     jobs = plan(_study(tmp_path, {"budgets": budgets}))
@@ -148,7 +148,7 @@ def test_a_budgets_ladder_trains_its_long_runs_and_forks(tmp_path):
             "train.mixed_precision=no", "train.log_with=[]"]
     cfg = load_config(str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml"),
                       [*tiny, "student.embed_dim=64", "student.depth=2", "student.num_heads=2"])
-    image_flops, epoch_images, _ = size_shape(cfg, load_study(_study(tmp_path, {"epochs": [1]})).scaling)
+    image_flops, epoch_images, _, _ = size_shape(cfg, load_study(_study(tmp_path, {"epochs": [1]})).scaling)
     path = _study(tmp_path, {"budgets": [e * image_flops * epoch_images for e in (16, 8, 4)]})
     jobs = [j for j in plan(path, tiny) if "w64d2" in j.variant and j.seed == 0]
     status = {}

@@ -15,7 +15,7 @@ from distill.report.study import plan, run_study
 BEST = {"a": 1e-3, "b": 2e-3}  # the rate that scores best on each size
 
 
-def _study(tmp_path, budgets=False):
+def _study(tmp_path, budgets=False, **scaling):
     path = tmp_path / "s.yaml"
     sizes = {"a": ["student.embed_dim=64", "student.depth=2", "student.num_heads=2"],
              "b": ["student.embed_dim=96", "student.depth=2", "student.num_heads=3"]}
@@ -24,7 +24,7 @@ def _study(tmp_path, budgets=False):
         "name": "s", "output_dir": str(tmp_path / "out"), "seeds": [0, 1],
         "overrides": ["data.train_subset=5000", "train.lr=1e-3", "train.cooldown=0.25"],
         "scaling": {"sizes": sizes, "lr_sweep": [5e-4, 1e-3, 2e-3], **extra,
-                    "methods": {"plain": {"recipe": str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")}}}}))
+                    "methods": {"plain": {"recipe": str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")}}, **scaling}}))
     return path
 
 
@@ -77,7 +77,7 @@ def _stub_reports(monkeypatch, predicted):
     monkeypatch.setattr(study_mod, "write_report", lambda runs, out, *a: (out.mkdir(parents=True, exist_ok=True), out / "r.md")[1])
 
 
-def test_each_size_runs_at_its_best_rate_recorded_in_lrs_json_and_a_rerun_keeps_it(tmp_path, monkeypatch):
+def test_each_size_runs_at_its_best_rate_recorded_in_lrs_json_and_a_rerun_keeps_it(tmp_path, monkeypatch, capsys):
     order, predicted = [], []
     monkeypatch.setattr(study_mod.subprocess, "run", _fake_train(order))
     _stub_reports(monkeypatch, predicted)
@@ -87,6 +87,10 @@ def test_each_size_runs_at_its_best_rate_recorded_in_lrs_json_and_a_rerun_keeps_
     lrs = json.loads((folder / "lrs.json").read_text())
     assert {s: v["chosen"] for s, v in lrs.items()} == BEST
     assert [t["lr"] for t in lrs["a"]["tried"]] == [5e-4, 1e-3, 2e-3] and lrs["a"]["epochs"] == 1
+    assert lrs["a"]["edge"] is None and lrs["b"]["edge"] == "highest"  # b's best, 2e-3, is the grid's highest
+    said = capsys.readouterr().out
+    assert "b: the best rate, 0.002, is the sweep's highest: a better one may lie above it" in said
+    assert "a: the best rate" not in said
     names = [n for n, _ in order]
     assert names.index("lrsweep_b_lr0.0005_s0") > names.index("plain_a_e2_s1")  # b swept after a's runs...
     assert predicted == [4 + 3]  # ...and after the prediction, made from a's 4 ladder runs (and its sweep)
@@ -109,3 +113,34 @@ def test_a_size_whose_sweep_failed_runs_nothing_else(tmp_path, monkeypatch, caps
     assert not any(n.startswith("plain_a") for n, _ in order)
     assert "the learning rate of size a is not chosen" in capsys.readouterr().err
     assert "a" not in json.loads((tmp_path / "out" / "s" / "lrs.json").read_text())
+
+
+def test_a_best_rate_on_the_grids_edge_is_widened_a_step_at_a_time_until_bracketed(tmp_path, monkeypatch, capsys):
+    """b's best rate, 2e-3, is the grid's highest: with lr_sweep_widen 2 the study tries 4e-3 (a grid step
+    beyond), finds 2e-3 still best, and chooses it, bracketed, before any of b's ladder runs; a size whose
+    best is inside the grid (a) is never widened."""
+    order, predicted = [], []
+    monkeypatch.setattr(study_mod.subprocess, "run", _fake_train(order))
+    _stub_reports(monkeypatch, predicted)
+    path = _study(tmp_path, lr_sweep_widen=2)
+    assert run_study(path) == 0
+    lrs = json.loads((tmp_path / "out" / "s" / "lrs.json").read_text())
+    assert lrs["b"]["chosen"] == 2e-3 and lrs["b"]["edge"] is None and lrs["b"]["widened"] == [4e-3]
+    assert [t["lr"] for t in lrs["b"]["tried"]] == [5e-4, 1e-3, 2e-3, 4e-3]
+    assert lrs["a"]["widened"] == [] and len(lrs["a"]["tried"]) == 3
+    names = [n for n, _ in order]
+    assert names.count("lrsweep_b_lr0.004_s0") == 1
+    assert names.index("lrsweep_b_lr0.004_s0") < min(i for i, n in enumerate(names) if n.startswith("plain_b_"))
+    assert all(lr == 2e-3 for n, lr in order if n.startswith("plain_b_"))
+    assert "b: the best rate, 0.002, is the sweep's highest: 0.004 is tried too" in capsys.readouterr().out
+    order.clear()
+    assert run_study(path) == 0 and order == []  # a re-run plans the widened rate and skips it, complete
+
+
+def test_widening_a_sweep_of_one_rate_is_refused(tmp_path):
+    path = _study(tmp_path, lr_sweep_widen=1)
+    study = yaml.safe_load(path.read_text())
+    study["scaling"]["lr_sweep"] = [1e-3]
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="widening needs at least 2 rates"):
+        plan(path)

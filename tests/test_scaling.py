@@ -132,10 +132,13 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path,
 
 
 @needs_fmnist
-def test_a_ladder_extended_fits_its_prior_runs_and_locks_them(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("cut", [False, True], ids=["every_run", "fit_max_epochs"])
+def test_a_ladder_extended_fits_its_prior_runs_and_locks_them(tmp_path, monkeypatch, capsys, cut):
     """`scaling.prior_runs`: an earlier study's runs.jsonl fitted with the study's own (here it has none but
     the held-out rung): the prediction is the law's value at the new size, the lock names the prior runs,
-    the verdict counts them; a table holding the held-out size is refused before anything runs."""
+    the verdict counts them; a table holding the held-out size is refused before anything runs. With
+    `scaling.fit_max_epochs` 16, the prediction's laws leave out prior runs of 64 epochs that scored as at 16
+    (repetition's plateau), which would bend them."""
     from distill.report import estimate, preregister, scaling
 
     monkeypatch.setattr(scaling, "BOOTSTRAP", 10)
@@ -148,8 +151,13 @@ def test_a_ladder_extended_fits_its_prior_runs_and_locks_them(tmp_path, monkeypa
 
     prior = [{"run": f"{m}_{size}_e{e}_s{seed}", "method": m, "size": size, "params": n[size], "images": d,
               "flops": 3e3 * n[size] * d, "seed": seed, "top1": 100 * (1 - law(n[size], d, m)),
-              "finished_at": "2026-01-01T00:00:00+00:00", "holdout": size == "w128d4"}  # held out there, fitted here
+              "finished_at": "2026-01-01T00:00:00+00:00", "holdout": size == "w128d4",  # held out there, fitted here
+              "unique_images": 4992}
              for m in ("plain", "kd") for size in n for e, d in images.items() for seed in (0, 1)]
+    if cut:
+        prior += [{**r, "run": r["run"].replace("_e16_", "_e64_"), "images": 4 * r["images"], "flops": 4 * r["flops"]}
+                  for r in prior if "_e16_" in r["run"]]
+    runs = len(prior)
     (tmp_path / "prior.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prior))
     study = yaml.safe_load(CPU_STUDY.read_text())
     study.update(output_dir=str(tmp_path / "runs"))
@@ -158,27 +166,30 @@ def test_a_ladder_extended_fits_its_prior_runs_and_locks_them(tmp_path, monkeypa
         m["recipe"] = str(ROOT / "recipes/fashion_mnist" / Path(m["recipe"]).name)
     study["scaling"]["sizes"] = {"w160d4": study["scaling"]["sizes"]["w160d4"]}
     study["scaling"]["prior_runs"] = "prior.jsonl"  # relative to the study file
+    study["scaling"]["fit_max_epochs"] = 16 if cut else None
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     assert main(["study", str(tmp_path / "s.yaml"), "--dry-run"]) == 0
-    assert "fitted with the study's own runs: 36 prior runs of 3 sizes" in capsys.readouterr().out
+    assert f"fitted with the study's own runs: {runs} prior runs of 3 sizes" in capsys.readouterr().out
     sc, jobs = load_study(tmp_path / "s.yaml").scaling, plan(tmp_path / "s.yaml")
     folder = jobs[0].run_dir.parent
     held = [j for j in jobs if j.holdout]
     assert len(held) == len(jobs) - 1  # all but the teacher
     pred = json.loads(predict_holdout(folder, [j for j in jobs if not j.holdout], sc, held).read_text())
-    assert pred["fitted_on"] == 36 and 1.2e6 < pred["holdout_params"] < 1.3e6
+    assert pred["fitted_on"] == runs and 1.2e6 < pred["holdout_params"] < 1.3e6
+    assert pred.get("fit_max_epochs") == (16 if cut else None)
+    assert [law["runs"] for law in pred["fits"].values()] == [18, 18]
     for p in pred["predictions"]:
         truth = 100 * (1 - law(pred["holdout_params"], p["images"], p["method"]))
         assert abs(p["predicted_top1"] - truth) < 0.05 and p["persistence_top1"] is not None
     locked = json.loads(preregister.lock(folder, [], sc.prior_runs).read_text())
-    assert locked["prior_runs"]["runs"] == 36 and locked["prior_runs"]["last_finished_at"].startswith("2026-01-01")
+    assert locked["prior_runs"]["runs"] == runs and locked["prior_runs"]["last_finished_at"].startswith("2026-01-01")
     time.sleep(1.1)
     for j in held:
         _fake_run(folder, j.run_dir.name, j.seed, pred["holdout_params"], 19968, 90.0)
         summary = json.loads((j.run_dir / "summary.json").read_text())
         (j.run_dir / "summary.json").write_text(json.dumps({**summary, "started_at": preregister.utc_now()}))
     line = preregister.verdict(folder, [j.run_dir for j in held])
-    assert line.startswith("Pre-registration verified") and "after its 36 fitted runs finished" in line, line
+    assert line.startswith("Pre-registration verified") and f"after its {runs} fitted runs finished" in line, line
 
     prior[0]["size"] = "w160d4"
     (tmp_path / "prior.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prior))

@@ -17,7 +17,7 @@ import math
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -27,7 +27,7 @@ from distill.recipe import load_config
 from distill.data.sources import SOURCES, load_split
 from distill.errors import DataError
 from distill.models import build_student, create_model
-from distill.models.cost import forward_gflops, train_gflops
+from distill.models.cost import count_params, forward_gflops, train_gflops
 from distill.precision import native_precision
 from distill.runs.checkpoint import checkpoint_step
 
@@ -55,14 +55,21 @@ def split_shape(data_yaml: str, train_images: Optional[int]):
         return data.train_subset or train_images, 1000, 3
 
 
-def size_shape(cfg, sc) -> tuple:
-    """(training FLOPs per image of the student, images an epoch, micro-steps an epoch) of one run's config,
-    without reading the data where its source is built in (`split_shape`)."""
+class SizeShape(NamedTuple):
+    image_flops: float  # the student's training FLOPs per image
+    epoch_images: int  # images an epoch trains (whole global batches)
+    steps: int  # micro-steps an epoch
+    params: int
+
+
+def size_shape(cfg, sc) -> SizeShape:
+    """What one run's config trains, per image and per epoch, without reading the data where its source
+    is built in (`split_shape`): the ladder's budgets and the held-out prediction both read it here."""
     n, classes, chans = split_shape(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), sc.train_images)
     per_step = cfg.data.batch_size * sc.processes
     model = build_student(cfg.student, classes, chans, cfg.data.img_size)
     image_flops = train_gflops(model, (chans, cfg.data.img_size, cfg.data.img_size)) * 1e9
-    return image_flops, (n // per_step) * per_step, n // per_step
+    return SizeShape(image_flops, (n // per_step) * per_step, n // per_step, count_params(model))
 
 
 def _seconds_per_image(model: torch.nn.Module, shape, precision: str, batch: int) -> float:

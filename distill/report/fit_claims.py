@@ -32,14 +32,20 @@ def _percentiles(values) -> tuple:
 def frontier(fit: MethodFit, theta, flops) -> np.ndarray:
     """The law's lowest error at each student compute in `flops` over the fitted sizes and images."""
     sizes = sorted({float(r["params"]) for r in fit.rows})
-    per_image = [np.mean([r["flops"] / r["images"] for r in fit.rows if r["params"] == s]) for s in sizes]
-    n = np.geomspace(sizes[0], sizes[-1], _N_GRID)
-    k = np.exp(np.interp(np.log(n), np.log(sizes), np.log(per_image)))  # FLOPs per image at each N
+    log_k = np.log([np.mean([r["flops"] / r["images"] for r in fit.rows if r["params"] == s]) for s in sizes])
     c = np.atleast_1d(np.asarray(flops, float))[:, None]  # (C, 1)
-    d = c / k[None, :]  # (C, N) images
     d_lo, d_hi = fit.range("images")
-    inside = (d >= d_lo * (1 - 1e-9)) & (d <= d_hi * (1 + 1e-9))
-    err = fit.error(theta, np.broadcast_to(n, d.shape), d, np.broadcast_to(c, d.shape))
+    n = np.broadcast_to(np.geomspace(sizes[0], sizes[-1], _N_GRID), (len(c), _N_GRID))
+    if np.all(np.diff(log_k) > 0):  # where the images bound it, the size at which a bound is met exactly,
+        # so the frontier is continuous in C: a grid alone makes it step, and two such laws cross at each step
+        edge = [np.exp(np.interp(np.log(c / d), log_k, np.log(sizes), left=np.nan, right=np.nan))
+                for d in (d_lo, d_hi)]
+        n = np.concatenate([n, *edge], axis=1)
+    k = np.exp(np.interp(np.log(n), np.log(sizes), log_k))  # FLOPs per image at each N
+    d = c / k  # (C, N) images
+    inside = np.isfinite(n) & (d >= d_lo * (1 - 1e-9)) & (d <= d_hi * (1 + 1e-9))
+    n, d = np.where(inside, n, sizes[0]), np.where(inside, d, d_lo)  # evaluated, then masked
+    err = fit.error(theta, n, d, np.broadcast_to(c, d.shape))
     return np.where(inside, err, np.inf).min(axis=1)
 
 

@@ -103,8 +103,8 @@ def size_rungs(study, path: Path, overrides, size: str, extra=()) -> List[Rung]:
     first = next(iter(sc.methods.values()))
     wsd = [*sc.sizes[size], "train.schedule=wsd", *extra]
     cfg = load_config(str(path.parent / first.recipe), [*study.overrides, *first.overrides, *wsd, *overrides])
-    image_flops, epoch_images, steps = size_shape(cfg, sc)
-    return plan_size(sc.budgets, image_flops, epoch_images, steps, cfg.train.grad_accum_steps,
+    shape = size_shape(cfg, sc)
+    return plan_size(sc.budgets, shape.image_flops, shape.epoch_images, shape.steps, cfg.train.grad_accum_steps,
                      cfg.train.cooldown, f"study {path}: size {size}" + (f" ({' '.join(extra)})" if extra else ""))
 
 

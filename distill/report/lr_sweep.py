@@ -39,6 +39,9 @@ def expand(study, path: Path, size_of: Dict[str, str], smallest: Dict[str, str])
     rates = list(sc.lr_sweep)
     if len(set(rates)) != len(rates) or min(rates) <= 0:
         raise ConfigError(f"study {path}: scaling.lr_sweep={rates} must be distinct learning rates > 0")
+    if sc.lr_sweep_widen < 0 or (sc.lr_sweep_widen and len(rates) < 2):
+        raise ConfigError(f"study {path}: scaling.lr_sweep_widen={sc.lr_sweep_widen} must be >= 0, and widening "
+                          "needs at least 2 rates in lr_sweep (their ratio is the step)")
     sc.size_of, sc.sweep_size = dict(size_of), {}
     runs, seed = {}, study.seeds[0]
     for variant, run in study.runs.items():
@@ -59,16 +62,41 @@ def chosen(folder: Path) -> Dict[str, dict]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def widen(study, folder: Path) -> None:
+    """Add each size's widened rates (lrs.json's `widened`, written by `choose`) after its last sweep variant."""
+    sc = study.scaling
+    extra = {size: entry.get("widened", []) for size, entry in chosen(folder).items()}
+    if not any(extra.values()):
+        return
+    runs = {}
+    for variant, run in study.runs.items():
+        runs[variant] = run
+        size = sc.sweep_size.get(variant)
+        if size is not None and variant == sweep_variant(size, sc.lr_sweep[-1]):
+            for lr in extra.get(size, []):
+                runs[sweep_variant(size, lr)] = replace(run, overrides=[*run.overrides[:-1], f"train.lr={lr:g}"])
+                sc.sweep_size[sweep_variant(size, lr)] = size
+    study.runs = runs
+
+
+def _size(variant: str) -> str:
+    return variant[len(PREFIX):].rsplit("_lr", 1)[0]
+
+
 def choose(folder: Path, sc, jobs) -> Dict[str, dict]:
     """Choose the rate of every size whose sweep runs are all complete and that has none yet; write
-    lrs.json (a choice once made is kept). Returns lrs.json's content."""
+    lrs.json (a choice once made is kept). A best rate on the grid's lowest or highest edge has not been
+    bracketed: while the size has had fewer than `scaling.lr_sweep_widen` rates added, the next rate one
+    grid step beyond is recorded (`widened`) to be run instead of a choice; past that, the choice records
+    `edge` and the study says so. Returns lrs.json's content."""
     lrs = chosen(folder)
     sweeps: Dict[str, list] = {}
     for job in (j for j in jobs if is_sweep(j.variant)):
-        sweeps.setdefault(sc.sweep_size[job.variant], []).append(job)
+        sweeps.setdefault(_size(job.variant), []).append(job)
     new = False
     for size, mine in sweeps.items():
-        if size in lrs or not all((j.run_dir / records.SUMMARY).exists() for j in mine):
+        entry = lrs.get(size, {})
+        if "chosen" in entry or not all((j.run_dir / records.SUMMARY).exists() for j in mine):
             continue
         tried = []
         for job in mine:
@@ -76,9 +104,22 @@ def choose(folder: Path, sc, jobs) -> Dict[str, dict]:
             lr = float(next(x for x in reversed(job.settings) if x.startswith("train.lr=")).split("=", 1)[1])
             tried.append({"lr": lr, "top1": s["final_top1"], "run": job.run_dir.name})
         best = max(tried, key=lambda t: t["top1"])  # the first of equal top-1s: the sweep's order
-        lrs[size] = {"chosen": best["lr"], "epochs": int(dict(x.split("=", 1) for x in mine[0].settings)["train.epochs"]),
-                     "seed": mine[0].seed, "tried": tried, "chosen_at": utc_now()}
+        rates = sorted(t["lr"] for t in tried)
+        edge = "lowest" if best["lr"] == rates[0] else "highest" if best["lr"] == rates[-1] else None
+        widened = entry.get("widened", [])
         new = True
+        if edge and len(widened) < sc.lr_sweep_widen:
+            step = rates[1] / rates[0] if edge == "lowest" else rates[-1] / rates[-2]  # the grid's ratio at that edge
+            nxt = rates[0] / step if edge == "lowest" else rates[-1] * step
+            lrs[size] = {"widened": [*widened, nxt]}
+            print(f"== study: {size}: the best rate, {best['lr']:g}, is the sweep's {edge}: {nxt:g} is tried too",
+                  flush=True)
+            continue
+        lrs[size] = {"chosen": best["lr"], "epochs": int(dict(x.split("=", 1) for x in mine[0].settings)["train.epochs"]),
+                     "seed": mine[0].seed, "tried": tried, "edge": edge, "widened": widened, "chosen_at": utc_now()}
+        if edge:
+            print(f"== study: {size}: the best rate, {best['lr']:g}, is the sweep's {edge}: a better one may lie "
+                  f"{'below' if edge == 'lowest' else 'above'} it (widen scaling.lr_sweep)", flush=True)
     if new:
         durable.write_text(Path(folder) / LRS, json.dumps(lrs, indent=2) + "\n", f"learning rates {folder / LRS}")
     return lrs
@@ -89,8 +130,8 @@ def lr_setting(sc, variant: str, folder: Path) -> tuple:
     if not getattr(sc, "lr_sweep", None) or variant not in getattr(sc, "size_of", {}):
         return None, None
     size = sc.size_of[variant]
-    lrs = chosen(folder)
-    return (f"train.lr={lrs[size]['chosen']:g}", None) if size in lrs else (None, size)
+    entry = chosen(folder).get(size, {})
+    return (f"train.lr={entry['chosen']:g}", None) if "chosen" in entry else (None, size)
 
 
 def check_overrides(sc, overrides, path: Path) -> None:
@@ -110,8 +151,10 @@ def dry_run_lines(sc, folder: Path) -> List[str]:
              f"{', '.join(f'{r:g}' for r in sc.lr_sweep)} at each size's smallest budget, the study's first seed; the "
              "best final top-1 sets the size's train.lr"]
     for size in sizes:
-        if size in lrs:
-            lines.append(f"  {size}: train.lr={lrs[size]['chosen']:g} (chosen, {LRS})")
+        if "chosen" in lrs.get(size, {}):
+            edge = lrs[size].get("edge")
+            lines.append(f"  {size}: train.lr={lrs[size]['chosen']:g} (chosen, {LRS}" + (
+                f"; the sweep's {edge} rate: a better one may lie beyond it)" if edge else ")"))
         else:
             lines.append(f"  {size}: decided after its sweep runs; its runs above show the recipe's train.lr, "
                          "which the chosen rate replaces" + (" (held out: swept after the prediction)"

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Optional
 
+from distill.report.run_table import read_runs
 from distill.runs import durable, records
 from distill.runs.checkpoint import utc_now
 
@@ -40,7 +41,7 @@ def lock(folder: Path, fitted: Iterable[Path], prior: Optional[str] = None) -> P
     data = {"prediction": PREDICTION, "sha256": sha256(folder / PREDICTION), "locked_at": utc_now(),
             "fitted_runs": names}
     if prior:
-        rows = [json.loads(line) for line in Path(prior).read_text().splitlines() if line.strip()]
+        rows = read_runs(prior)  # accepted when the study loaded: its extra fields (finished_at) are kept
         finished = [r.get("finished_at") for r in rows]
         data["prior_runs"] = {"file": str(prior), "sha256": sha256(Path(prior)), "runs": len(rows),
                               "last_finished_at": None if None in finished else max(finished, key=datetime.fromisoformat)}

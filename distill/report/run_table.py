@@ -3,7 +3,8 @@
 Required: `method` (str), `params` (> 0), `images` (training images seen, > 0), `flops` (the
 student's training FLOPs, > 0), `seed` (int), `top1` (final test top-1 in %, 0 < top1 < 100); a
 held-out row may leave `top1` out or null: a planned run, predicted before it is trained.
-Optional: `size` (a label), `unique_images`, `budget` (the training FLOPs a study asked: where held-out
+Optional: `size` (a label), `unique_images` (the training set's size: `distill fit --max-epochs` needs
+it on every fitted row), `budget` (the training FLOPs a study asked: where held-out
 rows carry it, the naive baselines match fitted cells by it instead of by images), `test_loss`, `teacher_flops` (the teacher's whole
 training cost, the same on every row of a method), `baseline` (the method this one is compared
 with, the same on every row of a method), `holdout` (bool: kept out of the fit, predicted).

@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from distill.recipe import load_config
-from distill.data.sources import load_split
 from distill.report.compare import load_runs
 from distill.report.fit_report import fit_rows, markdown, plots
 from distill.errors import ConfigError
 from distill.report.run_table import check_row, check_table, read_runs
 from distill.report.stats import mean, std
 from distill.runs import durable, records
-from distill.models import build_student
-from distill.models.cost import count_params, train_gflops
 
 PREDICTION = "prediction.json"
 BOOTSTRAP = 400  # refits per law in a study's report, as `distill fit`'s default
@@ -126,16 +123,6 @@ def run_facts(run: dict) -> dict:
             "wall_s": s.get("wall_s"), "forked_from": s.get("forked_from")}
 
 
-def holdout_student(job) -> tuple:
-    """(parameters, training FLOPs per image) of the held-out rung, built from its run's config
-    (classes and channels from the test split's header: nothing is trained)."""
-    cfg = load_config(job.recipe, job.settings)
-    test = load_split(cfg.data, train=False)
-    model = build_student(cfg.student, test.num_classes, test.in_chans, cfg.data.img_size)
-    shape = (test.in_chans, cfg.data.img_size, cfg.data.img_size)
-    return count_params(model), train_gflops(model, shape) * 1e9
-
-
 def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     """Fit each method's law on the finished rungs, as `distill fit` does (the form each method's
     leave-one-size-out error picks), and write the held-out rung's predicted top-1 per budget (95%
@@ -150,13 +137,9 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     table = fit_table(rows, runs, sc)
     cells = {ladder_variant(m, sc.holdout, e): (m, e) for m in sc.methods for e in sc.epochs}
     holdout_jobs = [j for j in holdout_jobs if j.variant in cells]  # the rung's cells (not its lr sweep)
-    params, per_image = holdout_student(holdout_jobs[0])
-    main = next((r for r in rows if r["method"] in sc.methods), None)  # the study's own subset, not a data axis's
-    if main is not None:
-        per_epoch = main["images"] // main["epochs"]  # one training set: every run's epochs hold as many
-    else:  # every fitted run is a prior one: the images of an epoch from the held-out run's own config
-        from distill.report.estimate import size_shape
-        per_epoch = size_shape(load_config(holdout_jobs[0].recipe, holdout_jobs[0].settings), sc)[1]
+    from distill.report.estimate import size_shape  # torch-heavy, and only a study that predicts needs it
+    shape = size_shape(load_config(holdout_jobs[0].recipe, holdout_jobs[0].settings), sc)
+    params, per_image, per_epoch = shape.params, shape.image_flops, shape.epoch_images
     planned: Dict[tuple, int] = {}
     for j in holdout_jobs:
         planned[cells[j.variant]] = planned.get(cells[j.variant], 0) + 1

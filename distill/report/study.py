@@ -61,6 +61,7 @@ class Scaling:
     train_images: Optional[int] = None  # the training split's size, for a dry run where the data is absent
     processes: int = 1  # processes a run uses (GPUs), for the dry run's images per epoch
     lr_sweep: List[float] = field(default_factory=list)  # rates tried per size before its runs (lr_sweep.py)
+    lr_sweep_widen: int = 0  # rates added, a grid step each, beyond a best rate on the grid's edge
     teacher_axis: Optional[TeacherAxis] = None  # a method run from several teachers (teacher_axis.py)
     data_axis: Optional[DataAxis] = None  # cells run again on another number of unique images (data_axis.py)
     prior_runs: Optional[str] = None  # a committed runs.jsonl (relative to the study file) fitted with its own runs
@@ -229,6 +230,8 @@ def plan(path: Path, overrides=()) -> List[Job]:
     first_run = {v: folder / f"{v}_s{(r.seeds or study.seeds)[0]}" for v, r in study.runs.items()}
     sc, held = study.scaling, set()
     if sc is not None:
+        if sc.lr_sweep:
+            lr_sweep.widen(study, folder)  # rates added beyond an edge of the grid (lrs.json)
         held = {ladder_variant(m, sc.holdout, e) for m in sc.methods for e in sc.epochs}
         held |= {v for v, size in {**getattr(sc, "sweep_size", {}), **getattr(sc, "axis_sizes", {})}.items()
                  if size == sc.holdout}  # the held-out size's sweep and teacher axis: after the prediction
@@ -302,14 +305,16 @@ def _run(job: Job, status: dict) -> None:
 def _run_phase(path: Path, overrides, study: Study, jobs: List[Job], holdout: bool, status: dict) -> List[Job]:
     """Run the jobs of one phase: the fitted rungs (`holdout` False) or the held-out one. With
     `scaling.lr_sweep`, the phase's sweep runs go first; then each size whose sweep is complete gets
-    its rate (lrs.json) and the study is planned again, so that its runs carry it. Returns the jobs."""
+    its rate (lrs.json), or a rate beyond its grid's edge to run first, and the study is planned again,
+    so that its runs carry it. Returns the jobs."""
     sweeps = [j for j in jobs if j.holdout == holdout and lr_sweep.is_sweep(j.variant)]
-    for job in sweeps:
-        _run(job, status)
-    if sweeps:
+    while sweeps:  # again while choosing widens a sweep (scaling.lr_sweep_widen) with rates not yet tried
+        for job in sweeps:
+            _run(job, status)
         lr_sweep.choose(jobs[0].run_dir.parent, study.scaling, jobs)
         jobs = plan(path, overrides)
         _check_existing(jobs, path)
+        sweeps = [j for j in jobs if j.holdout == holdout and lr_sweep.is_sweep(j.variant) and j.run_dir not in status]
     for job in (j for j in jobs if j.holdout == holdout and not lr_sweep.is_sweep(j.variant)):
         _run(job, status)
     return jobs
