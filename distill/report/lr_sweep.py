@@ -74,6 +74,7 @@ def widen(study, folder: Path) -> None:
         size = sc.sweep_size.get(variant)
         if size is not None and variant == sweep_variant(size, sc.lr_sweep[-1]):
             for lr in extra.get(size, []):
+                # a sweep run's last override is its rate (`expand`): the added run differs only there
                 runs[sweep_variant(size, lr)] = replace(run, overrides=[*run.overrides[:-1], f"train.lr={lr:g}"])
                 sc.sweep_size[sweep_variant(size, lr)] = size
     study.runs = runs
