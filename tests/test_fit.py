@@ -298,6 +298,7 @@ def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_sa
     assert f"inside the 95% prediction interval in {inside} of {len(cells)} cells" in (folder / "README.md").read_text()
 
 
+@pytest.mark.slow  # a whole refit (leave-one-size-out over three methods): 5 s
 def test_the_fourth_study_refits_from_its_table_alone(tmp_path):
     """`distill fit docs/scaling_cpu_v4/report/runs.jsonl --max-epochs 4`, as its README says: the same law
     per method, fitted on the same runs, and the same predicted top-1 (the bootstrap, here 10 refits, moves
