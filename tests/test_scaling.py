@@ -191,6 +191,12 @@ def test_a_ladder_extended_fits_its_prior_runs_and_locks_them(tmp_path, monkeypa
     line = preregister.verdict(folder, [j.run_dir for j in held])
     assert line.startswith("Pre-registration verified") and f"after its {runs} fitted runs finished" in line, line
 
+    study["scaling"]["fit_max_epochs"] = 0.5
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    assert main(["study", str(tmp_path / "s.yaml"), "--dry-run"]) == 2
+    assert "scaling.fit_max_epochs 0.5: a run sees its images at least once" in capsys.readouterr().err
+    study["scaling"]["fit_max_epochs"] = 16 if cut else None
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     prior[0]["size"] = "w160d4"
     (tmp_path / "prior.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prior))
     assert main(["study", str(tmp_path / "s.yaml"), "--dry-run"]) == 2

@@ -201,14 +201,19 @@ def plots(result: dict, fits: dict, rows: List[dict], out) -> List[Path]:
     return figures
 
 
+def check_max_epochs(max_epochs: float, what: str) -> None:
+    """A cut below 1 epoch would leave out runs that saw each image once: refused."""
+    if not max_epochs >= 1:
+        raise ConfigError(f"{what} {max_epochs}: a run sees its images at least once; give 1 or more")
+
+
 def fit_rows(rows: List[dict], bootstrap: int, students: Optional[int], seed: int = 0,
              max_epochs: Optional[float] = None) -> tuple:
     """`analyse` plus the settings a reader needs; (result, fits). Refuses a table with no law, and
     `max_epochs` on a table whose fitted rows do not all carry `unique_images` (a held-out row is not
     fitted: a planned one may lack it)."""
     if max_epochs is not None:
-        if not max_epochs >= 1:
-            raise ConfigError(f"max epochs {max_epochs}: a run sees its images at least once; give 1 or more")
+        check_max_epochs(max_epochs, "max epochs")
         bare = next((r for r in rows if not r.get("holdout") and not r.get("unique_images")), None)
         if bare is not None:
             raise ConfigError(f"run {bare.get('run', bare['method'])} has no unique_images: a cut at "

@@ -29,6 +29,7 @@ from distill.report.teacher_axis import TeacherAxis
 from distill.report.baselines import study_baselines
 from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
+from distill.report.fit_report import check_max_epochs
 from distill.runs import records
 from distill.runs.folder import differing_key, read_summary
 
@@ -104,8 +105,8 @@ def _expand_scaling(study: Study, path: Path, overrides=()) -> None:
         if run.sizes is not None and (not set(run.sizes) <= set(sc.sizes) or sc.holdout not in run.sizes):
             raise ConfigError(f"study {path}: scaling.methods.{method}.sizes={run.sizes} must be sizes of the study "
                               f"and hold the held-out {sc.holdout}")
-    if sc.fit_max_epochs is not None and not sc.fit_max_epochs >= 1:
-        raise ConfigError(f"study {path}: scaling.fit_max_epochs={sc.fit_max_epochs} must be at least 1 (epochs)")
+    if sc.fit_max_epochs is not None:  # refused before any run, not when the prediction is fitted
+        check_max_epochs(sc.fit_max_epochs, f"study {path}: scaling.fit_max_epochs")
     if sc.prior_runs is not None:
         sc.prior_runs = scaling.check_prior_runs(path, sc)
     if sc.budgets:
