@@ -32,9 +32,10 @@ def is_sweep(variant: str) -> bool:
 
 
 def expand(study, path: Path, size_of: Dict[str, str], smallest: Dict[str, str]) -> None:
-    """Put each size's sweep variants before its first ladder variant in `study.runs`. `size_of`:
-    ladder variant -> size; `smallest`: size -> the baseline method's variant at the smallest budget,
-    whose settings (fork aside: the sweep trains from scratch) each sweep run takes, with its rate."""
+    """Put each size's sweep variants before its first ladder variant in `study.runs`: the grid's rates,
+    then those added beyond its edge (lrs.json's `widened`, written by `choose`). `size_of`: ladder
+    variant -> size; `smallest`: size -> the baseline method's variant at the smallest budget, whose
+    settings (fork aside: the sweep trains from scratch) each sweep run takes, with its rate."""
     sc = study.scaling
     rates = list(sc.lr_sweep)
     if len(set(rates)) != len(rates) or min(rates) <= 0:
@@ -42,13 +43,14 @@ def expand(study, path: Path, size_of: Dict[str, str], smallest: Dict[str, str])
     if sc.lr_sweep_widen < 0 or (sc.lr_sweep_widen and len(rates) < 2):
         raise ConfigError(f"study {path}: scaling.lr_sweep_widen={sc.lr_sweep_widen} must be >= 0, and widening "
                           "needs at least 2 rates in lr_sweep (their ratio is the step)")
+    lrs = chosen(Path(study.output_dir) / study.name)
     sc.size_of, sc.sweep_size = dict(size_of), {}
     runs, seed = {}, study.seeds[0]
     for variant, run in study.runs.items():
         size = size_of.get(variant)
         if size is not None and sweep_variant(size, rates[0]) not in runs:
             base = study.runs[smallest[size]]
-            for lr in rates:
+            for lr in [*rates, *lrs.get(size, {}).get("widened", [])]:
                 runs[sweep_variant(size, lr)] = replace(base, seeds=[seed], fork=None,
                                                         overrides=[*base.overrides, f"train.lr={lr:g}"])
                 sc.sweep_size[sweep_variant(size, lr)] = size
@@ -62,28 +64,6 @@ def chosen(folder: Path) -> Dict[str, dict]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def widen(study, folder: Path) -> None:
-    """Add each size's widened rates (lrs.json's `widened`, written by `choose`) after its last sweep variant."""
-    sc = study.scaling
-    extra = {size: entry.get("widened", []) for size, entry in chosen(folder).items()}
-    if not any(extra.values()):
-        return
-    runs = {}
-    for variant, run in study.runs.items():
-        runs[variant] = run
-        size = sc.sweep_size.get(variant)
-        if size is not None and variant == sweep_variant(size, sc.lr_sweep[-1]):
-            for lr in extra.get(size, []):
-                # a sweep run's last override is its rate (`expand`): the added run differs only there
-                runs[sweep_variant(size, lr)] = replace(run, overrides=[*run.overrides[:-1], f"train.lr={lr:g}"])
-                sc.sweep_size[sweep_variant(size, lr)] = size
-    study.runs = runs
-
-
-def _size(variant: str) -> str:
-    return variant[len(PREFIX):].rsplit("_lr", 1)[0]
-
-
 def choose(folder: Path, sc, jobs) -> Dict[str, dict]:
     """Choose the rate of every size whose sweep runs are all complete and that has none yet; write
     lrs.json (a choice once made is kept). A best rate on the grid's lowest or highest edge has not been
@@ -92,8 +72,8 @@ def choose(folder: Path, sc, jobs) -> Dict[str, dict]:
     `edge` and the study says so. Returns lrs.json's content."""
     lrs = chosen(folder)
     sweeps: Dict[str, list] = {}
-    for job in (j for j in jobs if is_sweep(j.variant)):
-        sweeps.setdefault(_size(job.variant), []).append(job)
+    for job in (j for j in jobs if j.sweep_of is not None):
+        sweeps.setdefault(job.sweep_of, []).append(job)
     new = False
     for size, mine in sweeps.items():
         entry = lrs.get(size, {})

@@ -89,6 +89,7 @@ class Job:
     needs: Optional[Path] = None
     holdout: bool = False  # a held-out rung's run: predicted before it starts
     waits_for_lr: Optional[str] = None  # the size whose rate (scaling.lr_sweep) is not chosen yet
+    sweep_of: Optional[str] = None  # a learning-rate sweep run (scaling.lr_sweep): the size it sweeps
     recipe: str = ""
     settings: List[str] = field(default_factory=list)  # the key=value overrides of its command
 
@@ -157,6 +158,10 @@ def load_study(path: Path, overrides=()) -> Study:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"study {path}:{where}: not valid YAML ({getattr(e, 'problem', None) or e}); "
                           "quote an item that holds [ ] { } or ': '") from None
+    for item in overrides:  # where the study's folder is (its lrs.json widens a sweep) before expanding it
+        key, _, value = item.partition("=")
+        if key.strip() == "output_dir":
+            study.output_dir = value.strip()
     if study.scaling is not None:
         _expand_scaling(study, path, overrides)
     if study.launcher not in ("python", "launch"):
@@ -200,7 +205,7 @@ OWNED = {"name": "the study names each run <variant>_s<seed>; give the study ano
 
 def _study_overrides(study: Study, path: Path, overrides) -> List[str]:
     """The command line's overrides for every run. `output_dir=DIR` there moves the study (its runs go to
-    DIR/<study name>/) and is not passed on; a key the study sets itself (`OWNED`) is refused wherever it is
+    DIR/<study name>/; `load_study` sets it) and is not passed on; a key the study sets itself (`OWNED`) is refused wherever it is
     given, since the study's own value would silently replace it."""
     given = [("on the command line", list(overrides)), ("in the study's overrides", study.overrides),
              *((f"in runs.{v}.overrides", r.overrides) for v, r in study.runs.items())]
@@ -212,14 +217,7 @@ def _study_overrides(study: Study, path: Path, overrides) -> List[str]:
             if key == "output_dir" and where != given[0][0]:
                 raise ConfigError(f"study {path}: {item} {where} cannot apply: the study's runs go to "
                                   "<output_dir>/<name>/; set output_dir: at the study file's top level instead")
-    rest = []
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key.strip() == "output_dir":
-            study.output_dir = value.strip()
-        else:
-            rest.append(item)
-    return rest
+    return [item for item in overrides if item.partition("=")[0].strip() != "output_dir"]  # load_study moved it
 
 
 def plan(path: Path, overrides=()) -> List[Job]:
@@ -231,8 +229,6 @@ def plan(path: Path, overrides=()) -> List[Job]:
     first_run = {v: folder / f"{v}_s{(r.seeds or study.seeds)[0]}" for v, r in study.runs.items()}
     sc, held = study.scaling, set()
     if sc is not None:
-        if sc.lr_sweep:
-            lr_sweep.widen(study, folder)  # rates added beyond an edge of the grid (lrs.json)
         held = {ladder_variant(m, sc.holdout, e) for m in sc.methods for e in sc.epochs}
         held |= {v for v, size in {**getattr(sc, "sweep_size", {}), **getattr(sc, "axis_sizes", {})}.items()
                  if size == sc.holdout}  # the held-out size's sweep and teacher axis: after the prediction
@@ -253,8 +249,9 @@ def plan(path: Path, overrides=()) -> List[Job]:
             launcher = [str(ROOT / "launch.sh")] if study.launcher == "launch" else [sys.executable, "-m", "distill",
                                                                                     "train"]
             holdout = variant in held
-            jobs.append(Job(variant, seed, run_dir, [*launcher, recipe, *settings], needs, holdout, waits, recipe,
-                            settings))
+            sweep_of = getattr(sc, "sweep_size", {}).get(variant)
+            jobs.append(Job(variant, seed, run_dir, [*launcher, recipe, *settings], needs, holdout, waits, sweep_of,
+                            recipe, settings))
     return jobs
 
 
@@ -308,15 +305,15 @@ def _run_phase(path: Path, overrides, study: Study, jobs: List[Job], holdout: bo
     `scaling.lr_sweep`, the phase's sweep runs go first; then each size whose sweep is complete gets
     its rate (lrs.json), or a rate beyond its grid's edge to run first, and the study is planned again,
     so that its runs carry it. Returns the jobs."""
-    sweeps = [j for j in jobs if j.holdout == holdout and lr_sweep.is_sweep(j.variant)]
+    sweeps = [j for j in jobs if j.holdout == holdout and j.sweep_of]
     while sweeps:  # again while choosing widens a sweep (scaling.lr_sweep_widen) with rates not yet tried
         for job in sweeps:
             _run(job, status)
         lr_sweep.choose(jobs[0].run_dir.parent, study.scaling, jobs)
         jobs = plan(path, overrides)
         _check_existing(jobs, path)
-        sweeps = [j for j in jobs if j.holdout == holdout and lr_sweep.is_sweep(j.variant) and j.run_dir not in status]
-    for job in (j for j in jobs if j.holdout == holdout and not lr_sweep.is_sweep(j.variant)):
+        sweeps = [j for j in jobs if j.holdout == holdout and j.sweep_of and j.run_dir not in status]
+    for job in (j for j in jobs if j.holdout == holdout and not j.sweep_of):
         _run(job, status)
     return jobs
 
