@@ -87,7 +87,6 @@ def expand(study, path: Path, overrides=()) -> None:
                           "trained as cooldown forks; see docs/ladder.md)")
     if min(sc.budgets) <= 0:
         raise ConfigError(f"study {path}: scaling.budgets={sc.budgets} must be training FLOPs > 0")
-    sc.rungs = {}
     for size in [s for s in sc.sizes if s != sc.holdout] + [sc.holdout]:
         sc.rungs[size] = size_rungs(study, path, overrides, size)
         add_cells(study, sc.methods, size, sc.rungs[size], [])
@@ -152,7 +151,7 @@ def budget_lines(sc) -> List[str]:
     """The dry run's table of budgets: per size, the epochs each budget rounds to, the FLOPs trained and
     the checkpoint its fork starts from."""
     lines = [f"{'size':10s} {'budget FLOPs':>13s} {'epochs':>7s} {'trained FLOPs':>14s}  start"]
-    for size, rungs in getattr(sc, "rungs", {}).items():
+    for size, rungs in sc.rungs.items():
         for r in rungs:
             start = ("long run" if r is rungs[0] else
                      f"fork at epoch {r.fork_epoch} ({CHECKPOINT.format(r.fork_step)})" if r.fork_step else "scratch")

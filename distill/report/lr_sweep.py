@@ -108,7 +108,7 @@ def choose(folder: Path, sc, jobs) -> Dict[str, dict]:
 
 def lr_setting(sc, variant: str, folder: Path) -> tuple:
     """(the `train.lr=` override of a ladder variant, or None; the size whose rate it still waits for, or None)."""
-    if not getattr(sc, "lr_sweep", None) or variant not in getattr(sc, "size_of", {}):
+    if sc is None or variant not in sc.size_of:
         return None, None
     size = sc.size_of[variant]
     entry = chosen(folder).get(size, {})
@@ -117,14 +117,14 @@ def lr_setting(sc, variant: str, folder: Path) -> tuple:
 
 def check_overrides(sc, overrides, path: Path) -> None:
     """A command-line train.lr would overrule every size's choice: refused where the study sweeps."""
-    if getattr(sc, "lr_sweep", None) and any(o.split("=", 1)[0].strip() == "train.lr" for o in overrides):
+    if sc.lr_sweep and any(o.split("=", 1)[0].strip() == "train.lr" for o in overrides):
         raise ConfigError(f"study {path}: train.lr= on the command line cannot apply: scaling.lr_sweep chooses each "
                           "size's rate; edit lr_sweep in the study file instead")
 
 
 def dry_run_lines(sc, folder: Path) -> List[str]:
     """What the dry run says of the rates: chosen (lrs.json), or decided after the sweep's runs."""
-    if not getattr(sc, "lr_sweep", None):
+    if not sc.lr_sweep:
         return []
     lrs = chosen(folder)
     sizes = list(dict.fromkeys(sc.sweep_size.values()))

@@ -44,12 +44,12 @@ def ladder_variant(method: str, size: str, epochs: int) -> str:
 
 def study_method(sc, name: str) -> str:
     """The study method a fit label stands for: a data axis's `plain-u20000` is `plain` (data_axis.py)."""
-    return getattr(sc, "data_methods", {}).get(name, (name,))[0]
+    return sc.data_methods.get(name, (name,))[0]
 
 
 def ladder_rows(runs: list, sc) -> List[dict]:
     """One row per finished ladder run: method, size, epochs, seed and what it cost and scored."""
-    methods = [*sc.methods, *getattr(sc, "data_methods", {})]  # a data axis's labels are methods of the fit
+    methods = [*sc.methods, *sc.data_methods]  # a data axis's labels are methods of the fit
     where = {ladder_variant(m, s, e): (m, s, e) for m in methods for s in sc.sizes for e in sc.epochs}
     rows = []
     for run in runs:
@@ -84,7 +84,7 @@ def check_prior_runs(path: Path, sc) -> str:
 def prior_rows(sc) -> List[dict]:
     """The rows of `scaling.prior_runs` (a ladder extended: an earlier study's committed runs.jsonl), all
     fitted: an earlier study's held-out rows are data here."""
-    if not getattr(sc, "prior_runs", None):
+    if not sc.prior_runs:
         return []
     return [{**r, "holdout": False} for r in read_runs(sc.prior_runs)]
 
@@ -92,8 +92,8 @@ def prior_rows(sc) -> List[dict]:
 def budget_of(sc, method: str, size: str, epochs: int) -> Optional[float]:
     """The training FLOPs a budgets study asked of a cell (None under `epochs`): the naive baselines of
     its prediction compare sizes at one budget, where each trains its own images."""
-    images = getattr(sc, "data_methods", {}).get(method, (None, None))[1]
-    rungs = getattr(sc, "rungs", {}).get(f"{size}-u{images}" if images else size, [])
+    images = sc.data_methods.get(method, (None, None))[1]
+    rungs = sc.rungs.get(f"{size}-u{images}" if images else size, [])
     return next((r.budget for r in rungs if r.epochs == epochs), None)
 
 

@@ -68,6 +68,15 @@ class Scaling:
     prior_runs: Optional[str] = None  # a committed runs.jsonl (relative to the study file) fitted with its own runs
     fit_max_epochs: Optional[float] = None  # fit only runs of at most this many epochs (`distill fit --max-epochs`)
 
+    def __post_init__(self):
+        """What expanding the study derives (attributes, not keys of its file): `load_study` fills them."""
+        self.rungs: Dict[str, list] = {}  # size (or `<size>-u<images>`) -> its ladder.Rungs, under budgets
+        self.size_of: Dict[str, str] = {}  # ladder variant -> size, with scaling.lr_sweep
+        self.sweep_size: Dict[str, str] = {}  # lr sweep variant -> the size it sweeps
+        self.axis_sizes: Dict[str, str] = {}  # teacher-axis variant -> size
+        self.axis_cells: Dict[str, str] = {}  # size -> the ladder cell its teacher axis repeats
+        self.data_methods: Dict[str, tuple] = {}  # data-axis label -> (method, unique images)
+
 
 @dataclass
 class Study:
@@ -230,7 +239,7 @@ def plan(path: Path, overrides=()) -> List[Job]:
     sc, held = study.scaling, set()
     if sc is not None:
         held = {ladder_variant(m, sc.holdout, e) for m in sc.methods for e in sc.epochs}
-        held |= {v for v, size in {**getattr(sc, "sweep_size", {}), **getattr(sc, "axis_sizes", {})}.items()
+        held |= {v for v, size in {**sc.sweep_size, **sc.axis_sizes}.items()
                  if size == sc.holdout}  # the held-out size's sweep and teacher axis: after the prediction
         lr_sweep.check_overrides(sc, overrides, path)
     jobs = []
@@ -249,7 +258,7 @@ def plan(path: Path, overrides=()) -> List[Job]:
             launcher = [str(ROOT / "launch.sh")] if study.launcher == "launch" else [sys.executable, "-m", "distill",
                                                                                     "train"]
             holdout = variant in held
-            sweep_of = getattr(sc, "sweep_size", {}).get(variant)
+            sweep_of = sc.sweep_size.get(variant) if sc is not None else None
             jobs.append(Job(variant, seed, run_dir, [*launcher, recipe, *settings], needs, holdout, waits, sweep_of,
                             recipe, settings))
     return jobs
@@ -348,7 +357,7 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     if any(j.holdout for j in jobs):
         sc = study.scaling
         prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], sc, [j for j in jobs if j.holdout])
-        ladder = {ladder_variant(m, size, e) for m in [*sc.methods, *getattr(sc, "data_methods", {})]
+        ladder = {ladder_variant(m, size, e) for m in [*sc.methods, *sc.data_methods]
                   for size in sc.sizes for e in sc.epochs}
         locked = preregister.lock(folder, [j.run_dir for j in jobs if not j.holdout and j.variant in ladder],
                                   sc.prior_runs)

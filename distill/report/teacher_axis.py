@@ -55,7 +55,7 @@ def expand(study, path: Path) -> Dict[str, str]:
                 study.runs[axis_variant(cell, teacher)] = replace(run, teacher=teacher, fork=None,
                                                                   overrides=[*run.overrides, *extra])
                 added[axis_variant(cell, teacher)] = size
-        sc.axis_cells = {**getattr(sc, "axis_cells", {}), size: cell}
+        sc.axis_cells[size] = cell
     sc.axis_sizes = added
     return added
 
@@ -69,7 +69,7 @@ def cells(sc, folder: Path, seeds: List[int]) -> List[dict]:
     """Per (size, teacher): the teacher's top-1 (its first seed's run) and its students' top-1 by seed."""
     axis, own = sc.teacher_axis, sc.methods[sc.teacher_axis.method].teacher
     out = []
-    for size, cell in getattr(sc, "axis_cells", {}).items():
+    for size, cell in sc.axis_cells.items():
         for teacher in axis.teachers:
             variant = cell if teacher == own else axis_variant(cell, teacher)
             teacher_top1 = next((t for s in seeds if (t := _top1(folder, f"{teacher}_s{s}")) is not None), None)
