@@ -130,7 +130,7 @@ def cmd_study(args) -> int:
             print("\n" + "\n".join(budget_lines(study.scaling)) + "\n" + saved_line(rows))
         from distill.report.lr_sweep import dry_run_lines
 
-        for line in dry_run_lines(study.scaling, jobs[0].run_dir.parent) if study.scaling else []:
+        for line in dry_run_lines(study.scaling, jobs[0].run_dir.parent, rows) if study.scaling else []:
             print(line)
         if study.scaling is not None and study.scaling.prior_runs:
             from distill.report.scaling import prior_rows

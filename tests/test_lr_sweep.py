@@ -144,3 +144,22 @@ def test_widening_a_sweep_of_one_rate_is_refused(tmp_path):
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(ConfigError, match="widening needs at least 2 rates"):
         plan(path)
+
+
+def test_the_dry_run_says_the_most_that_widening_could_add(tmp_path):
+    """Each size not yet chosen may add lr_sweep_widen runs as long as its first sweep run; a size already
+    chosen adds none, and one widened once already has one fewer left."""
+    from distill.report.lr_sweep import dry_run_lines
+    from distill.report.study import load_study
+
+    path = _study(tmp_path, lr_sweep_widen=2)
+    rows = [{"run": j.run_dir.name, "hours_here": (0.5 if j.variant.startswith("lrsweep_a") else 0.25) if j.sweep_of
+             else 9.0} for j in plan(path)]
+    line = dry_run_lines(load_study(path).scaling, tmp_path / "out" / "s", rows)[-1]
+    assert "up to 4 more sweep runs, 1.500 h at most, not in the total above" in line  # 2 x 0.5 + 2 x 0.25
+    folder = tmp_path / "out" / "s"
+    folder.mkdir(parents=True)
+    (folder / "lrs.json").write_text(json.dumps({"a": {"chosen": 1e-3}, "b": {"widened": [4e-3]}}))
+    line = dry_run_lines(load_study(path).scaling, folder, rows)[-1]
+    assert "up to 1 more sweep run, 0.250 h at most" in line
+    assert not any("widening" in x for x in dry_run_lines(load_study(_study(tmp_path)).scaling, folder, rows))

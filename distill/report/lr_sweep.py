@@ -122,8 +122,9 @@ def check_overrides(sc, overrides, path: Path) -> None:
                           "size's rate; edit lr_sweep in the study file instead")
 
 
-def dry_run_lines(sc, folder: Path) -> List[str]:
-    """What the dry run says of the rates: chosen (lrs.json), or decided after the sweep's runs."""
+def dry_run_lines(sc, folder: Path, rows=()) -> List[str]:
+    """What the dry run says of the rates: chosen (lrs.json), or decided after the sweep's runs; and, with
+    `lr_sweep_widen`, the most the runs beyond a grid's edge could add to the estimate's `rows`."""
     if not sc.lr_sweep:
         return []
     lrs = chosen(folder)
@@ -140,6 +141,16 @@ def dry_run_lines(sc, folder: Path) -> List[str]:
             lines.append(f"  {size}: decided after its sweep runs; its runs above show the recipe's train.lr, "
                          "which the chosen rate replaces" + (" (held out: swept after the prediction)"
                                                             if size == sc.holdout else ""))
+    hours = {r["run"]: r.get("hours_calibrated", r["hours_here"]) for r in rows}
+    more = {size: sc.lr_sweep_widen - len(lrs.get(size, {}).get("widened", [])) for size in sizes
+            if "chosen" not in lrs.get(size, {})}
+    if any(n > 0 for n in more.values()):  # a widened run is as long as its size's first sweep run
+        first = {size: next((h for run, h in hours.items() if run.startswith(sweep_variant(size, sc.lr_sweep[0]) + "_s")),
+                            0.0) for size in more}
+        n = sum(more.values())
+        lines.append(f"  widening (lr_sweep_widen {sc.lr_sweep_widen}): up to {n} more sweep run{'s' * (n != 1)}, "
+                     f"{sum(n * first[s] for s, n in more.items()):.3f} h at most, not in the total above; each runs "
+                     "only where a size's best rate is on its grid's edge")
     return lines
 
 
