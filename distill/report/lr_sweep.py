@@ -145,12 +145,12 @@ def dry_run_lines(sc, folder: Path, rows=()) -> List[str]:
     more = {size: sc.lr_sweep_widen - len(lrs.get(size, {}).get("widened", [])) for size in sizes
             if "chosen" not in lrs.get(size, {})}
     if any(n > 0 for n in more.values()):  # a widened run is as long as its size's first sweep run
-        first = {size: next((h for run, h in hours.items() if run.startswith(sweep_variant(size, sc.lr_sweep[0]) + "_s")),
+        first = {size: next((h for run, h in hours.items() if run.startswith(f"{sweep_variant(size, sc.lr_sweep[0])}_s")),
                             0.0) for size in more}
-        n = sum(more.values())
-        lines.append(f"  widening (lr_sweep_widen {sc.lr_sweep_widen}): up to {n} more sweep run{'s' * (n != 1)}, "
-                     f"{sum(n * first[s] for s, n in more.items()):.3f} h at most, not in the total above; each runs "
-                     "only where a size's best rate is on its grid's edge")
+        runs = sum(more.values())
+        lines.append(f"  widening (lr_sweep_widen {sc.lr_sweep_widen}): up to {runs} more sweep "
+                     f"run{'s' * (runs != 1)}, {sum(n * first[s] for s, n in more.items()):.3f} h at most, not in the "
+                     "total above; each runs only where a size's best rate is on its grid's edge")
     return lines
 
 

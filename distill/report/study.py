@@ -214,8 +214,8 @@ OWNED = {"name": "the study names each run <variant>_s<seed>; give the study ano
 
 def _study_overrides(study: Study, path: Path, overrides) -> List[str]:
     """The command line's overrides for every run. `output_dir=DIR` there moves the study (its runs go to
-    DIR/<study name>/; `load_study` sets it) and is not passed on; a key the study sets itself (`OWNED`) is refused wherever it is
-    given, since the study's own value would silently replace it."""
+    DIR/<study name>/; `load_study` sets it) and is not passed on; a key the study sets itself (`OWNED`) is
+    refused wherever it is given, since the study's own value would silently replace it."""
     given = [("on the command line", list(overrides)), ("in the study's overrides", study.overrides),
              *((f"in runs.{v}.overrides", r.overrides) for v, r in study.runs.items())]
     for where, items in given:
