@@ -10,7 +10,7 @@ from scipy.optimize import brentq, check_grad
 
 from conftest import ROOT
 from distill.cli import main
-from distill.report.fit_claims import baselines, compare, gains, students_of, teacher_share
+from distill.report.fit_claims import baselines, compare, gains, holdout_errors, students_of, teacher_share
 from distill.report.fit_report import markdown
 from distill.report.fit_runs import MethodFit, Solution, fit_form, parameters, references, solve
 from distill.report.laws import FORMS
@@ -253,6 +253,35 @@ def test_max_epochs_fits_only_the_runs_that_repeat_their_images_little(tmp_path,
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and says in err and "\n" not in err
         assert not (tmp_path / "refused").exists()
+
+
+def test_the_laws_error_against_each_baseline_has_an_interval_from_its_cells_seeds():
+    """The law's mean absolute error minus each baseline's, by hand; its 95% interval from resampling each
+    cell's seeds lies within what any resample can give (enumerated here), is one point where the seeds agree
+    or where the law and the baseline miss on the same side, and is absent for a cell of one seed."""
+    import itertools
+
+    seeds = {"a": [70.0, 71.0, 72.5], "b": [60.0, 60.0, 60.0]}
+    preds = [{"method": "plain", "params": 1e6, "images": images, "predicted_top1": law, "persistence_top1": pers,
+              "loglinear_top1": loglin, "measured_top1": float(np.mean(seeds[cell]))}
+             for cell, images, law, pers, loglin in (("a", 1e4, 69.5, 66.0, 72.0), ("b", 2e4, 59.0, 55.0, 61.0))]
+    held = [{"method": "plain", "params": 1e6, "images": p["images"], "top1": t, "seed": i}
+            for p, cell in zip(preds, "ab") for i, t in enumerate(seeds[cell])]
+    errors = holdout_errors(preds, held, seed=0)["all"]
+    for base in ("persistence", "loglinear"):
+        by_hand = np.mean([abs(p["predicted_top1"] - p["measured_top1"]) - abs(p[f"{base}_top1"] - p["measured_top1"])
+                           for p in preds])
+        d = errors[f"law_minus_{base}"]
+        assert d["value"] == pytest.approx(by_hand, abs=1e-12)
+        every = [np.mean([abs(p["predicted_top1"] - m) - abs(p[f"{base}_top1"] - m) for p, m in zip(preds, means)])
+                 for means in itertools.product(*(
+                     [np.mean(r) for r in itertools.product(seeds[c], repeat=3)] for c in "ab"))]
+        assert min(every) - 1e-9 <= d["low"] <= d["value"] <= d["high"] <= max(every) + 1e-9
+    # persistence misses both cells low, as the law does: the difference is the same in every resample
+    assert errors["law_minus_persistence"]["low"] == pytest.approx(errors["law_minus_persistence"]["high"])
+    # log-linear misses cell a high where the law misses it low: a's seeds move the difference
+    assert errors["law_minus_loglinear"]["high"] - errors["law_minus_loglinear"]["low"] > 0.3
+    assert holdout_errors(preds, held[:1] + held[3:], seed=0)["all"]["law_minus_loglinear"] is None
 
 
 @pytest.mark.parametrize("fits_json, pages", [

@@ -154,15 +154,32 @@ def _loglinear(fit: MethodFit, params, images, budget=None) -> Optional[float]:
     return float(icept + slope * np.log(params))
 
 
-def holdout_errors(preds: List[dict]) -> Dict[str, dict]:
+def holdout_errors(preds: List[dict], held: List[dict], seed: int, draws: int = 2000) -> Dict[str, dict]:
     """Mean absolute error (top-1 points) of the law, persistence and the log-linear line over the
-    measured held-out cells, per method and over all."""
+    measured held-out cells, per method and over all. Beside each baseline, the law's error minus its
+    (negative: the law is closer) with a 95% interval from resampling each cell's seeds, the unit that
+    varies: the law beats a baseline on these cells only where the interval is below zero. None where a
+    cell has fewer than two seeds (no spread to resample)."""
+    rng = np.random.default_rng(seed)
     out = {}
     measured = [p for p in preds if p["measured_top1"] is not None]
     for key in sorted({p["method"] for p in measured}) + ["all"]:
         mine = [p for p in measured if key in ("all", p["method"])]
         out[key] = {"cells": len(mine), **{name: _mae(mine, f"{name}_top1") for name in
                                            ("predicted", "persistence", "loglinear")}}
+        seeds = [[float(r["top1"]) for r in held if r.get("top1") is not None and
+                  (r["method"], r["params"], r["images"]) == (p["method"], p["params"], p["images"])] for p in mine]
+        for name in ("persistence", "loglinear"):
+            cells = [(p, s) for p, s in zip(mine, seeds) if p[f"{name}_top1"] is not None]
+            if not cells or any(len(s) < 2 for _, s in cells):
+                out[key][f"law_minus_{name}"] = None
+                continue
+            law, base = (np.array([p[k] for p, _ in cells]) for k in ("predicted_top1", f"{name}_top1"))
+            means = np.stack([rng.choice(s, size=(draws, len(s))).mean(axis=1) for _, s in cells], axis=1)
+            diff = np.abs(law - means).mean(axis=1) - np.abs(base - means).mean(axis=1)
+            low, high = _percentiles(diff)
+            value = _mae([p for p, _ in cells], "predicted_top1") - _mae([p for p, _ in cells], f"{name}_top1")
+            out[key][f"law_minus_{name}"] = {"value": value, "low": low, "high": high}
     return out
 
 
@@ -256,7 +273,8 @@ def analyse(rows: List[dict], bootstrap: int = 400, students: Optional[int] = No
         counts = {m: students or students_of(rows, m) for m in methods}
         comparisons = [compare(fits[base[m]], fits[m], cost, counts) for m in methods
                        if m in fits and base.get(m) in fits for cost in TEACHER_COSTS]
-        preds = predictions(fits, [r for r in rows if r.get("holdout")], seed)
-    return {"laws": laws, "predictions": preds, "holdout_errors": holdout_errors(preds),
+        held = [r for r in rows if r.get("holdout")]
+        preds = predictions(fits, held, seed)
+    return {"laws": laws, "predictions": preds, "holdout_errors": holdout_errors(preds, held, seed),
             "crossings": [c for comp in comparisons for c in comp["crossings"]], "comparisons": comparisons,
             "students": counts, "gains": gains(rows, base)}, fits

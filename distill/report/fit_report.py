@@ -71,8 +71,13 @@ def _predictions(result: dict) -> List[str]:
     lines = _table(["method", "params", "images", "law: top-1 % [95% prediction interval]", "persistence",
                     "log-linear", "measured (mean)", "seeds"], body) + [""]
     for key, e in result["holdout_errors"].items():
+        against = [f"{label} {d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" for label, d in
+                   (("persistence's", e.get("law_minus_persistence")), ("log-linear's", e.get("law_minus_loglinear")))
+                   if d is not None]
         lines.append(f"- {key}: mean absolute error over {e['cells']} cells: law {_g(e['predicted'], '.2f')}, "
-                     f"persistence {_g(e['persistence'], '.2f')}, log-linear {_g(e['loglinear'], '.2f')} points")
+                     f"persistence {_g(e['persistence'], '.2f')}, log-linear {_g(e['loglinear'], '.2f')} points" +
+                     (f"; the law's minus {', '.join(against)} (95%, each cell's seeds resampled; below zero: the "
+                      "law is closer)" if against else ""))
     return lines + [""]
 
 
