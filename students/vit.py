@@ -127,7 +127,7 @@ class DistillViT(nn.Module):
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
         num_tokens = self.num_prefix_tokens + self.patch_embed.num_patches
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))  # over cls [+ dist] + patches
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth (timm)
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # as timm; on the CPU even under a meta device
         self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i]) for i in range(depth)])
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
         self.norm = LayerNorm(embed_dim)

@@ -16,7 +16,7 @@ from distill.report.compare import load_runs
 from distill.report.scaling import check_prediction, ladder_rows, predict_holdout, predictions_sha256
 from distill.report.study import load_study, plan
 from distill.models import build_student
-from distill.models.cost import forward_gflops, train_gflops
+from distill.models.cost import forward_gflops, storage_free, train_gflops
 from distill.models import create_model
 
 CPU_STUDY = ROOT / "recipes/studies/scaling_cpu.yaml"
@@ -35,6 +35,23 @@ def test_vit_flops_match_a_count_by_hand():
     model = create_model("distill_vit_tiny", num_classes=K, in_chans=1, img_size=32, embed_dim=d, depth=L, num_heads=2)
     assert forward_gflops(model, (1, 32, 32)) * 1e9 == linear + attention + patch
     assert train_gflops(model, (1, 32, 32)) * 1e9 == 3 * linear + 3.5 * attention + 2 * patch
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("distill_vit_tiny", dict(in_chans=1, img_size=32, embed_dim=64, depth=2, num_heads=2)),  # fused attention
+    ("resnet10t", dict(in_chans=1)),
+    ("swin_tiny_patch4_window7_224", dict(in_chans=3, img_size=64, window_size=4)),
+])
+def test_a_model_without_storage_counts_what_the_model_itself_counts(name, kwargs):
+    """What a study plans with (estimate.size_shape) is what the run will count: the parameters, and the
+    training FLOPs with the CPU's fused attention (the meta device alone counts its math path instead)."""
+    real = create_model(name, num_classes=10, **kwargs)
+    fake = storage_free(lambda: create_model(name, num_classes=10, **kwargs))
+    assert all(isinstance(t, torch._subclasses.fake_tensor.FakeTensor) for t in [*fake.parameters(), *fake.buffers()])
+    shape = (kwargs.get("in_chans", 3), kwargs.get("img_size", 32), kwargs.get("img_size", 32))
+    assert sum(p.numel() for p in fake.parameters()) == sum(p.numel() for p in real.parameters())
+    assert train_gflops(fake, shape) == train_gflops(real, shape)
+    assert forward_gflops(fake, shape) == forward_gflops(real, shape)
 
 
 def test_counting_training_flops_changes_nothing_in_the_run():

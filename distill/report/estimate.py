@@ -27,7 +27,7 @@ from distill.recipe import load_config
 from distill.data.sources import SOURCES, load_split
 from distill.errors import DataError
 from distill.models import build_student, create_model
-from distill.models.cost import count_params, forward_gflops, train_gflops
+from distill.models.cost import count_params, forward_gflops, storage_free, train_gflops
 from distill.precision import native_precision
 from distill.runs.checkpoint import checkpoint_step
 
@@ -67,7 +67,7 @@ def size_shape(cfg, sc) -> SizeShape:
     is built in (`split_shape`): the ladder's budgets and the held-out prediction both read it here."""
     n, classes, chans = split_shape(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), sc.train_images)
     per_step = cfg.data.batch_size * sc.processes
-    model = build_student(cfg.student, classes, chans, cfg.data.img_size)
+    model = storage_free(lambda: build_student(cfg.student, classes, chans, cfg.data.img_size))
     image_flops = train_gflops(model, (chans, cfg.data.img_size, cfg.data.img_size)) * 1e9
     return SizeShape(image_flops, (n // per_step) * per_step, n // per_step, count_params(model))
 
