@@ -1,8 +1,10 @@
 """`distill fit`: the laws' gradients, a law recovered from noiseless runs, every crossing inside the
 data (and none outside), a floor on its bound flagged, gains paired within the cell, the teacher
 amortised over students (not seed replicates), the committed table's fields, and one-line refusals."""
+import hashlib
 import json
 import math
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -327,6 +329,29 @@ def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_sa
     cells = json.loads((folder / "report/fits.json").read_text())["predictions"]
     inside = sum(c["low"] <= c["measured_top1"] <= c["high"] for c in cells)
     assert f"inside the 95% prediction interval in {inside} of {len(cells)} cells" in (folder / "README.md").read_text()
+
+
+def test_an_unfinished_study_states_its_locked_prediction_and_only_the_runs_it_has():
+    """docs/scaling_cpu_v6, whose held-out runs span sessions: the prediction hashes to its lock, the README
+    states every cell's prediction and baselines, every rate the sweep tried and every finished held-out
+    run's top-1; each of those runs started after the prediction was made."""
+    from distill.report.scaling import predictions_sha256
+
+    folder = ROOT / "docs/scaling_cpu_v6"
+    made = json.loads((folder / "prediction.json").read_text())
+    lock = json.loads((folder / "prediction.lock.json").read_text())
+    assert made["sha256"] == predictions_sha256(made["predictions"])
+    assert lock["sha256"] == hashlib.sha256((folder / "prediction.json").read_bytes()).hexdigest()  # the file's bytes
+    text = (folder / "README.md").read_text()
+    for p in made["predictions"]:
+        row = f"{p['predicted_top1']:.2f} [{p['low']:.2f}, {p['high']:.2f}] | {p['persistence_top1']:.2f} | {p['loglinear_top1']:.2f}"
+        assert row in text, row
+    for t in json.loads((folder / "lrs.json").read_text())["w1440d18"]["tried"]:
+        assert f"{t['lr']:g}: {t['top1']:.2f}" in text
+    runs = [json.loads(f.read_text()) for f in sorted(folder.glob("runs/*_w1440d18_*/summary.json"))]
+    made_at = datetime.fromisoformat(made["made_at"])
+    assert runs and all(datetime.fromisoformat(r["started_at"]) > made_at for r in runs)
+    assert all(f"{r['final_top1']:.2f}" in text for r in runs if not r["name"].startswith("lrsweep_"))
 
 
 @pytest.mark.slow  # a whole refit (leave-one-size-out over three methods): 5 s each
