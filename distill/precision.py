@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 
 BF16_CAPABILITY = (8, 0)  # Ampere: the first tensor cores with bf16
+WORDS = {"no": "fp32"}  # Accelerate's mixed_precision values, as a run's header and errors say them
 
 
 def gpu_precision(capability: Tuple[int, int]) -> str:
@@ -39,6 +40,24 @@ def native_precision(cuda: bool) -> str:
     except OSError:  # not Linux: no way to tell, so the safe choice
         return "no"
     return cpu_precision(flags, torch.backends.cpu.get_cpu_capability())
+
+
+def resolve(requested: Optional[str], cuda: bool) -> Optional[str]:
+    """The precision a run of `train.mixed_precision=requested` computes in here: `auto` resolved
+    (`native_precision`), any other value as given (None: Accelerate's config)."""
+    return native_precision(cuda) if requested == "auto" else requested
+
+
+def word(precision: Optional[str]) -> str:
+    """`no` as fp32 (`WORDS`), the others as they are."""
+    return WORDS.get(precision, str(precision))
+
+
+def this_machine(cuda: bool) -> str:
+    """This machine's kind as far as `auto` is concerned: the GPU's compute capability or the CPU's."""
+    if cuda:
+        return f"GPU of compute capability {'.'.join(map(str, torch.cuda.get_device_capability()))}"
+    return f"CPU dispatching {torch.backends.cpu.get_cpu_capability()} kernels"
 
 
 def fp32_matmul_precision(device_type: str) -> str:

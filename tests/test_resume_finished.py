@@ -54,3 +54,28 @@ def test_finished_run_is_compared_then_extended(tmp_path):
     fewer = one_error_line(run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1",
                                     "train.resume=auto"))
     assert "train.epochs=1 is fewer than the 2 epochs" in fewer and "cannot be shortened" in fewer
+
+
+def test_a_run_is_not_resumed_in_another_precision(tmp_path, monkeypatch):
+    """`auto` follows the hardware: a run started in fp32 (a CPU without AVX-512 BF16) and resumed on one with it
+    would go on in bf16, partway; refused in one line, the run untouched."""
+    import distill.precision
+    from accelerate.state import AcceleratorState
+    monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "no")
+    run = tmp_path / "r"
+    res = run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1", "train.mixed_precision=auto")
+    assert res.returncode == 0 and "precision fp32 (auto)" in res.stdout, res.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "bf16")
+    AcceleratorState._reset_state(True)  # as a fresh process on that machine starts (Accelerate's state is global)
+    line = one_error_line(run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=2",
+                                   "train.mixed_precision=auto", "train.resume=auto"))
+    assert line.startswith(f"error: {run}/checkpoints/step_000000008 was computed in fp32, but this run would go on in bf16 "
+                           "(train.mixed_precision=auto on this CPU dispatching "), line
+    assert "go on where it computes in fp32" in line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "no")  # back on its own kind: goes on
+    AcceleratorState._reset_state(True)
+    res = run_main("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=2", "train.mixed_precision=auto",
+                   "train.resume=auto")
+    assert res.returncode == 0 and "resumed from" in res.stdout, res.stderr[-2000:]

@@ -346,3 +346,36 @@ def test_a_run_written_before_a_methods_keys_existed_differs_in_none_of_them(tmp
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text(body)
     assert differences(saved_config(tmp_path / "new"), saved_config(tmp_path / "old")) == {}
+
+
+@pytest.mark.parametrize("finished, refused", [("bf16", True), ("no", False)])
+def test_a_study_refuses_to_go_on_in_another_precision_than_its_finished_runs(tmp_path, capsys, monkeypatch,
+                                                                           finished, refused):
+    """Issue 32's v6 stopped between runs trained in bf16 (a CPU with AVX-512 BF16); the next session's CPU had
+    only AVX2, where `train.mixed_precision=auto` computes in fp32: its held-out cells would have mixed the two."""
+    import distill.precision
+    from distill.report.study_checks import check_precision
+    monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "no")  # fp32 here, on any CPU
+    path = write_study(tmp_path, f"  plain:\n    recipe: {ROOT / PLAIN}\n")
+    jobs = plan(path)
+    d = fake_run(jobs[0].run_dir.parent, jobs[0].run_dir.name, 70.0)
+    cfg = load_config(jobs[0].recipe, jobs[0].settings)
+    assert cfg.train.mixed_precision == "auto"
+    (d / "config.yaml").write_text(to_yaml(cfg))
+    (d / "summary.json").write_text(json.dumps({**json.loads((d / "summary.json").read_text()),
+                                                "mixed_precision": finished}))
+    if not refused:
+        assert check_precision(jobs, path, None) is None
+        from distill.report import scaling  # a ladder extended from an earlier study's rows: those that record it
+        monkeypatch.setattr(scaling, "prior_rows", lambda sc: [{"run": "plain_w16d2_e1_s0", "mixed_precision": "bf16"},
+                                                             {"run": "plain_w16d2_e1_s1"}])
+        with pytest.raises(ConfigError, match=r": 1 of the runs it compares with \(plain_w16d2_e1_s0, \.\.\.\) "):
+            check_precision(jobs, path, object())
+        return
+    line = one_error_line(main(["study", str(path)]), capsys)
+    assert line.startswith(f"error: study {path}: 1 of the runs it compares with (plain_s0, ...) computed "
+                           "train.mixed_precision=auto in bf16, but on this CPU dispatching ")
+    assert "its next ones (plain_s1, ...) would compute in fp32" in line and "go on where auto computes in bf16" in line
+    assert not (tmp_path / "out" / "s" / "plain_s1").exists()
+    (d / "config.yaml").write_text(to_yaml(load_config(jobs[0].recipe, [*jobs[0].settings, "train.mixed_precision=bf16"])))
+    assert check_precision(jobs, path, None) is None  # asked for bf16 by name: the same wherever it runs

@@ -61,13 +61,13 @@ def teacher_seconds_per_flop(cfg, classes: int, chans: int) -> float:
 
     from distill.models import create_model
     from distill.models.cost import forward_gflops
-    from distill.precision import native_precision
+    from distill.precision import resolve
 
     size = cfg.teacher.img_size or cfg.data.img_size
     model = create_model(cfg.teacher.model, num_classes=classes, in_chans=chans,
                          small_input_stem=cfg.teacher.small_input_stem).eval()
     x = torch.randn(cfg.data.batch_size, chans, size, size)
-    precision = native_precision(False) if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
+    precision = resolve(cfg.train.mixed_precision, cuda=False)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
         model(x)  # warm-up
         t0 = time.perf_counter()

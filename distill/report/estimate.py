@@ -28,7 +28,7 @@ from distill.data.sources import SOURCES, load_split
 from distill.errors import DataError
 from distill.models import build_student, create_model
 from distill.models.cost import count_params, forward_gflops, storage_free, train_gflops
-from distill.precision import native_precision
+from distill.precision import resolve
 from distill.runs.checkpoint import checkpoint_step
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +153,7 @@ def _measure(cfg, classes: int, shape) -> tuple:
     """(params, training GFLOPs per image, forward GFLOPs, seconds per image here) of a run's student."""
     model = build_student(cfg.student, classes, shape[0], cfg.data.img_size)
     gflops = train_gflops(model, shape)
-    precision = native_precision(False) if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
+    precision = resolve(cfg.train.mixed_precision, cuda=False)
     batch = max(1, min(cfg.data.batch_size, int(STEP_FLOPS / (gflops * 1e9))))  # the recipe's, if cheap
     seconds = _seconds_per_image(model, shape, precision or "no", batch)
     return sum(p.numel() for p in model.parameters()), gflops, forward_gflops(model, shape), seconds

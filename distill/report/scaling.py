@@ -97,7 +97,8 @@ def budget_of(sc, method: str, size: str, epochs: int) -> Optional[float]:
     return next((r.budget for r in rungs if r.epochs == epochs), None)
 
 
-EXPORTED = ("teacher", "lr", "lr_effective", "unique_images", "started_at", "finished_at", "wall_s", "forked_from")
+EXPORTED = ("teacher", "lr", "lr_effective", "unique_images", "started_at", "finished_at", "wall_s", "forked_from",
+            "mixed_precision")
 
 
 def run_facts(run: dict) -> dict:
@@ -105,7 +106,8 @@ def run_facts(run: dict) -> dict:
     `teacher` (the teacher run's folder name, else its hub model, else None), `lr` (train.lr as set;
     `lr_effective` after the batch rule), `unique_images` (data.train_subset, else the source's
     training split), `started_at`, `finished_at` (UTC, as the run recorded them: a fork keeps its long run's
-    start, which its checkpoint carries), `wall_s` and `forked_from` (the checkpoint a fork started from)."""
+    start, which its checkpoint carries), `wall_s`, `forked_from` (the checkpoint a fork started from) and
+    `mixed_precision` (what it computed in: Accelerate's value, `no` for fp32)."""
     import yaml
 
     from distill.data.sources import SOURCES
@@ -120,7 +122,7 @@ def run_facts(run: dict) -> dict:
     named = Path(teacher["checkpoint"]).name if teacher.get("checkpoint") and s.get("teacher") else None
     return {"teacher": named or s.get("teacher"), "lr": train.get("lr"), "lr_effective": s.get("lr"),
             "unique_images": unique, "started_at": s.get("started_at"), "finished_at": s.get("finished_at"),
-            "wall_s": s.get("wall_s"), "forked_from": s.get("forked_from")}
+            "wall_s": s.get("wall_s"), "forked_from": s.get("forked_from"), "mixed_precision": s.get("mixed_precision")}
 
 
 def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:

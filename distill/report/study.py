@@ -4,7 +4,7 @@ A study file (YAML, data only) names variants: a recipe, optional overrides and 
 optionally `teacher:`, the variant whose run is this one's teacher (its folder becomes
 `teacher.checkpoint`). Runs go in file order, a teacher before its students, each as `distill train`
 in its own process, named `<variant>_s<seed>` under `<output_dir>/<study name>/`. A run that already
-has its summary is skipped, once its settings are found to be the study's (`_check_existing`); a
+has its summary is skipped, once its settings are found to be the study's (`study_checks`); a
 failed run is reported and the others go on (its dependents are skipped). Command-line overrides apply
 to every run, last, so one file serves a laptop (shrunk) and a cluster.
 """
@@ -20,8 +20,6 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from distill.config import may_differ_on_resume
-from distill.recipe import load_config
 from distill.errors import ConfigError
 from distill.report import calibrate, data_axis, ladder, lr_sweep, preregister, scaling, teacher_axis
 from distill.report.data_axis import DataAxis
@@ -30,8 +28,8 @@ from distill.report.baselines import study_baselines
 from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
 from distill.report.fit_report import check_max_epochs
+from distill.report.study_checks import check_existing, check_precision
 from distill.runs import records
-from distill.runs.folder import differing_key, read_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -264,34 +262,6 @@ def plan(path: Path, overrides=()) -> List[Job]:
     return jobs
 
 
-def _check_existing(jobs: List[Job], path: Path) -> None:
-    """Refuse, before any run starts, a run folder made with other settings than the study asks now.
-
-    Here train.epochs counts too, although `train.resume=auto` may extend a finished run: a study's
-    report compares its runs with each other (and a scaling study with its prediction), so each must be
-    the run its file and command line describe. A run extended from 1 to 2 epochs followed a cosine
-    that reached min_lr at epoch 1 and then restarted, not the schedule of a 2-epoch run, so the study
-    neither counts nor extends it: a researcher who asks for 2 epochs gets 2-epoch runs or a refusal."""
-    found = []
-    for job in (j for j in jobs if (j.run_dir / records.CONFIG).exists()):
-        cfg, summary = load_config(job.recipe, job.settings), read_summary(job.run_dir)
-        # a finished run's epochs are the ones in its summary (config.yaml keeps those it started with)
-        keep = may_differ_on_resume() - ({"train.epochs"} if summary is None else set())
-        differs = differing_key(cfg, job.run_dir, keep)
-        if differs is None and summary is not None:
-            ran = [*summary.get("extended_from_epochs", []), summary.get("epochs", cfg.train.epochs)]
-            if ran != [cfg.train.epochs]:
-                differs = ("train.epochs", cfg.train.epochs, " extended to ".join(map(str, ran)))
-        if differs is not None:
-            found.append((job.run_dir, *differs))
-    if found:
-        run_dir, key, now, saved = found[0]
-        more = f" (and {len(found) - 1} more run{'s' if len(found) > 2 else ''} of the study)" if found[1:] else ""
-        raise ConfigError(f"study {path}: run {run_dir} was made with {key}={saved}{more}, but the study now asks "
-                          f"{key}={now}, and a study only reports runs made with its settings; give the study "
-                          f"another name: in {path}, or delete the runs made with other settings")
-
-
 def _run(job: Job, status: dict) -> None:
     """Run one job unless it is complete or its teacher is not; record what happened."""
     label = f"{job.variant} seed {job.seed}"
@@ -320,7 +290,7 @@ def _run_phase(path: Path, overrides, study: Study, jobs: List[Job], holdout: bo
             _run(job, status)
         lr_sweep.choose(jobs[0].run_dir.parent, study.scaling, jobs)
         jobs = plan(path, overrides)
-        _check_existing(jobs, path)
+        check_existing(jobs, path)
         sweeps = [j for j in jobs if j.holdout == holdout and j.sweep_of and j.run_dir not in status]
     for job in (j for j in jobs if j.holdout == holdout and not j.sweep_of):
         _run(job, status)
@@ -348,7 +318,8 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     and the fitted runs), then runs the held-out rung; the report says in one line whether the
     prediction, unchanged, was locked before every held-out run started (`preregister.verdict`)."""
     study, jobs = load_study(path, overrides), plan(path, overrides)
-    _check_existing(jobs, path)
+    check_existing(jobs, path)
+    check_precision(jobs, path, study.scaling)
     baselines = study_baselines(study, jobs, path)  # like with like, refused before any run starts
     declared = {v: r.declared_differences for v, r in study.runs.items()}
     folder = jobs[0].run_dir.parent

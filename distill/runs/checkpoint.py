@@ -39,14 +39,15 @@ class Progress:
         self.partial_steps = 0
         self.teacher_views = 0  # views the teacher ran on (live, or recording the cache; the replay's checks)
         self.started_at = utc_now()  # when the run first started; a resume loads the checkpoint's
+        self.precision = None  # what it computes in (Accelerate's mixed_precision); a resume must match it
 
 
     def state_dict(self) -> dict:
         return dict(vars(self))
 
     def load_state_dict(self, state: dict) -> None:
-        # checkpoints written before the count began, or before the start was recorded (unknown, not now)
-        vars(self).update({"teacher_views": 0, "started_at": None, **state})
+        # checkpoints written before the count began, or before the start or precision was recorded (unknown)
+        vars(self).update({"teacher_views": 0, "started_at": None, "precision": None, **state})
 
 
 def complete_checkpoints(run_dir: Path) -> list:

@@ -33,7 +33,7 @@ from distill.train.cache import LogitCache, cache_key, cache_root, resolve_topk
 from distill.models import build_student
 from distill.models.cost import count_params, forward_gflops, train_gflops
 from distill.train.graphed import GraphedStep, make_capturable
-from distill.precision import fp32_matmul_precision, native_precision, precision_warning
+from distill.precision import fp32_matmul_precision, precision_warning, resolve
 from distill.schedule import lr_factor
 from distill.train.start import load_start
 from distill.train.step import TrainStep, accelerate_hooks, graph_hooks
@@ -106,12 +106,9 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
     The process group's timeout bounds how long a collective waits for a process that died (a
     lost node): NCCL's default is ten minutes, gloo's thirty; `train.dist_timeout_s` sets both."""
     cpu = accelerate_cpu()  # on a machine without a GPU, a launched job of N processes runs over gloo
-    precision = cfg.train.mixed_precision
-    if precision == "auto":
-        precision = native_precision(torch.cuda.is_available() and not cpu)
     acc = Accelerator(
         cpu=cpu,
-        mixed_precision=precision,
+        mixed_precision=resolve(cfg.train.mixed_precision, torch.cuda.is_available() and not cpu),
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with=log_with(cfg.train.log_with, run_dir),  # train.log_with, each installed, or one line
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),

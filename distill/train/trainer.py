@@ -15,18 +15,17 @@ from tqdm import tqdm
 from distill.config import Config, flat_config, may_differ_on_resume
 from distill.data.loader import eval_shard
 from distill.data.seeds import epoch_salt, step_torch_seed
-from distill.errors import DivergenceError
+from distill.errors import ConfigError, DivergenceError
 from distill.runs import checkpoint as ckpt
 from distill.runs import records, trackers
 from distill.runs.folder import create_run_dir, discard_if_unstarted, extension, resolve_run_dir
+from distill.precision import this_machine, word
 from distill.runs.signals import Preempted, StopRequest
 from distill.train.build import build_run, make_accelerator, run_warnings
 from distill.train.evaluate import evaluate
 from distill.train.graphed import make_capturable
 from distill.train.fork import check_fork, fork_source
 from distill.train.timing import IntervalRate
-
-PRECISION_WORDS = {"no": "fp32"}  # Accelerate's mixed_precision values, as the run header says them
 
 
 class Loop:
@@ -168,11 +167,11 @@ class Trainer(Loop):
 
     def _fit(self) -> dict:
         acc, cfg, r, p = self.accelerator, self.cfg, self.run, self.run.progress
+        self._resume()  # first: a resume it refuses touches no tracker's run
         self._start_trackers()
-        self._resume()
         auto = " (auto)" if cfg.train.mixed_precision == "auto" else ""
         acc.print(f"{cfg.name}: {r.cost.params / 1e6:.2f}M params, {self.world_size} process(es) on {self.device.type}, "
-                  f"precision {PRECISION_WORDS.get(acc.mixed_precision, acc.mixed_precision)}{auto}, global batch {r.global_batch}, lr {r.lr:.2e}, "
+                  f"precision {word(acc.mixed_precision)}{auto}, global batch {r.global_batch}, lr {r.lr:.2e}, "
                   f"{r.data.steps_per_epoch} steps/epoch")
         copy = records.data_copy(cfg.data)
         if copy:
@@ -207,13 +206,17 @@ class Trainer(Loop):
         acc, r = self.accelerator, self.run
         if acc.is_main_process:  # a process killed while saving left a temporary folder
             ckpt.remove_partial(self.run_dir)
+        r.progress.precision = acc.mixed_precision  # what every checkpoint of the run records
         if self.resume_from is None:
             return
         ckpt.load_checkpoint(acc, self.resume_from)
+        check_precision(r.progress.precision, acc.mixed_precision, self.cfg.train.mixed_precision, self.resume_from,
+                        self.device.type == "cuda")
         if self.cfg.train.cuda_graphs:  # loaded learning rates are plain numbers again
             make_capturable(r.optimizer.optimizer, self.device)
         if acc.is_main_process:
             records.truncate_metrics(self.run_dir, r.progress.epoch)
+        r.progress.precision = acc.mixed_precision
         acc.print(f"resumed from {self.resume_from} at epoch {r.progress.epoch} step {r.progress.step}")
 
     def _end_epoch(self, terms: dict, n_steps: int, train_s: float, epoch_t0: float, run_eval: bool) -> None:
@@ -267,3 +270,17 @@ class Trainer(Loop):
         stop = self.stop.poll(at_sync_point=done % cfg.train.log_every == 0)
         every = cfg.train.checkpoint_every_steps
         return stop or bool(every and done % every == 0)
+
+
+def check_precision(saved, now: str, requested, checkpoint, cuda: bool) -> None:
+    """Refuse to go on from a checkpoint computed in another precision than this machine's run would be:
+    `train.mixed_precision=auto` follows the hardware (bf16 on a CPU with AVX-512 BF16, fp32 on one
+    without), so a run resumed, or forked, on another kind of machine would change precision partway
+    and be neither run. Checkpoints written before the precision was recorded (`saved` None) pass."""
+    if saved is None or saved == now:
+        return
+    why = f"train.mixed_precision={requested} on this {this_machine(cuda)}" if requested == "auto" else \
+        f"train.mixed_precision={requested}"
+    raise ConfigError(f"{checkpoint} was computed in {word(saved)}, but this run would go on in {word(now)} "
+                      f"({why}), and a run that changes precision partway is neither run; go on where it computes "
+                      f"in {word(saved)} (docs/launching.md), or start it again under another name")
