@@ -42,6 +42,7 @@ def test_vit_flops_match_a_count_by_hand():
     ("resnet10t", dict(in_chans=1)),
     ("swin_tiny_patch4_window7_224", dict(in_chans=3, img_size=64, window_size=4)),
 ])
+@pytest.mark.filterwarnings("error:Accessing the data pointer of FakeTensor")  # deepcopy of one did
 def test_a_model_without_storage_counts_what_the_model_itself_counts(name, kwargs):
     """What a study plans with (estimate.size_shape) is what the run will count: the parameters, and the
     training FLOPs with the CPU's fused attention (the meta device alone counts its math path instead)."""

@@ -379,3 +379,35 @@ def test_a_study_refuses_to_go_on_in_another_precision_than_its_finished_runs(tm
     assert not (tmp_path / "out" / "s" / "plain_s1").exists()
     (d / "config.yaml").write_text(to_yaml(load_config(jobs[0].recipe, [*jobs[0].settings, "train.mixed_precision=bf16"])))
     assert check_precision(jobs, path, None) is None  # asked for bf16 by name: the same wherever it runs
+
+
+def test_a_run_whose_complete_teacher_lost_its_weights_is_refused_before_any_run(tmp_path, capsys):
+    """A study folder rebuilt from committed records (issue 32's v6, its machine gone): the teacher's summary is
+    there, its weights are not; each KD run would have failed in turn."""
+    from distill.report.study_checks import check_weights
+    path = write_study(tmp_path, f"  teacher:\n    recipe: {ROOT / PLAIN}\n    seeds: [0]\n"
+                                 f"  kd:\n    recipe: {ROOT / 'recipes/fashion_mnist/kd_tiny.yaml'}\n    teacher: teacher\n")
+    teacher = fake_run(tmp_path / "out" / "s", "teacher_s0", 90.0)
+    line = one_error_line(main(["study", str(path)]), capsys)
+    assert line == (f"error: study {path}: kd_s0 starts from {teacher}/student.safetensors, which is gone although "
+                    f"teacher_s0 is complete; move {teacher} aside and the study trains it again (the same run: same "
+                    "settings, same seed), or put the file back")
+    assert not (tmp_path / "out" / "s" / "kd_s0").exists()
+    (teacher / "student.safetensors").write_bytes(b"")
+    assert check_weights(plan(path), path) is None
+
+
+def test_a_fork_whose_complete_source_lost_its_checkpoint_is_refused(tmp_path):
+    from distill.report.study import Job
+    from distill.report.study_checks import check_weights
+    source = fake_run(tmp_path, "plain_w8_e4_s0", 70.0)
+    step = source / "checkpoints" / "step_000000040"
+    fork = Job("plain_w8_e2", 0, tmp_path / "plain_w8_e2_s0", [], needs=source, settings=[f"train.resume={step}"])
+    with pytest.raises(ConfigError, match=r"plain_w8_e2_s0 starts from .*step_000000040, which is gone although "
+                                          r"plain_w8_e4_s0 is complete"):
+        check_weights([fork], tmp_path / "study.yaml")
+    step.mkdir(parents=True)
+    assert check_weights([fork], tmp_path / "study.yaml") is None
+    (source / "summary.json").unlink()  # not complete: the study runs it first, and then the fork
+    step.rmdir()
+    assert check_weights([fork], tmp_path / "study.yaml") is None

@@ -5,7 +5,7 @@ import copy
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 
@@ -81,7 +81,8 @@ def train_gflops(model: torch.nn.Module, input_size: Sequence[int], batch: int =
     and not counted, as in Kaplan's C = 6 N D (forward 2 N D, backward 4 N D per token).
     """
     p = next(model.parameters())
-    clone = copy.deepcopy(model).train()
+    # a model without storage (`storage_free`) has nothing to keep, and deepcopy reads its data pointers
+    clone = (model if isinstance(p, FakeTensor) else copy.deepcopy(model)).train()
     x = torch.zeros((batch, *input_size), device=p.device, dtype=p.dtype)
     with torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []):
         with FlopCounterMode(display=False, custom_mapping=_CUSTOM) as counter:

@@ -28,7 +28,7 @@ from distill.report.baselines import study_baselines
 from distill.report.scaling import ladder_variant
 from distill.report.compare import load_runs, write_report
 from distill.report.fit_report import check_max_epochs
-from distill.report.study_checks import check_existing, check_precision
+from distill.report.study_checks import check_existing, check_precision, check_weights
 from distill.runs import records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -320,6 +320,7 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     study, jobs = load_study(path, overrides), plan(path, overrides)
     check_existing(jobs, path)
     check_precision(jobs, path, study.scaling)
+    check_weights(jobs, path)
     baselines = study_baselines(study, jobs, path)  # like with like, refused before any run starts
     declared = {v: r.declared_differences for v, r in study.runs.items()}
     folder = jobs[0].run_dir.parent

@@ -1,6 +1,7 @@
 """What `distill study` refuses before any run starts: a run folder made with other settings than the
-study asks now (`check_existing`), and runs that would compute in another precision than its finished
-ones (`check_precision`). A study's report compares its runs with each other, and a scaling study with
+study asks now (`check_existing`), runs that would compute in another precision than its finished
+ones (`check_precision`), and runs whose teacher or fork source has lost what they start from
+(`check_weights`). A study's report compares its runs with each other, and a scaling study with
 its prediction: each must be the run its file describes, all of them like with like."""
 from __future__ import annotations
 
@@ -81,3 +82,24 @@ def _requested(run_dir: Path) -> Optional[str]:
     path = run_dir / records.CONFIG
     cfg = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     return (cfg.get("train") or {}).get("mixed_precision")
+
+
+def check_weights(jobs: list, path: Path) -> None:
+    """Refuse, before any run starts, a run whose teacher or fork source is complete but no longer has
+    what it starts from: the teacher's weights, or the checkpoint a fork branches at. A study folder
+    rebuilt from its committed records (summaries and configs, weights gone with a machine) would
+    otherwise fail each of those runs in turn."""
+    from distill.models.weights import RUN_WEIGHTS
+
+    for job in (j for j in jobs if not (j.run_dir / records.SUMMARY).exists()):
+        given = dict(item.split("=", 1) for item in job.settings if "=" in item)  # the last of each key
+        starts = {}  # what it starts from -> the run that made it
+        if given.get("teacher.checkpoint") and (Path(given["teacher.checkpoint"]) / records.SUMMARY).exists():
+            starts[Path(given["teacher.checkpoint"]) / RUN_WEIGHTS] = Path(given["teacher.checkpoint"])
+        if "/" in given.get("train.resume", "") and job.needs is not None and (job.needs / records.SUMMARY).exists():
+            starts[Path(given["train.resume"])] = job.needs  # a fork's checkpoint, its source complete
+        for start, run in starts.items():
+            if not start.exists():
+                raise ConfigError(f"study {path}: {job.run_dir.name} starts from {start}, which is gone although "
+                                  f"{run.name} is complete; move {run} aside and the study trains it again (the "
+                                  "same run: same settings, same seed), or put the file back")
