@@ -12,6 +12,7 @@ from scipy.optimize import brentq, check_grad
 
 from conftest import ROOT
 from distill.cli import main
+from distill.errors import ConfigError
 from distill.report.fit_claims import baselines, compare, gains, holdout_errors, students_of, teacher_share
 from distill.report.fit_report import markdown
 from distill.report.fit_runs import MethodFit, Solution, fit_form, parameters, references, solve
@@ -352,6 +353,43 @@ def test_an_unfinished_study_states_its_locked_prediction_and_only_the_runs_it_h
     made_at = datetime.fromisoformat(made["made_at"])
     assert runs and all(datetime.fromisoformat(r["started_at"]) > made_at for r in runs)
     assert all(f"{r['final_top1']:.2f}" in text for r in runs if not r["name"].startswith("lrsweep_"))
+
+
+@pytest.mark.slow  # plans the study: w1440d18 counted without storage, ~10 s
+def test_the_unfinished_study_goes_on_from_its_committed_records(tmp_path, monkeypatch):
+    """docs/scaling_cpu_v6/README.md's commands, the machine that ran it gone: the records copied into a study
+    folder count as complete and made with the study's settings; what is left is the teacher (its weights are
+    not kept) and the 4 held-out runs; the prediction is not made again; and where `auto` would compute in
+    another precision than the runs did, the study refuses before any of them."""
+    import shutil
+
+    import distill.precision
+    from distill.report import scaling
+    from distill.report.study import plan
+    from distill.report.study_checks import check_existing, check_precision, check_weights
+    from distill.runs import records
+
+    docs, folder = ROOT / "docs/scaling_cpu_v6", tmp_path / "scaling_cpu_v6"
+    folder.mkdir()
+    for name in ("prediction.json", "prediction.lock.json", "lrs.json"):
+        shutil.copy(docs / name, folder / name)
+    for run in (*docs.glob("runs/lrsweep_*"), *docs.glob("runs/plain_*")):
+        shutil.copytree(run, folder / run.name)
+    study = ROOT / "recipes/studies/scaling_cpu_v6.yaml"
+    jobs = plan(study, [f"output_dir={tmp_path}"])
+    left = [j.run_dir.name for j in jobs if not (j.run_dir / records.SUMMARY).exists()]
+    assert left == ["teacher_s0", "plain_w1440d18_e1_s2", *[f"kd_w1440d18_e1_s{s}" for s in range(3)]]
+    check_existing(jobs, study)
+    check_weights(jobs, study)  # the teacher runs first: nothing it needs is missing
+    made = (folder / "prediction.json").read_bytes()
+    assert scaling.predict_holdout(folder, [], None, []) == folder / "prediction.json"  # kept, not made again
+    assert (folder / "prediction.json").read_bytes() == made
+    monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "bf16")
+    check_precision(jobs, study, None)
+    monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "no")
+    with pytest.raises(ConfigError, match=r"6 of the runs it compares with .* computed train.mixed_precision=auto "
+                                          r"in bf16, but on this CPU .* would compute in fp32"):
+        check_precision(jobs, study, None)
 
 
 @pytest.mark.slow  # a whole refit (leave-one-size-out over three methods): 5 s each
