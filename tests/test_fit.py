@@ -386,6 +386,9 @@ def test_the_unfinished_study_goes_on_from_its_committed_records(tmp_path, monke
     assert (folder / "prediction.json").read_bytes() == made
     monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "bf16")
     check_precision(jobs, study, None)
+    ran = {json.loads(f.read_text()).get("mixed_precision")
+           for v in ("_v2", "_v3", "_v4", "_v5", "_v6") for f in (ROOT / f"docs/scaling_cpu{v}").glob("runs/*/summary.json")}
+    assert ran == {"bf16"}  # the README: the fitted runs and v6's so far, all bf16
     monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "no")
     with pytest.raises(ConfigError, match=r"6 of the runs it compares with .* computed train.mixed_precision=auto "
                                           r"in bf16, but on this CPU .* would compute in fp32"):
