@@ -6,14 +6,13 @@
 - a CPU: bf16 where torch dispatches AVX-512 kernels on a CPU with AVX-512 BF16 or AMX; else fp32
   ("no"): there bf16 is emulated, many times slower than fp32 (measured: docs/launching.md).
 
-Where fp32 runs on a GPU, its matmuls use TF32 (`fp32_matmul_precision`).
+Where fp32 runs on a GPU, its matmuls use TF32 (`fp32_matmul_precision`). torch is imported where it
+is asked: `distill fit` names precisions (`word`) and never loads it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional, Tuple
-
-import torch
 
 BF16_CAPABILITY = (8, 0)  # Ampere: the first tensor cores with bf16
 WORDS = {"no": "fp32"}  # Accelerate's mixed_precision values, as a run's header and errors say them
@@ -33,6 +32,8 @@ def cpu_precision(cpuinfo: str, cpu_capability: str) -> str:
 
 def native_precision(cuda: bool) -> str:
     """`train.mixed_precision=auto` on this machine's GPU (`cuda`) or CPU."""
+    import torch
+
     if cuda:
         return gpu_precision(torch.cuda.get_device_capability())
     try:
@@ -55,6 +56,8 @@ def word(precision: Optional[str]) -> str:
 
 def this_machine(cuda: bool) -> str:
     """This machine's kind as far as `auto` is concerned: the GPU's compute capability or the CPU's."""
+    import torch
+
     if cuda:
         return f"GPU of compute capability {'.'.join(map(str, torch.cuda.get_device_capability()))}"
     return f"CPU dispatching {torch.backends.cpu.get_cpu_capability()} kernels"
@@ -69,6 +72,8 @@ def fp32_matmul_precision(device_type: str) -> str:
 
 def precision_warning(requested: str, resolved: str, device_type: str) -> Optional[str]:
     """One line for a bf16 run asked for explicitly on a CPU that only emulates bf16, else None."""
+    import torch
+
     if requested == "bf16" and resolved == "bf16" and device_type == "cpu" and native_precision(False) != "bf16":
         return (f"warning: train.mixed_precision=bf16 on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, "
                 "no AVX-512 BF16 or AMX): bf16 is emulated, many times slower than fp32 (docs/launching.md); "

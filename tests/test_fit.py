@@ -413,3 +413,24 @@ def test_a_study_fitted_within_4_epochs_refits_from_its_table_alone(study, tmp_p
     # (the optimiser's path follows the kernels' rounding); still 100x below the 0.01 the report prints
     assert [p["predicted_top1"] for p in refit["predictions"]] == pytest.approx(
         [p["predicted_top1"] for p in committed["predictions"]], abs=1e-4)
+
+
+def test_a_table_whose_rows_computed_in_two_precisions_says_so():
+    """`train.mixed_precision=auto` is bf16 on one CPU and fp32 on another: a table mixing them is fitted as one,
+    and the report says it; a table in one precision, or one that does not record it, adds nothing."""
+    from distill.report.fit_report import fit_rows
+
+    def law(n, d):
+        return 0.1 + 0.3 * (n / 1e5) ** -0.4 + 0.5 * (d / 2e4) ** -0.6
+
+    rows = _grid_rows(law)
+    result, _ = fit_rows(rows, bootstrap=0, students=None)
+    assert "precisions" not in result["settings"] and "precisions" not in markdown(result, [])
+    for i, r in enumerate(rows):
+        r["mixed_precision"] = "bf16"
+    result, _ = fit_rows(rows, bootstrap=0, students=None)
+    assert result["settings"]["precisions"] == {"bf16": 18} and "precisions" not in markdown(result, [])
+    rows[0]["mixed_precision"], rows[1]["mixed_precision"] = "no", None
+    result, _ = fit_rows(rows, bootstrap=0, students=None)
+    assert result["settings"]["precisions"] == {"bf16": 16, "no": 1}
+    assert "**The rows computed in 2 precisions** (bf16 16, fp32 1 rows; the rest do not say)" in markdown(result, [])

@@ -1,6 +1,7 @@
 """Precision follows the hardware: `train.mixed_precision=auto` (the default) and the warning for an explicit
 bf16 on a CPU that only emulates it."""
 import pytest
+import torch
 
 from distill import precision as build
 from distill.precision import fp32_matmul_precision, gpu_precision, native_precision, precision_warning
@@ -12,7 +13,7 @@ from distill.precision import fp32_matmul_precision, gpu_precision, native_preci
     ("fpu avx2 avx512f avx512_bf16", "AVX2", "no"),  # ATEN_CPU_CAPABILITY=avx2: torch emulates bf16 anyway
 ])
 def test_auto_is_bf16_only_where_the_cpu_computes_it(flags, capability, expected, monkeypatch, tmp_path):
-    monkeypatch.setattr(build.torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     real_path = build.Path
@@ -68,8 +69,8 @@ def test_auto_on_a_gpu_is_bf16_from_compute_capability_8(capability, expected):
 
 def test_auto_on_a_gpu_reads_the_capability_not_is_bf16_supported(monkeypatch):
     """A T4 says `is_bf16_supported()` (emulated bf16): `auto` must still take fp16 there."""
-    monkeypatch.setattr(build.torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    monkeypatch.setattr(build.torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
     assert native_precision(True) == "fp16"
 
 

@@ -411,3 +411,23 @@ def test_a_fork_whose_complete_source_lost_its_checkpoint_is_refused(tmp_path):
     (source / "summary.json").unlink()  # not complete: the study runs it first, and then the fork
     step.rmdir()
     assert check_weights([fork], tmp_path / "study.yaml") is None
+
+
+def test_a_gain_between_runs_computed_in_other_precisions_says_so(tmp_path):
+    """Two runs of one config (`train.mixed_precision=auto`) on two kinds of CPU: bf16 and fp32, the config alike."""
+    def runs(name, distill, precisions):
+        dirs = []
+        for s, p in enumerate(precisions):
+            d = fake_run(tmp_path, f"{name}_s{s}", 70.0 + s, distill=distill, teacher="resnet18" if distill != "none"
+                         else None, seed=s, aug_seed=0)
+            (d / "summary.json").write_text(json.dumps({**json.loads((d / "summary.json").read_text()),
+                                                        "mixed_precision": p}))
+            dirs.append(d)
+        return dirs
+
+    rows = {r["variant"]: r for r in variant_rows(group(load_runs([*runs("plain", "none", ["bf16", "bf16"]),
+                                                                   *runs("kd", "soft", ["no", "bf16"])])))}
+    assert rows["kd"]["also_differs"] == "precision computed bf16/fp32 vs bf16 (NOT declared)"
+    rows = {r["variant"]: r for r in variant_rows(group(load_runs([*runs("plain2", "none", ["no", "no"]),
+                                                                   *runs("kd2", "soft", ["no", "no"])])))}
+    assert rows["kd2"]["also_differs"] == "-"

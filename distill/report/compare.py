@@ -17,6 +17,7 @@ import yaml
 
 from distill.errors import ConfigError
 from distill.report import plots
+from distill.precision import word
 from distill.report.baselines import describe, differences, saved_config
 from distill.report.stats import PAIRED, WELCH, diff_ci, mean, paired_diff_ci, std
 from distill.runs import records
@@ -130,12 +131,19 @@ def variant_rows(variants: dict, baselines: Optional[dict] = None, declared: Opt
 
 def _other_differences(variants: dict, row: dict, base: dict) -> Optional[dict]:
     """The keys outside the method's in which the variant's first run and the baseline's run of the
-    same seed (else its first) differ, from their config.yaml; None where either has none."""
+    same seed (else its first) differ, from their config.yaml; None where either has none. And
+    `precision computed`, where the two variants' runs did not all compute in one precision: a config
+    of `train.mixed_precision=auto` reads the same on every machine, bf16 and fp32 alike."""
     run = variants[row["variant"]][0]
     seed = run["summary"].get("seed")
     other = next((b for b in variants[base["variant"]] if b["summary"].get("seed") == seed), variants[base["variant"]][0])
     a, b = saved_config(run["dir"]), saved_config(other["dir"])
-    return None if a is None or b is None else differences(a, b)
+    diffs = None if a is None or b is None else differences(a, b)
+    computed = [sorted({r["summary"].get("mixed_precision") for r in variants[v]} - {None})
+                for v in (row["variant"], base["variant"])]
+    if len({*computed[0], *computed[1]}) > 1:
+        diffs = {**(diffs or {}), "precision computed": tuple("/".join(map(word, c)) or "?" for c in computed)}
+    return diffs
 
 
 def _f(v, spec=".2f") -> str:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from distill.errors import ConfigError  # noqa: E402
+from distill.precision import word  # noqa: E402
 from distill.report.fit_claims import analyse, frontier  # noqa: E402
 from distill.report.fit_runs import HUBER_DELTA, LEVEL, cell_means  # noqa: E402
 
@@ -59,6 +60,16 @@ def _cut(result: dict) -> List[str]:
     left = ", ".join(f"{m} {law.get('beyond_max_epochs', 0)}" for m, law in result["laws"].items())
     return [f"Fitted only on runs that saw their unique images at most {cut:g} times (the laws take D as "
             f"images seen, which repetition breaks); runs left out of the fits for more epochs: {left}.", ""]
+
+
+def _precisions(result: dict) -> List[str]:
+    """A line where the rows computed in more than one precision (runs.jsonl's `mixed_precision`)."""
+    found = result["settings"].get("precisions", {})
+    if len(found) < 2:
+        return []
+    counts = ", ".join(f"{word(p)} {n}" for p, n in found.items())
+    return [f"**The rows computed in {len(found)} precisions** ({counts} rows; the rest do not say): the laws fit "
+            "them as one, so what precision changes is in the fits and their predictions too.", ""]
 
 
 def _predictions(result: dict) -> List[str]:
@@ -115,7 +126,7 @@ def markdown(result: dict, figures, level: int = 1) -> str:
             f"{s['rows']} runs ({s['held_out']} held out), {s['bootstrap']} bootstrap refits (residuals, "
             f"seed {s['seed']}), Huber loss on log error (delta {s['huber_delta']:g}), L-BFGS-B from a grid of "
             "starts. Each method's form was chosen by leave-one-size-out error on the fitted sizes, before the "
-            "held-out rows were looked at.", "", *_cut(result),
+            "held-out rows were looked at.", "", *_cut(result), *_precisions(result),
             f"{h}# Laws", "", *_laws(result["laws"]),
             f"{h}# Held-out predictions", "", *_predictions(result),
             f"{h}# Where the compute laws cross", "",
@@ -231,6 +242,9 @@ def fit_rows(rows: List[dict], bootstrap: int, students: Optional[int], seed: in
                           "bootstrap": bootstrap, "seed": seed, "huber_delta": HUBER_DELTA,
                           "students": students, "level": 0.95,
                           **({"max_epochs": max_epochs} if max_epochs is not None else {})}
+    precisions = sorted({r["mixed_precision"] for r in rows if r.get("mixed_precision")})
+    if precisions:  # tables written before runs.jsonl recorded it have none
+        result["settings"]["precisions"] = {p: sum(r.get("mixed_precision") == p for r in rows) for p in precisions}
     return result, fits
 
 
