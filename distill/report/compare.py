@@ -16,8 +16,8 @@ from typing import Optional
 import yaml
 
 from distill.errors import ConfigError
-from distill.report import plots
 from distill.precision import word
+from distill.report import plots
 from distill.report.baselines import describe, differences, saved_config
 from distill.report.stats import PAIRED, WELCH, diff_ci, mean, paired_diff_ci, std
 from distill.runs import records
