@@ -78,3 +78,27 @@ def test_auto_is_the_default_and_fp32_on_a_gpu_uses_tf32():
     from distill.recipe import load_config
     assert load_config(None, []).train.mixed_precision == "auto"
     assert fp32_matmul_precision("cuda") == "high" and fp32_matmul_precision("cpu") == "highest"
+
+
+def test_the_precision_cell_is_v5s_cell_in_fp32_and_states_its_difference():
+    """docs/precision_cpu: each fp32 run's config is its v5 bf16 run's but for the precision; the README states
+    each pair and the paired differences with their intervals, recomputed here from the committed summaries."""
+    import json
+
+    from conftest import ROOT
+    from distill.report.baselines import differences, saved_config
+    from distill.report.stats import paired_diff_ci
+
+    text = (ROOT / "docs/precision_cpu/README.md").read_text()
+    pairs = []
+    for s in range(3):
+        bf16, fp32 = ROOT / f"docs/scaling_cpu_v5/runs/plain_w704d18_e1_s{s}", \
+            ROOT / f"docs/precision_cpu/runs/plain_w704d18_e1_s{s}_fp32"
+        assert differences(saved_config(fp32), saved_config(bf16)) == {"train.mixed_precision": ("no", "auto")}
+        a, b = (json.loads((d / "summary.json").read_text()) for d in (bf16, fp32))
+        assert (a["mixed_precision"], b["mixed_precision"]) == ("bf16", "no")
+        assert f"| {s} | {a['final_top1']:.2f} | {b['final_top1']:.2f} | {a['test_loss']:.4f} | {b['test_loss']:.4f} |" in text
+        pairs.append((a, b))
+    for key, spec, words in [("final_top1", "+.2f", "top-1"), ("test_loss", "+.4f", "test loss")]:
+        d, half = paired_diff_ci([b[key] for _, b in pairs], [a[key] for a, _ in pairs])
+        assert f"{words} {d:{spec}} [{d - half:{spec}}, {d + half:{spec}}]" in text
