@@ -1,10 +1,9 @@
 """`distill fit`: the laws' gradients, a law recovered from noiseless runs, every crossing inside the
 data (and none outside), a floor on its bound flagged, gains paired within the cell, the teacher
-amortised over students (not seed replicates), the committed table's fields, and one-line refusals."""
-import hashlib
+amortised over students (not seed replicates), the committed table's fields, one-line refusals, and a
+table that mixes precisions. The committed studies' own checks: test_committed_studies.py."""
 import json
 import math
-from datetime import datetime
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from scipy.optimize import brentq, check_grad
 
 from conftest import ROOT
 from distill.cli import main
-from distill.errors import ConfigError
 from distill.report.fit_claims import baselines, compare, gains, holdout_errors, students_of, teacher_share
 from distill.report.fit_report import markdown
 from distill.report.fit_runs import MethodFit, Solution, fit_form, parameters, references, solve
@@ -287,134 +285,6 @@ def test_the_laws_error_against_each_baseline_has_an_interval_from_its_cells_see
     assert holdout_errors(preds, held[:1] + held[3:], seed=0)["all"]["law_minus_loglinear"] is None
 
 
-@pytest.mark.parametrize("fits_json, pages", [
-    ("docs/scaling_cpu/fit/fits.json", ("docs/scaling_cpu/README.md", "docs/scaling.md")),
-    ("docs/scaling_cpu_v2/report/fits.json", ("docs/scaling_cpu_v2/README.md",)),
-    ("docs/scaling_cpu_v3/report/fits.json", ("docs/scaling_cpu_v3/README.md",)),
-    ("docs/scaling_cpu_v4/report/fits.json", ("docs/scaling_cpu_v4/README.md",)),
-    ("docs/scaling_cpu_v5/report/fits.json", ("docs/scaling_cpu_v5/README.md",))], ids=["v1", "v2", "v3", "v4", "v5"])
-def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages):
-    """Every crossing (with its interval) and the held-out errors beside their baselines, as the committed
-    fits.json has them, appear in the pages that state them; a page left stale fails here."""
-    fits = json.loads((ROOT / fits_json).read_text())
-    def sci(x):  # as the pages write it: 3.52e11
-        return f"{x:.2e}".replace("e+", "e")
-
-    expected = [f"{sci(c['flops'])} [{sci(c['low'])}, {sci(c['high'])}]" for c in fits["crossings"]]
-    errors = fits["holdout_errors"]["all"]
-    expected += [f"{errors[k]:.2f}" for k in ("predicted", "persistence", "loglinear")]
-    for page in pages:
-        text = (ROOT / page).read_text()
-        missing = [e for e in expected if e not in text]
-        assert not missing, f"{page} does not state {missing}"
-    against = [errors.get(f"law_minus_{b}") for b in ("persistence", "loglinear")]  # v2's report predates them
-    stated = [f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" for d in against if d is not None]
-    assert all(x in (ROOT / pages[0]).read_text() for x in stated), f"{pages[0]} does not state {stated}"
-
-
-@pytest.mark.parametrize("study", ["scaling_cpu_v2", "scaling_cpu_v3", "scaling_cpu_v4", "scaling_cpu_v5"])
-def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_says(study):
-    """docs/scaling_cpu_v2 to _v5: the prediction's hash holds (as made and with the measurement filled in),
-    every held-out run started after it was made, runs.jsonl has the fields a refit and a date check need,
-    and the README's count of cells inside their 95% interval is the committed one."""
-    from distill.report.scaling import predictions_sha256
-
-    folder = ROOT / "docs" / study
-    made = json.loads((folder / "prediction.json").read_text())
-    measured = json.loads((folder / "report/prediction.json").read_text())
-    assert made["sha256"] == predictions_sha256(made["predictions"]) == predictions_sha256(measured["predictions"])
-    rows = [json.loads(line) for line in (folder / "report/runs.jsonl").read_text().splitlines()]
-    assert all({"teacher", "started_at", "finished_at", "lr", "unique_images"} <= set(r) for r in rows)
-    held = [r for r in rows if r.get("holdout")]
-    assert held and all(r["started_at"] > made["made_at"] or r.get("forked_from") for r in held)
-    cells = json.loads((folder / "report/fits.json").read_text())["predictions"]
-    inside = sum(c["low"] <= c["measured_top1"] <= c["high"] for c in cells)
-    assert f"inside the 95% prediction interval in {inside} of {len(cells)} cells" in (folder / "README.md").read_text()
-
-
-def test_an_unfinished_study_states_its_locked_prediction_and_only_the_runs_it_has():
-    """docs/scaling_cpu_v6, whose held-out runs span sessions: the prediction hashes to its lock, the README
-    states every cell's prediction and baselines, every rate the sweep tried and every finished held-out
-    run's top-1; each of those runs started after the prediction was made."""
-    from distill.report.scaling import predictions_sha256
-
-    folder = ROOT / "docs/scaling_cpu_v6"
-    made = json.loads((folder / "prediction.json").read_text())
-    lock = json.loads((folder / "prediction.lock.json").read_text())
-    assert made["sha256"] == predictions_sha256(made["predictions"])
-    assert lock["sha256"] == hashlib.sha256((folder / "prediction.json").read_bytes()).hexdigest()  # the file's bytes
-    text = (folder / "README.md").read_text()
-    for p in made["predictions"]:
-        row = f"{p['predicted_top1']:.2f} [{p['low']:.2f}, {p['high']:.2f}] | {p['persistence_top1']:.2f} | {p['loglinear_top1']:.2f}"
-        assert row in text, row
-    for t in json.loads((folder / "lrs.json").read_text())["w1440d18"]["tried"]:
-        assert f"{t['lr']:g}: {t['top1']:.2f}" in text
-    runs = [json.loads(f.read_text()) for f in sorted(folder.glob("runs/*_w1440d18_*/summary.json"))]
-    made_at = datetime.fromisoformat(made["made_at"])
-    assert runs and all(datetime.fromisoformat(r["started_at"]) > made_at for r in runs)
-    assert all(f"{r['final_top1']:.2f}" in text for r in runs if not r["name"].startswith("lrsweep_"))
-
-
-@pytest.mark.slow  # plans the study: w1440d18 counted without storage, ~10 s
-def test_the_unfinished_study_goes_on_from_its_committed_records(tmp_path, monkeypatch):
-    """docs/scaling_cpu_v6/README.md's commands, the machine that ran it gone: the records copied into a study
-    folder count as complete and made with the study's settings; what is left is the teacher (its weights are
-    not kept) and the 4 held-out runs; the prediction is not made again; and where `auto` would compute in
-    another precision than the runs did, the study refuses before any of them."""
-    import shutil
-
-    import distill.precision
-    from distill.report import scaling
-    from distill.report.study import plan
-    from distill.report.study_checks import check_existing, check_precision, check_weights
-    from distill.runs import records
-
-    docs, folder = ROOT / "docs/scaling_cpu_v6", tmp_path / "scaling_cpu_v6"
-    folder.mkdir()
-    for name in ("prediction.json", "prediction.lock.json", "lrs.json"):
-        shutil.copy(docs / name, folder / name)
-    for run in (*docs.glob("runs/lrsweep_*"), *docs.glob("runs/plain_*")):
-        shutil.copytree(run, folder / run.name)
-    study = ROOT / "recipes/studies/scaling_cpu_v6.yaml"
-    jobs = plan(study, [f"output_dir={tmp_path}"])
-    left = [j.run_dir.name for j in jobs if not (j.run_dir / records.SUMMARY).exists()]
-    assert left == ["teacher_s0", "plain_w1440d18_e1_s2", *[f"kd_w1440d18_e1_s{s}" for s in range(3)]]
-    check_existing(jobs, study)
-    check_weights(jobs, study)  # the teacher runs first: nothing it needs is missing
-    made = (folder / "prediction.json").read_bytes()
-    assert scaling.predict_holdout(folder, [], None, []) == folder / "prediction.json"  # kept, not made again
-    assert (folder / "prediction.json").read_bytes() == made
-    monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "bf16")
-    check_precision(jobs, study, None)
-    ran = {json.loads(f.read_text()).get("mixed_precision")
-           for v in ("_v2", "_v3", "_v4", "_v5", "_v6") for f in (ROOT / f"docs/scaling_cpu{v}").glob("runs/*/summary.json")}
-    assert ran == {"bf16"}  # the README: the fitted runs and v6's so far, all bf16
-    monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "no")
-    with pytest.raises(ConfigError, match=r"6 of the runs it compares with .* computed train.mixed_precision=auto "
-                                          r"in bf16, but on this CPU .* would compute in fp32"):
-        check_precision(jobs, study, None)
-
-
-@pytest.mark.slow  # a whole refit (leave-one-size-out over three methods): 5 s each
-@pytest.mark.parametrize("study", ["scaling_cpu_v4", "scaling_cpu_v5"])
-def test_a_study_fitted_within_4_epochs_refits_from_its_table_alone(study, tmp_path):
-    """`distill fit docs/<study>/report/runs.jsonl --max-epochs 4`, as its README says: the same law per
-    method, fitted on the same runs, and the same predicted top-1 (the bootstrap, here 10 refits, moves
-    only the intervals)."""
-    committed = json.loads((ROOT / f"docs/{study}/report/fits.json").read_text())
-    out = tmp_path / "refit"
-    assert main(["fit", str(ROOT / f"docs/{study}/report/runs.jsonl"), "--max-epochs", "4", "--out", str(out),
-                 "--bootstrap", "10"]) == 0
-    refit = json.loads((out / "fits.json").read_text())
-    for m, law in committed["laws"].items():
-        assert (refit["laws"][m]["form"], refit["laws"][m]["runs"]) == (law["form"], law["runs"])
-        assert refit["laws"][m]["beyond_max_epochs"] == law["beyond_max_epochs"]
-    # 1e-4 points: v4's fits were made on an AVX-512 CPU, and refitted on an AVX2 one they differ by up to 9e-6
-    # (the optimiser's path follows the kernels' rounding); still 100x below the 0.01 the report prints
-    assert [p["predicted_top1"] for p in refit["predictions"]] == pytest.approx(
-        [p["predicted_top1"] for p in committed["predictions"]], abs=1e-4)
-
-
 def test_a_table_whose_rows_computed_in_two_precisions_says_so():
     """`train.mixed_precision=auto` is bf16 on one CPU and fp32 on another: a table mixing them is fitted as one,
     and the report says it; a table in one precision, or one that does not record it, adds nothing."""
@@ -434,17 +304,3 @@ def test_a_table_whose_rows_computed_in_two_precisions_says_so():
     result, _ = fit_rows(rows, bootstrap=0, students=None)
     assert result["settings"]["precisions"] == {"bf16": 16, "no": 1}
     assert "**The rows computed in 2 precisions** (bf16 16, fp32 1 rows; the rest do not say)" in markdown(result, [])
-
-
-@pytest.mark.slow  # 6 leave-one-size-out errors of Kaplan's form on 18 runs: ~10 s
-@pytest.mark.xfail(strict=True, reason="a known defect (docs/fit.md, Limits): with three sizes, each fold fits "
-                   "two, the data do not determine Kaplan's fit, and rounding picks the form")
-def test_leave_one_size_out_on_three_sizes_is_decided_by_rounding():
-    """v1's KD table, every top-1 scaled by 1 + N(0, 1e-12): the form-choosing error should not move by 0.1."""
-    from distill.report.fit_runs import cv_error
-
-    rows = [r for r in read_runs(ROOT / "docs/scaling_cpu/runs.jsonl") if r["method"] == "kd" and not r.get("holdout")]
-    refs, rng = references(rows), np.random.default_rng(0)
-    errors = [cv_error(FORMS["kaplan"], [dict(r, top1=r["top1"] * (1 + (rng.normal() * 1e-12 if k else 0)))
-                                        for r in rows], refs) for k in range(6)]
-    assert max(errors) - min(errors) < 0.1, errors
