@@ -146,7 +146,7 @@ def cmd_fit(args) -> int:
     from distill.commands.fit import run_fit  # numpy and scipy only: a refusal stays instant
 
     out = run_fit(args.runs, args.out, args.holdout_params, args.bootstrap, args.students,
-                  max_epochs=args.max_epochs)
+                  max_epochs=args.max_epochs, forms=args.form)
     print(f"fits.json, report.md and plots in {out}")
     return 0
 
@@ -213,6 +213,21 @@ def _add_prepare(sub) -> None:
     p.set_defaults(func=cmd_prepare)
 
 
+def _fit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", help="JSONL, one run a line: method, params, images, flops, seed, top1, ...")
+    p.add_argument("--out", required=True, help="a new folder for fits.json, report.md and the plots")
+    p.add_argument("--holdout-params", type=float, help="hold out the runs with this many parameters")
+    p.add_argument("--bootstrap", type=int, default=400, help="bootstrap refits (default 400)")
+    p.add_argument("--students", type=int,
+                   help="students the teacher's training is amortised over (default: each method's cells)")
+    p.add_argument("--max-epochs", type=float,
+                   help="fit only runs that saw their unique images at most this many times (needs unique_images)")
+    p.add_argument("--form", action="append", default=[], metavar="[METHOD=]LAW",
+                   help="declare a method's law (zhai, chinchilla or kaplan; without METHOD=, every method's) "
+                        "instead of choosing it by leaving one size out, which needs 4 sizes (docs/fit.md)")
+    p.set_defaults(func=cmd_fit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -251,16 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true", help="with --dry-run: time a short run per size, write estimate.json")
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("fit", help="fit scaling laws to a JSONL table of runs (see docs/fit.md)")
-    p.add_argument("runs", help="JSONL, one run a line: method, params, images, flops, seed, top1, ...")
-    p.add_argument("--out", required=True, help="a new folder for fits.json, report.md and the plots")
-    p.add_argument("--holdout-params", type=float, help="hold out the runs with this many parameters")
-    p.add_argument("--bootstrap", type=int, default=400, help="bootstrap refits (default 400)")
-    p.add_argument("--students", type=int,
-                   help="students the teacher's training is amortised over (default: each method's cells)")
-    p.add_argument("--max-epochs", type=float,
-                   help="fit only runs that saw their unique images at most this many times (needs unique_images)")
-    p.set_defaults(func=cmd_fit)
+    _fit_arguments(sub.add_parser("fit", help="fit scaling laws to a JSONL table of runs (see docs/fit.md)"))
 
     p = sub.add_parser("methods", help="list the distillation methods (distill.type), their papers and keys")
     p.add_argument("plugins", nargs="*", help="plugins to load first: modules or .py files (as a recipe's plugins:)")

@@ -191,8 +191,31 @@ def test_a_table_too_small_to_choose_a_law_is_refused_in_one_line(tmp_path, caps
             for n in (1e5, 3e5) for d in (2e4, 4e4, 8e4)]
     assert main(["fit", str(_write(tmp_path / "runs.jsonl", rows)), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no method could be fitted: plain: ") and "at least 3 sizes, got 2" in err
+    assert err.startswith("error: no method could be fitted: plain: ") and "at least 3 sizes (a power law with its floor), got 2" in err
     assert "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_three_sizes_fit_a_declared_law_but_do_not_choose_one(tmp_path, capsys):
+    """Leaving one of three sizes out fits two, which do not determine a power law in size with its floor
+    (docs/fit.md): the choice is refused in one line naming --form, and a declared law is fitted, said so."""
+    def law(n, d):
+        return 0.1 + 0.3 * (n / 1e5) ** -0.4 + 0.5 * (d / 2e4) ** -0.6
+
+    runs = _write(tmp_path / "runs.jsonl", _grid_rows(law, seeds=(0,)))
+    assert main(["fit", str(runs), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "at least 4 sizes, so that each fold keeps 3, got 3" in err and "--form" in err and "\n" not in err
+    for bad, says in (("plain=hoffmann", "--form plain=hoffmann: no such law"), ("kd=chinchilla", "--form kd=chinchilla: no method 'kd' is fitted here")):
+        assert main(["fit", str(runs), "--out", str(tmp_path / "out"), "--form", bad]) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["fit", str(runs), "--out", str(tmp_path / "out"), "--form", "chinchilla", "--bootstrap", "10"]) == 0
+    fits = json.loads((tmp_path / "out" / "fits.json").read_text())
+    plain = fits["laws"]["plain"]
+    assert fits["settings"]["forms"] == {"plain": "chinchilla"} and plain["declared"] and plain["cv_error"] is None
+    assert [p["value"] for p in plain["parameters"].values()] == pytest.approx([0.1, math.log(0.3), 0.4, math.log(0.5), 0.6], abs=1e-3)
+    assert "`chinchilla`" in (tmp_path / "out" / "report.md").read_text()
+    assert "Declared, not chosen by leaving sizes out" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_planned_held_out_rows_are_predicted_before_they_are_run(tmp_path):
@@ -201,7 +224,7 @@ def test_planned_held_out_rows_are_predicted_before_they_are_run(tmp_path):
     def law(n, d):
         return 0.1 + 0.3 * (n / 1e5) ** -0.4 + 0.5 * (d / 2e4) ** -0.6
 
-    rows = _grid_rows(law, sizes=(1e5, 2e5, 4e5), seeds=(0,))
+    rows = _grid_rows(law, sizes=(1e5, 2e5, 4e5, 8e5), seeds=(0,))
     planned = [{"method": "plain", "params": 1.6e6, "images": d, "flops": 100.0 * 1.6e6 * d, "seed": s,
                 "holdout": True} for d in (2e4, 8e4) for s in (0, 1, 2)]
     out = tmp_path / "out"
@@ -219,7 +242,7 @@ def test_planned_held_out_rows_are_predicted_before_they_are_run(tmp_path):
 def test_max_epochs_fits_only_the_runs_that_repeat_their_images_little(tmp_path, capsys):
     """Runs beyond 4 epochs follow Muennighoff et al. 2023's effective data, D' = U (1 + R* (1 - exp(-R / R*))),
     R the repetitions after the first epoch (R* = 3): the chinchilla law in images seen holds only up to
-    about 4 epochs. Cut there, the fit predicts a 4x larger size at 1 to 3 epochs as the true law does;
+    about 4 epochs. Cut there, the fit predicts a 4x larger size (than the largest fitted) at 1 to 3 epochs as the true law does;
     uncut, it bends to the repeated runs and misses."""
     unique = 2e4
 
@@ -230,9 +253,9 @@ def test_max_epochs_fits_only_the_runs_that_repeat_their_images_little(tmp_path,
         r = d / unique - 1
         return law(n, d if r <= 3 else unique * (1 + 3 * (1 - math.exp(-r / 3))))
 
-    rows = [{**r, "unique_images": unique} for r in _grid_rows(measured, sizes=(1e5, 2e5, 4e5),
+    rows = [{**r, "unique_images": unique} for r in _grid_rows(measured, sizes=(1e5, 2e5, 4e5, 8e5),
                                                                 images=(2e4, 4e4, 8e4, 3.2e5, 1.28e6), seeds=(0,))]
-    planned = [{"method": "plain", "params": 1.6e6, "images": d, "flops": 100.0 * 1.6e6 * d, "seed": 0,
+    planned = [{"method": "plain", "params": 3.2e6, "images": d, "flops": 100.0 * 3.2e6 * d, "seed": 0,
                 "holdout": True} for d in (2e4, 4e4, 6e4)]  # a planned row is not fitted: it needs no unique_images
     runs = _write(tmp_path / "runs.jsonl", rows + planned)
     missed = {}
@@ -240,10 +263,10 @@ def test_max_epochs_fits_only_the_runs_that_repeat_their_images_little(tmp_path,
         out = tmp_path / f"cut{cut}"
         assert main(["fit", str(runs), "--out", str(out), "--bootstrap", "10", *(["--max-epochs", cut] if cut else [])]) == 0
         fits = json.loads((out / "fits.json").read_text())
-        missed[cut] = max(abs(p["predicted_top1"] - 100 * (1 - law(1.6e6, p["images"]))) for p in fits["predictions"])
+        missed[cut] = max(abs(p["predicted_top1"] - 100 * (1 - law(3.2e6, p["images"]))) for p in fits["predictions"])
         if cut:
-            assert fits["settings"]["max_epochs"] == 4 and fits["laws"]["plain"]["beyond_max_epochs"] == 6
-            assert fits["laws"]["plain"]["runs"] == 9 and fits["laws"]["plain"]["form"] == "chinchilla"
+            assert fits["settings"]["max_epochs"] == 4 and fits["laws"]["plain"]["beyond_max_epochs"] == 8
+            assert fits["laws"]["plain"]["runs"] == 12 and fits["laws"]["plain"]["form"] == "chinchilla"
             assert "at most 4 times" in (out / "report.md").read_text()
         else:
             assert "max_epochs" not in fits["settings"] and "beyond_max_epochs" not in fits["laws"]["plain"]
@@ -293,14 +316,14 @@ def test_a_table_whose_rows_computed_in_two_precisions_says_so():
     def law(n, d):
         return 0.1 + 0.3 * (n / 1e5) ** -0.4 + 0.5 * (d / 2e4) ** -0.6
 
-    rows = _grid_rows(law)
-    result, _ = fit_rows(rows, bootstrap=0, students=None)
+    rows, declared = _grid_rows(law), {"plain": "chinchilla"}  # three sizes: a declared law
+    result, _ = fit_rows(rows, bootstrap=0, students=None, forms=declared)
     assert "precisions" not in result["settings"] and "precisions" not in markdown(result, [])
     for i, r in enumerate(rows):
         r["mixed_precision"] = "bf16"
-    result, _ = fit_rows(rows, bootstrap=0, students=None)
+    result, _ = fit_rows(rows, bootstrap=0, students=None, forms=declared)
     assert result["settings"]["precisions"] == {"bf16": 18} and "precisions" not in markdown(result, [])
     rows[0]["mixed_precision"], rows[1]["mixed_precision"] = "no", None
-    result, _ = fit_rows(rows, bootstrap=0, students=None)
+    result, _ = fit_rows(rows, bootstrap=0, students=None, forms=declared)
     assert result["settings"]["precisions"] == {"bf16": 16, "no": 1}
     assert "**The rows computed in 2 precisions** (bf16 16, fp32 1 rows; the rest do not say)" in markdown(result, [])

@@ -110,6 +110,7 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path,
     study["runs"]["teacher"]["recipe"] = str(ROOT / "recipes/fashion_mnist/teacher_resnet18.yaml")
     for m in study["scaling"]["methods"].values():
         m["recipe"] = str(ROOT / "recipes/fashion_mnist" / Path(m["recipe"]).name)
+    study["scaling"]["forms"] = {"plain": "chinchilla", "kd": "chinchilla"}  # three fitted sizes: declared, the runs' law
     study_file.write_text(yaml.safe_dump(study))
     sc, jobs = load_study(study_file).scaling, plan(study_file)
     folder = jobs[0].run_dir.parent
@@ -132,9 +133,8 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path,
         truth = 100 * (1 - law(held_params, p["images"], p["method"]))
         assert abs(p["predicted_top1"] - truth) < 0.05 and p["low"] <= p["predicted_top1"] <= p["high"]
     assert len(pred["predictions"]) == len(sc.methods) * len(sc.epochs)
-    for p in pred["predictions"]:  # the form the fitted rungs' leave-one-size-out error picked, fits.json's fields
-        cands = {k: v for k, v in pred["fits"][p["method"]]["candidates"].items() if v is not None}
-        assert p["form"] == pred["law"][p["method"]] == min(cands, key=cands.get)
+    for p in pred["predictions"]:  # the declared form, fits.json's fields
+        assert p["form"] == pred["law"][p["method"]] == "chinchilla" and pred["fits"][p["method"]]["declared"]
         assert {"persistence_top1", "loglinear_top1", "flops"} <= set(p) and p["measured_top1"] is None
     assert pred["sha256"] == predictions_sha256(pred["predictions"])
     time.sleep(1.1)
@@ -185,6 +185,7 @@ def test_a_ladder_extended_fits_its_prior_runs_and_locks_them(tmp_path, monkeypa
     study["scaling"]["sizes"] = {"w160d4": study["scaling"]["sizes"]["w160d4"]}
     study["scaling"]["prior_runs"] = "prior.jsonl"  # relative to the study file
     study["scaling"]["fit_max_epochs"] = 16 if cut else None
+    study["scaling"]["forms"] = {"plain": "chinchilla", "kd": "chinchilla"}  # three fitted sizes: declared
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     assert main(["study", str(tmp_path / "s.yaml"), "--dry-run"]) == 0
     assert f"fitted with the study's own runs: {runs} prior runs of 3 sizes" in capsys.readouterr().out
@@ -214,6 +215,7 @@ def test_a_ladder_extended_fits_its_prior_runs_and_locks_them(tmp_path, monkeypa
     assert main(["study", str(tmp_path / "s.yaml"), "--dry-run"]) == 2
     assert "scaling.fit_max_epochs 0.5: a run sees its images at least once" in capsys.readouterr().err
     study["scaling"]["fit_max_epochs"] = 16 if cut else None
+    study["scaling"]["forms"] = {"plain": "chinchilla", "kd": "chinchilla"}  # three fitted sizes: declared
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     prior[0]["size"] = "w160d4"
     (tmp_path / "prior.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prior))
@@ -280,9 +282,9 @@ def test_the_studys_scaling_report_is_distill_fit_on_its_runs(tmp_path, monkeypa
     from distill.report.study import Scaling, StudyRun
 
     monkeypatch.setattr(scaling, "BOOTSTRAP", 10)
-    sc = Scaling(sizes={s: [] for s in ("a", "b", "c", "d")}, epochs=[1, 2, 4],
-                 methods={"plain": StudyRun(recipe="plain.yaml")}, holdout="d")
-    n = {"a": 100_000, "b": 300_000, "c": 1_000_000, "d": 2_000_000}
+    sc = Scaling(sizes={s: [] for s in ("a", "b", "c", "d", "e")}, epochs=[1, 2, 4],
+                 methods={"plain": StudyRun(recipe="plain.yaml")}, holdout="e")
+    n = {"a": 100_000, "b": 300_000, "c": 1_000_000, "d": 2_000_000, "e": 4_000_000}
     dirs = []
     for size in sc.sizes:
         for e in sc.epochs:
@@ -296,11 +298,11 @@ def test_the_studys_scaling_report_is_distill_fit_on_its_runs(tmp_path, monkeypa
     path = scaling.write_scaling_report(load_runs(dirs), sc, tmp_path / "study", out)
     study = json.loads(path.read_text())
     table = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-    assert len(table) == 24 and {r["params"] for r in table if r["holdout"]} == {2_000_000}
+    assert len(table) == 30 and {r["params"] for r in table if r["holdout"]} == {4_000_000}
     alone = json.loads((run_fit(out / "runs.jsonl", tmp_path / "fit", bootstrap=10) / "fits.json").read_text())
     for key in ("laws", "predictions", "holdout_errors", "crossings", "gains"):
         assert study[key] == alone[key], key
-    assert study["laws"]["plain"]["runs"] == 18 and len(study["predictions"]) == 3
+    assert study["laws"]["plain"]["runs"] == 24 and len(study["predictions"]) == 3
     law = alone["laws"]["plain"]
     assert law["form"] in law["candidates"] and law["cv_error"] == min(v for v in law["candidates"].values() if v)
     assert all({"value", "low", "high", "on_bound"} <= set(p) for p in law["parameters"].values())

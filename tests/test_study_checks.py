@@ -97,3 +97,29 @@ def test_a_gain_between_runs_computed_in_other_precisions_says_so(tmp_path):
     rows = {r["variant"]: r for r in variant_rows(group(load_runs([*runs("plain2", "none", ["no", "no"]),
                                                                    *runs("kd2", "soft", ["no", "no"])])))}
     assert rows["kd2"]["also_differs"] == "-"
+
+
+def test_a_study_predicting_from_three_sizes_declares_its_law_before_any_run(tmp_path):
+    """Three fitted sizes cannot choose a law by leaving one out (docs/fit.md): v1's ladder without its
+    declared forms is refused before anything runs, naming the fix; an unknown law or method is refused too."""
+    import yaml
+
+    from distill.report.study import load_study
+
+    study = yaml.safe_load((ROOT / "recipes/studies/scaling_cpu.yaml").read_text())
+    for m in study["scaling"]["methods"].values():
+        m["recipe"] = str(ROOT / "recipes/fashion_mnist" / m["recipe"].rsplit("/", 1)[-1])
+    study["runs"]["teacher"]["recipe"] = str(ROOT / "recipes/fashion_mnist/teacher_resnet18.yaml")
+    study["output_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "s.yaml"
+    for forms, says in (({"plain": "kaplan"}, "kd is fitted on 3 sizes, and choosing its law by leaving one size out "
+                         "needs 4 (docs/fit.md); add a size, or declare its law (scaling.forms: {kd: chinchilla})"),
+                        ({"plain": "kaplan", "kd": "hoffmann"}, "scaling.forms.kd=hoffmann: no such law"),
+                        ({"plain": "kaplan", "kd": "kaplan", "hard": "kaplan"}, "scaling.forms.hard=kaplan: no method 'hard' is fitted here")):
+        path.write_text(yaml.safe_dump({**study, "scaling": {**study["scaling"], "forms": forms}}))
+        with pytest.raises(ConfigError) as e:
+            load_study(path)
+        assert says in str(e.value), str(e.value)
+    path.write_text(yaml.safe_dump(study))  # the committed recipe declares both
+    assert load_study(path).scaling.forms == {"plain": "kaplan", "kd": "chinchilla"}
+    assert not (tmp_path / "runs").exists()

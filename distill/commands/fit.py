@@ -7,18 +7,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional, Sequence
 
 from distill.errors import ConfigError
-from distill.report.fit_report import fit_rows, write_fit
+from distill.report.fit_report import check_declared, fit_rows, write_fit
 from distill.report.run_table import read_runs
 from distill.runs import durable
 
 MIN_BOOTSTRAP = 10  # fewer refits give no 2.5th and 97.5th percentile worth printing
 
 
+def declared_forms(forms: Sequence[str], rows: List[dict]) -> Dict[str, str]:
+    """`--form` values, `METHOD=LAW` or `LAW` (every method's), as {method: law}."""
+    out: Dict[str, str] = {}
+    for value in forms:
+        method, _, law = value.rpartition("=")
+        for m in ([method] if method else dict.fromkeys(r["method"] for r in rows)):
+            out[m] = law
+    return out
+
+
 def run_fit(runs, out, holdout_params: Optional[float] = None, bootstrap: int = 400,
-            students: Optional[int] = None, seed: int = 0, max_epochs: Optional[float] = None) -> Path:
+            students: Optional[int] = None, seed: int = 0, max_epochs: Optional[float] = None,
+            forms: Sequence[str] = ()) -> Path:
     """Check the arguments and the table, fit, and write DIR; returns DIR."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -29,7 +40,9 @@ def run_fit(runs, out, holdout_params: Optional[float] = None, bootstrap: int = 
     if students is not None and students < 1:
         raise ConfigError(f"--students {students}: the teacher is amortised over at least 1 student")
     rows = read_runs(runs, holdout_params)
-    result, fits = fit_rows(rows, bootstrap, students, seed, max_epochs)
+    declared = declared_forms(forms, rows)
+    check_declared(declared, list(dict.fromkeys(r["method"] for r in rows)), "--form ")
+    result, fits = fit_rows(rows, bootstrap, students, seed, max_epochs, declared)
     result["settings"]["runs"] = str(runs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from distill.report.fit_runs import LEVEL, MethodFit, cell_means, fit_method, one_blas_thread, parameters
+from distill.report.laws import FORMS
 from distill.report.stats import paired_diff_ci
 
 _N_GRID = 96  # model sizes the frontier minimises over
@@ -233,7 +234,8 @@ def students_of(rows: List[dict], method: str) -> int:
 
 def _law(fit: MethodFit) -> dict:
     sol = fit.solution
-    return {"form": fit.form.name, "expression": fit.form.expression, "cv_error": _finite(fit.cv[fit.form.name]),
+    return {"form": fit.form.name, "declared": len(fit.cv) == 1, "expression": fit.form.expression,
+            "cv_error": _finite(fit.cv[fit.form.name]),
             "candidates": {k: _finite(v) for k, v in fit.cv.items()},
             "parameters": parameters(fit), "reference": fit.refs,
             "fit": {"converged": sol.converged, "starts": sol.starts, "starts_converged": sol.starts_converged,
@@ -249,12 +251,13 @@ def epochs_of(row: dict) -> float:
 
 
 def analyse(rows: List[dict], bootstrap: int = 400, students: Optional[int] = None, seed: int = 0,
-            max_epochs: Optional[float] = None) -> tuple:
+            max_epochs: Optional[float] = None, forms: Optional[Dict[str, str]] = None) -> tuple:
     """Fit every method on its non-held-out rows and draw the claims. Returns (result, fits):
     result is what fits.json holds, fits the `MethodFit` per fitted method (for the plots).
     `max_epochs`: fit only the runs that saw their unique images at most this many times (the laws
     take D as images seen, which repetition breaks: Muennighoff et al. 2023 find up to about 4 epochs
-    worth nearly as much as fresh data); the other runs stay in the table, gains and baselines."""
+    worth nearly as much as fresh data); the other runs stay in the table, gains and baselines.
+    `forms`: a method's law declared by name (its form is then not chosen by leaving sizes out)."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fits, laws = {}, {}
     with one_blas_thread():
@@ -262,8 +265,9 @@ def analyse(rows: List[dict], bootstrap: int = 400, students: Optional[int] = No
             mine = [r for r in rows if r["method"] == m and not r.get("holdout")]
             beyond = [r for r in mine if max_epochs is not None and epochs_of(r) > max_epochs * (1 + 1e-9)]
             mine = [r for r in mine if r not in beyond]
+            declared = (forms or {}).get(m)
             try:
-                fits[m] = fit_method(m, mine, bootstrap, seed)
+                fits[m] = fit_method(m, mine, bootstrap, seed, (declared,) if declared else tuple(FORMS))
                 laws[m] = _law(fits[m])
             except ValueError as e:
                 laws[m] = {"form": None, "not_fitted": str(e)}

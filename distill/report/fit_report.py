@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import matplotlib
 
@@ -17,6 +17,7 @@ from distill.errors import ConfigError  # noqa: E402
 from distill.precision import word  # noqa: E402
 from distill.report.fit_claims import analyse, frontier  # noqa: E402
 from distill.report.fit_runs import HUBER_DELTA, LEVEL, cell_means  # noqa: E402
+from distill.report.laws import FORMS  # noqa: E402
 
 
 def _g(v, spec=".3g") -> str:
@@ -35,9 +36,11 @@ def _laws(laws: dict) -> List[str]:
             lines += [f"- **{method}**: not fitted: {law['not_fitted']}", ""]
             continue
         cands = ", ".join(f"{k} {_g(v, '.2f')}" for k, v in law["candidates"].items())
+        chosen = ("Declared, not chosen by leaving sizes out" if law.get("declared")
+                  else f"Leave-one-size-out error (top-1 points): {cands}")
         fit, boot = law["fit"], law["bootstrap"]
         lines += [f"**{method}**: `{law['form']}`, {law['expression']}; {law['runs']} runs of "
-                  f"{len(law['sizes'])} sizes. Leave-one-size-out error (top-1 points): {cands}. Best of "
+                  f"{len(law['sizes'])} sizes. {chosen}. Best of "
                   f"{fit['starts']} starts {'converged' if fit['converged'] else 'did NOT converge'} "
                   f"({fit['starts_at_best']} starts reached its loss); {boot['converged']} of {boot['draws']} "
                   f"refits converged. References: N_ref = {_g(law['reference']['params'])}, D_ref = "
@@ -223,25 +226,38 @@ def check_max_epochs(max_epochs: float, what: str) -> None:
         raise ConfigError(f"{what} {max_epochs}: a run sees its images at least once; give 1 or more")
 
 
+def check_declared(forms: Dict[str, str], methods: List[str], what: str) -> None:
+    """Each declared law (`distill fit --form`, a study's `scaling.forms`) is a known form of one of
+    `methods`; `what` begins the refusal."""
+    for method, name in forms.items():
+        if name not in FORMS:
+            raise ConfigError(f"{what}{method}={name}: no such law; give one of {', '.join(FORMS)}")
+        if method not in methods:
+            raise ConfigError(f"{what}{method}={name}: no method {method!r} is fitted here "
+                              f"(the methods: {', '.join(methods)})")
+
+
 def fit_rows(rows: List[dict], bootstrap: int, students: Optional[int], seed: int = 0,
-             max_epochs: Optional[float] = None) -> tuple:
+             max_epochs: Optional[float] = None, forms: Optional[Dict[str, str]] = None) -> tuple:
     """`analyse` plus the settings a reader needs; (result, fits). Refuses a table with no law, and
     `max_epochs` on a table whose fitted rows do not all carry `unique_images` (a held-out row is not
-    fitted: a planned one may lack it)."""
+    fitted: a planned one may lack it). `forms`: laws declared per method (`check_declared`), not chosen."""
+    forms = dict(forms or {})
     if max_epochs is not None:
         check_max_epochs(max_epochs, "max epochs")
         bare = next((r for r in rows if not r.get("holdout") and not r.get("unique_images")), None)
         if bare is not None:
             raise ConfigError(f"run {bare.get('run', bare['method'])} has no unique_images: a cut at "
                               f"{max_epochs:g} epochs needs it on every fitted row (or fit without the cut)")
-    result, fits = analyse(rows, bootstrap, students, seed, max_epochs)
+    result, fits = analyse(rows, bootstrap, students, seed, max_epochs, forms)
     if not fits:
         reasons = "; ".join(f"{m}: {law['not_fitted']}" for m, law in result["laws"].items())
         raise ConfigError(f"no method could be fitted: {reasons}")
     result["settings"] = {"rows": len(rows), "held_out": sum(1 for r in rows if r.get("holdout")),
                           "bootstrap": bootstrap, "seed": seed, "huber_delta": HUBER_DELTA,
                           "students": students, "level": 0.95,
-                          **({"max_epochs": max_epochs} if max_epochs is not None else {})}
+                          **({"max_epochs": max_epochs} if max_epochs is not None else {}),
+                          **({"forms": forms} if forms else {})}
     precisions = sorted({r["mixed_precision"] for r in rows if r.get("mixed_precision")})
     if precisions:  # tables written before runs.jsonl recorded it have none
         result["settings"]["precisions"] = {p: sum(r.get("mixed_precision") == p for r in rows) for p in precisions}

@@ -4,8 +4,11 @@ Hoffmann et al. 2022 (approach 3) and Besiroglu et al. 2024: the law is fitted t
 Huber loss (delta 1e-3), minimised by L-BFGS-B from a grid of starts, keeping the best; whether the
 best start converged, and how many starts reached the same loss, is recorded. Per method the form
 (`distill.report.laws`) is chosen by leave-one-size-out error on the fitted sizes only, before any
-held-out row is looked at. Uncertainty: a residual bootstrap (the design kept, each run's log error
-redrawn as the fit plus a resampled residual, each refit from several starts); estimates that sit on
+held-out row is looked at, or declared by the caller. Choosing needs 4 fitted sizes, so that each
+fold keeps 3: a power law in size with its floor has three unknowns along size, and a fold of two
+sizes does not determine it (docs/fit.md: fits of one such fold reach the same loss and miss the
+left-out size by 1 to 14 points), so rounding would choose the form. Uncertainty: a residual
+bootstrap (the design kept, each run's log error redrawn as the fit plus a resampled residual, each refit from several starts); estimates that sit on
 a bound, or do so in more than 10% of the refits, are flagged.
 
 Rows are dicts as `distill.report.run_table` reads them: method, params, images, flops, seed, top1,
@@ -29,6 +32,8 @@ LEVEL = 0.95
 BOUND_SHARE = 0.10  # an estimate is flagged when more than this share of refits sits on a bound
 _REFIT_STARTS = 3  # grid starts (best by initial loss) added to the full-data solution per refit
 _CV_STARTS = 8  # grid starts (best by initial loss) for each leave-one-size-out fit
+MIN_SIZES = 3  # a power law in size with a floor: three unknowns along size
+MIN_SIZES_TO_CHOOSE = MIN_SIZES + 1  # each leave-one-size-out fold keeps MIN_SIZES
 
 
 _BLAS: Optional[list] = None  # (set_num_threads, get_num_threads) of each loaded OpenBLAS, found once
@@ -219,17 +224,20 @@ def fit_method(method: str, rows: List[dict], draws: int, seed: int = 0, forms=t
                best_of: Optional[int] = None, refit_starts: int = _REFIT_STARTS) -> MethodFit:
     """Choose the form by leave-one-size-out error over `rows` (the fitted runs only), fit it from
     the whole grid of starts (or its `best_of` best), and bootstrap it. With one form in `forms`
-    nothing is chosen and no cv error measured (nan)."""
+    (declared) nothing is chosen and no cv error measured (nan)."""
     sizes = len({r["params"] for r in rows})
-    if len(forms) > 1 and sizes < 3:
-        raise ValueError(f"choosing a law by leaving one size out needs fitted runs of at least 3 "
-                         f"sizes, got {sizes} ({len(rows)} runs not held out)")
+    if sizes < MIN_SIZES:
+        raise ValueError(f"a law in size needs fitted runs of at least {MIN_SIZES} sizes (a power law "
+                         f"with its floor), got {sizes} ({len(rows)} runs not held out)")
+    if len(forms) > 1 and sizes < MIN_SIZES_TO_CHOOSE:
+        raise ValueError(f"choosing a law by leaving one size out needs fitted runs of at least "
+                         f"{MIN_SIZES_TO_CHOOSE} sizes, so that each fold keeps {MIN_SIZES}, got {sizes}; "
+                         f"declare one instead (distill fit --form {{{','.join(FORMS)}}})")
     refs = references(rows)
     cv = {name: (cv_error(FORMS[name], rows, refs) if len(forms) > 1 else float("nan")) for name in forms}
     if len(forms) > 1 and not any(np.isfinite(v) for v in cv.values()):
-        raise ValueError(f"no law can be chosen by leaving one size out: it needs runs of "
-                         f"at least 3 sizes and more runs than parameters (got {len(rows)} runs of "
-                         f"{len({r['params'] for r in rows})} sizes)")
+        raise ValueError(f"no law can be chosen by leaving one size out: each fold needs more runs "
+                         f"than the law has parameters (got {len(rows)} runs of {sizes} sizes)")
     form = FORMS[min(cv, key=cv.get)] if len(forms) > 1 else FORMS[forms[0]]
     sol = fit_form(form, rows, refs, best_of)
     boot, hits, converged, res = bootstrap(form, rows, refs, sol, draws, seed, refit_starts)

@@ -17,7 +17,8 @@ from typing import Dict, List, Optional
 
 from distill.recipe import load_config
 from distill.report.compare import load_runs
-from distill.report.fit_report import fit_rows, markdown, plots
+from distill.report.fit_report import check_declared, fit_rows, markdown, plots
+from distill.report.fit_runs import MIN_SIZES, MIN_SIZES_TO_CHOOSE
 from distill.errors import ConfigError
 from distill.report.run_table import check_row, check_table, read_runs
 from distill.report.stats import mean, std
@@ -79,6 +80,22 @@ def check_prior_runs(path: Path, sc) -> str:
         raise ConfigError(f"study {path}: scaling.prior_runs {prior} has {len(held)} runs of the held-out size "
                           f"{sc.holdout} ({held[0]}, ...): hold out a size it does not have")
     return str(prior)
+
+
+def check_forms(path: Path, sc) -> None:
+    """Before any run: each declared law (`scaling.forms`) is a known form of a method the study fits,
+    and a method predicted on the held-out rung from 3 fitted sizes declares its law, since choosing
+    one by leaving a size out needs 4 (`distill.report.fit_runs`, docs/fit.md)."""
+    check_declared(sc.forms, [*sc.methods, *sc.data_methods], f"study {path}: scaling.forms.")
+    prior = prior_rows(sc)
+    for method, run in sc.methods.items():
+        sizes = {s for s in (run.sizes or sc.sizes) if s != sc.holdout}
+        sizes |= {r.get("size") or r["params"] for r in prior if r["method"] == method}
+        # fewer than MIN_SIZES fit no law at all: such a study (the tests' stand-ins) fails at its prediction
+        if method not in sc.forms and MIN_SIZES <= len(sizes) < MIN_SIZES_TO_CHOOSE:
+            raise ConfigError(f"study {path}: {method} is fitted on {len(sizes)} sizes, and choosing its law by "
+                              f"leaving one size out needs {MIN_SIZES_TO_CHOOSE} (docs/fit.md); add a size, or "
+                              f"declare its law (scaling.forms: {{{method}: chinchilla}})")
 
 
 def prior_rows(sc) -> List[dict]:
@@ -148,7 +165,7 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     held = [{"method": m, "params": params, "images": e * per_epoch, "flops": per_image * e * per_epoch, "seed": s,
              "top1": None, "holdout": True, "budget": budget_of(sc, m, sc.holdout, e)}
             for (m, e), n in planned.items() for s in range(n)]
-    result, _ = fit_rows(table + held, BOOTSTRAP, None, max_epochs=sc.fit_max_epochs)
+    result, _ = fit_rows(table + held, BOOTSTRAP, None, max_epochs=sc.fit_max_epochs, forms=sc.forms)
     epochs_of = {e * per_epoch: e for _, e in planned}
     predictions = [{"run": ladder_variant(p["method"], sc.holdout, epochs_of[p["images"]]),
                     "epochs": epochs_of[p["images"]], "form": result["laws"][p["method"]]["form"],
@@ -240,7 +257,7 @@ def write_scaling_report(runs: list, sc, folder: Path, out: Path) -> Path:
     out = Path(out)
     rows = ladder_rows(runs, sc)
     table = fit_table(rows, runs, sc)
-    result, fits = fit_rows(table, BOOTSTRAP, None, max_epochs=sc.fit_max_epochs)
+    result, fits = fit_rows(table, BOOTSTRAP, None, max_epochs=sc.fit_max_epochs, forms=sc.forms)
     result["prediction"] = check_prediction(folder, rows)
     durable.write_text(out / "runs.jsonl", "".join(json.dumps(r) + "\n" for r in table), str(out / "runs.jsonl"))
     if result["prediction"] is not None:  # the study folder's copy stays as made; this one has the measurement

@@ -65,6 +65,7 @@ class Scaling:
     data_axis: Optional[DataAxis] = None  # cells run again on another number of unique images (data_axis.py)
     prior_runs: Optional[str] = None  # a committed runs.jsonl (relative to the study file) fitted with its own runs
     fit_max_epochs: Optional[float] = None  # fit only runs of at most this many epochs (`distill fit --max-epochs`)
+    forms: Dict[str, str] = field(default_factory=dict)  # method -> its law, declared (`distill fit --form`)
 
     def __post_init__(self):
         """What expanding the study derives (attributes, not keys of its file): `load_study` fills them."""
@@ -171,6 +172,7 @@ def load_study(path: Path, overrides=()) -> Study:
             study.output_dir = value.strip()
     if study.scaling is not None:
         _expand_scaling(study, path, overrides)
+        scaling.check_forms(path, study.scaling)
     if study.launcher not in ("python", "launch"):
         raise ConfigError(f"study {path}: launcher={study.launcher!r} is not one of: python, launch")
     for variant, run in study.runs.items():
