@@ -31,7 +31,6 @@ HUBER_DELTA = 1e-3  # Hoffmann et al. 2022: robust to the odd diverged or unluck
 LEVEL = 0.95
 BOUND_SHARE = 0.10  # an estimate is flagged when more than this share of refits sits on a bound
 _REFIT_STARTS = 3  # grid starts (best by initial loss) added to the full-data solution per refit
-_CV_STARTS = 8  # grid starts (best by initial loss) for each leave-one-size-out fit
 MIN_SIZES = 3  # a power law in size with a floor: three unknowns along size
 MIN_SIZES_TO_CHOOSE = MIN_SIZES + 1  # each leave-one-size-out fold keeps MIN_SIZES
 
@@ -178,13 +177,16 @@ def cell_means(rows: List[dict]) -> Dict[tuple, dict]:
 
 
 def cv_error(form: Form, rows: List[dict], refs) -> float:
-    """Leave-one-size-out: fit without each fitted size, predict its cells' mean top-1; the mean
-    absolute error in top-1 points over every left-out cell (inf where a fit cannot be made)."""
+    """Leave-one-size-out: fit without each fitted size (from the whole grid of starts), predict its
+    cells' mean top-1; the mean absolute error in top-1 points over every left-out cell (inf where a
+    fit cannot be made). From only the 8 starts of lowest initial loss, plain's Kaplan error on v5's
+    table moved between 2.13 and 2.24 when every top-1 was scaled by 1 + 1e-12 noise; from all 32
+    it stays at 2.1301 (tests/test_committed_studies.py)."""
     errors = []
     for size in sorted({r["params"] for r in rows}):
         train = [r for r in rows if r["params"] != size]
         try:
-            sol = fit_form(form, train, refs, best_of=_CV_STARTS)
+            sol = fit_form(form, train, refs)
         except ValueError:
             return float("inf")
         for (n, d), cell in cell_means([r for r in rows if r["params"] == size]).items():
