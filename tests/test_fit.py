@@ -229,7 +229,7 @@ def test_planned_held_out_rows_are_predicted_before_they_are_run(tmp_path):
                 "holdout": True} for d in (2e4, 8e4) for s in (0, 1, 2)]
     out = tmp_path / "out"
     assert main(["fit", str(_write(tmp_path / "runs.jsonl", rows + planned)), "--out", str(out),
-                 "--bootstrap", "10"]) == 0
+                 "--bootstrap", "10", "--form", "chinchilla"]) == 0  # the runs' law, declared: no choice to time
     preds = json.loads((out / "fits.json").read_text())["predictions"]
     assert [(p["images"], p["measured_top1"], p["seeds"]) for p in preds] == [(2e4, None, 0), (8e4, None, 0)]
     for p in preds:
@@ -261,12 +261,13 @@ def test_max_epochs_fits_only_the_runs_that_repeat_their_images_little(tmp_path,
     missed = {}
     for cut in ("4", None):
         out = tmp_path / f"cut{cut}"
-        assert main(["fit", str(runs), "--out", str(out), "--bootstrap", "10", *(["--max-epochs", cut] if cut else [])]) == 0
+        assert main(["fit", str(runs), "--out", str(out), "--bootstrap", "10", "--form", "chinchilla",
+                     *(["--max-epochs", cut] if cut else [])]) == 0  # the law of the runs within 4 epochs, declared
         fits = json.loads((out / "fits.json").read_text())
         missed[cut] = max(abs(p["predicted_top1"] - 100 * (1 - law(3.2e6, p["images"]))) for p in fits["predictions"])
         if cut:
             assert fits["settings"]["max_epochs"] == 4 and fits["laws"]["plain"]["beyond_max_epochs"] == 8
-            assert fits["laws"]["plain"]["runs"] == 12 and fits["laws"]["plain"]["form"] == "chinchilla"
+            assert fits["laws"]["plain"]["runs"] == 12 and fits["laws"]["plain"]["declared"]
             assert "at most 4 times" in (out / "report.md").read_text()
         else:
             assert "max_epochs" not in fits["settings"] and "beyond_max_epochs" not in fits["laws"]["plain"]
