@@ -7,9 +7,10 @@ best start converged, and how many starts reached the same loss, is recorded. Pe
 held-out row is looked at, or declared by the caller. Choosing needs 4 fitted sizes, so that each
 fold keeps 3: a power law in size with its floor has three unknowns along size, and a fold of two
 sizes does not determine it (docs/fit.md: fits of one such fold reach the same loss and miss the
-left-out size by 1 to 14 points), so rounding would choose the form. Uncertainty: a residual
-bootstrap (the design kept, each run's log error redrawn as the fit plus a resampled residual, each refit from several starts); estimates that sit on
-a bound, or do so in more than 10% of the refits, are flagged.
+left-out size by 1 to 14 points), so rounding would choose the form. Each fold, like the full fit,
+starts from the whole grid. Uncertainty: a residual bootstrap (the design kept, each run's log error
+redrawn as the fit plus a resampled residual, each refit from the full-data solution and 16 grid
+starts); estimates that sit on a bound, or do so in more than 10% of the refits, are flagged.
 
 Rows are dicts as `distill.report.run_table` reads them: method, params, images, flops, seed, top1,
 holdout. numpy and scipy only: `distill fit` must start fast.
