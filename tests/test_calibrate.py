@@ -50,3 +50,10 @@ def test_the_report_puts_the_estimate_beside_the_measured_span(tmp_path):
     text = "\n".join(calibrate.report_lines(folder, [folder / "r0", folder / "r1"]))
     assert "1.50 h for the 2 runs finished" in text and "2.00 h from the first run's start" in text
     assert "(estimate / measured = 0.75)" in text and "0.50 h" in text  # the loops: 2 x 900 s
+    # a study rebuilt from its committed records keeps no metrics.jsonl: the loops are unknown, not zero
+    (folder / "r1" / "metrics.jsonl").unlink()
+    text = "\n".join(calibrate.report_lines(folder, [folder / "r0", folder / "r1"]))
+    assert "start-up not): 0.25 h in the 1 of 2 runs that keep metrics.jsonl" in text
+    (folder / "r0" / "metrics.jsonl").unlink()
+    text = "\n".join(calibrate.report_lines(folder, [folder / "r0", folder / "r1"]))
+    assert "start-up not): not in these records (no metrics.jsonl)" in text and "0.00 h" not in text

@@ -1,5 +1,6 @@
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from distill.cli import main
 from distill.config import to_yaml
 from distill.recipe import load_config
 from distill.errors import ConfigError
-from distill.report import stats
+from distill.report import plots, stats
 from distill.report.compare import group, load_runs, variant_rows, write_report
 from distill.report.baselines import study_baselines
 from distill.report.study import load_study, plan, run_study
@@ -72,6 +73,22 @@ def test_report_groups_seeds_and_compares_with_plain(tmp_path):
     assert "| +10.00 ± 4.53 | Welch t |" in text and "72.00 ± 2.00" in text
     for png in ("top1_per_epoch.png", "plain_vs_distilled.png", "gain_vs_plain.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
+
+
+def test_runs_kept_as_their_records_alone_plot_their_final_evaluation(tmp_path, monkeypatch):
+    # docs/ keeps a study's runs as summary.json and config.yaml: the curve is the last evaluation, from summary.json
+    dirs = [fake_run(tmp_path, f"plain_s{s}", v, seed=s) for s, v in enumerate([70.0, 74.0])]
+    for d in dirs:
+        (d / "metrics.jsonl").unlink()
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**summary, "epochs": 2, "epoch_images": 100}))
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before: an empty plot, and matplotlib's "No artists with labels"
+        plots.curves(group(load_runs(dirs)), tmp_path)
+    (line,) = figures[0].axes[0].get_lines()
+    assert list(line.get_xdata()) == [200] and list(line.get_ydata()) == [72.0] and line.get_label() == "plain (n=2)"
 
 
 def test_one_seed_each_gives_the_difference_without_an_interval(tmp_path):

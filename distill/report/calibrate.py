@@ -19,7 +19,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 
@@ -117,10 +117,13 @@ def calibrate(jobs, rows: List[dict], folder: Path) -> List[dict]:
     return rows
 
 
-def _own_loop_s(run_dir: Path) -> float:
+def _own_loop_s(run_dir: Path) -> Optional[float]:
+    """The run's training loops in seconds (metrics.jsonl's epoch_s); None where the folder keeps no
+    metrics.jsonl (a study rebuilt from its committed summary.json and config.yaml)."""
     path = Path(run_dir) / records.METRICS
-    lines = path.read_text().splitlines() if path.exists() else []
-    return sum(json.loads(x).get("epoch_s", 0.0) for x in lines if x.strip())
+    if not path.exists():
+        return None
+    return sum(json.loads(x).get("epoch_s", 0.0) for x in path.read_text().splitlines() if x.strip())
 
 
 def report_lines(folder: Path, run_dirs: List[Path]) -> List[str]:
@@ -134,13 +137,15 @@ def report_lines(folder: Path, run_dirs: List[Path]) -> List[str]:
     starts = [datetime.fromisoformat(s["started_at"]) for s in summaries if s.get("started_at")]
     ends = [datetime.fromisoformat(s["finished_at"]) for s in summaries if s.get("finished_at")]
     span = (max(ends) - min(starts)).total_seconds() / 3600 if starts and ends else None
-    loops = sum(_own_loop_s(d) for d in done) / 3600
+    loops = [s for s in map(_own_loop_s, done) if s is not None]
     planned = sum(v or 0.0 for k, v in est["runs"].items() if (Path(folder) / k) in done)
     lines = ["", "## Estimate against measured time", "",
              f"The dry run's calibrated estimate ({est['made_at']}): {est['total_hours']:.2f} h for "
              f"{len(est['runs'])} runs; {planned:.2f} h for the {len(done)} runs finished."]
     if span is not None:
+        own = ("not in these records (no metrics.jsonl)" if not loops else f"{sum(loops) / 3600:.2f} h"
+               + ("" if len(loops) == len(done) else f" in the {len(loops)} of {len(done)} runs that keep metrics.jsonl"))
         lines.append(f"Measured: {span:.2f} h from the first run's start to the last run's finish "
                      f"(estimate / measured = {planned / span:.2f}); the runs' own training loops "
-                     f"(metrics' epoch_s, evaluations included, start-up not) {loops:.2f} h.")
+                     f"(metrics' epoch_s, evaluations included, start-up not): {own}.")
     return lines

@@ -18,6 +18,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _final(summary: dict) -> list:
+    """A run kept as its records alone (summary.json and config.yaml, as docs/ keeps a study's runs): its
+    last evaluation, which summary.json holds, in metrics.jsonl's form."""
+    return [{"epoch": summary["epochs"] - 1, "top1": summary["final_top1"]}] if "final_top1" in summary else []
+
+
 def curves(variants: dict, out: Path) -> Path:
     """Test top-1 against training images seen, per student variant: the mean over seeds with a band
     of +-1 std. A variant that taught the others (its model is their teacher) is a dashed line at its
@@ -28,7 +34,7 @@ def curves(variants: dict, out: Path) -> Path:
         by_seen = {}
         for run in runs:
             per_epoch = run["summary"].get("epoch_images")
-            for rec in run["metrics"]:
+            for rec in run["metrics"] or _final(run["summary"]):
                 if "top1" in rec:  # images seen at the end of the epoch; epochs where no size was recorded
                     by_seen.setdefault((rec["epoch"] + 1) * (per_epoch or 1), []).append(rec["top1"])
         if not by_seen:
