@@ -123,3 +123,24 @@ def test_a_study_predicting_from_three_sizes_declares_its_law_before_any_run(tmp
     path.write_text(yaml.safe_dump(study))  # the committed recipe declares both
     assert load_study(path).scaling.forms == {"plain": "kaplan", "kd": "chinchilla"}
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_method_fitted_only_from_prior_runs_can_declare_its_law(tmp_path):
+    """v5 extends v4's table (scaling.prior_runs), whose data axis plain-u20000 has three sizes: its law is
+    declared although v5 runs no data axis of its own; a method neither fits is still refused."""
+    import yaml
+
+    from distill.report.study import load_study
+
+    v5 = ROOT / "recipes/studies/scaling_cpu_v5.yaml"
+    assert load_study(v5).scaling.forms == {"plain-u20000": "kaplan"}
+    study = yaml.safe_load(v5.read_text())
+    for m in study["scaling"]["methods"].values():
+        m["recipe"] = str(ROOT / "recipes/fashion_mnist" / m["recipe"].rsplit("/", 1)[-1])
+    study["runs"]["teacher"]["recipe"] = str(ROOT / "recipes/fashion_mnist/teacher_resnet18.yaml")
+    study["scaling"]["prior_runs"] = str(ROOT / "docs/scaling_cpu_v4/report/runs.jsonl")
+    study["scaling"]["forms"] = {"plain-u5000": "kaplan"}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match=r"no method 'plain-u5000' is fitted here \(the methods: kd, plain, plain-u20000\)"):
+        load_study(path)

@@ -86,8 +86,9 @@ def check_forms(path: Path, sc) -> None:
     """Before any run: each declared law (`scaling.forms`) is a known form of a method the study fits,
     and a method predicted on the held-out rung from 3 fitted sizes declares its law, since choosing
     one by leaving a size out needs 4 (`distill.report.fit_runs`, docs/fit.md)."""
-    check_declared(sc.forms, [*sc.methods, *sc.data_methods], f"study {path}: scaling.forms.")
-    prior = prior_rows(sc)
+    prior = prior_rows(sc)  # fitted with the study's own: their methods (an earlier data axis) take a law too
+    check_declared(sc.forms, list(dict.fromkeys([*sc.methods, *sc.data_methods, *(r["method"] for r in prior)])),
+                   f"study {path}: scaling.forms.")
     for method, run in sc.methods.items():
         sizes = {s for s in (run.sizes or sc.sizes) if s != sc.holdout}
         sizes |= {r.get("size") or r["params"] for r in prior if r["method"] == method}
