@@ -5,6 +5,7 @@ and goes on from its committed records; and why a law is chosen only from four s
 import hashlib
 import json
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +60,21 @@ def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_sa
     cells = json.loads((folder / "report/fits.json").read_text())["predictions"]
     inside = sum(c["low"] <= c["measured_top1"] <= c["high"] for c in cells)
     assert f"inside the 95% prediction interval in {inside} of {len(cells)} cells" in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("study", ["scaling_cpu_v3", "scaling_cpu_v4", "scaling_cpu_v5", "scaling_cpu_v6"])
+def test_each_lock_names_the_committed_table_it_was_fitted_on(study):
+    """v3 to v6 extend the study before (scaling.prior_runs): each lock names that study's committed
+    report/runs.jsonl by its sha256 and row count, so the table stays as written when its report is
+    regenerated (a regenerated runs.jsonl adds fields, such as mixed_precision, that runs recorded later)."""
+    import yaml
+
+    lock = json.loads((ROOT / "docs" / study / "prediction.lock.json").read_text())["prior_runs"]
+    recipe = ROOT / "recipes/studies" / f"{study}.yaml"
+    table = (recipe.parent / yaml.safe_load(recipe.read_text())["scaling"]["prior_runs"]).resolve()
+    assert Path(lock["file"]).parts[-4:] == table.parts[-4:]  # docs/<study>/report/runs.jsonl, from a worktree then
+    assert lock["sha256"] == hashlib.sha256(table.read_bytes()).hexdigest()
+    assert lock["runs"] == len(table.read_text().splitlines())
 
 
 def test_an_unfinished_study_states_its_locked_prediction_and_only_the_runs_it_has():
