@@ -97,6 +97,7 @@ def _fake_run(folder: Path, name: str, seed: int, params: int, images: int, top1
         "logit_cache": None, "train_img_per_s": 1.0, "wall_s": 1.0, "epochs": 1, "epoch_images": images}))
 
 
+@pytest.mark.slow  # fits the ladder's laws, every grid start in each fold: ~8 s (AVX2)
 @needs_fmnist
 def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path, monkeypatch):
     """Runs that follow a known joint law exactly: the prediction for the held-out rung is the law's
@@ -149,6 +150,7 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path,
     assert all(abs(p["error_points"] - (p["predicted_top1"] - 90.0)) < 1e-9 for p in checked["predictions"])
 
 
+@pytest.mark.slow  # fits a 4-size table twice: ~10 s each (AVX2)
 @needs_fmnist
 @pytest.mark.parametrize("cut", [False, True], ids=["every_run", "fit_max_epochs"])
 def test_a_ladder_extended_fits_its_prior_runs_and_locks_them(tmp_path, monkeypatch, capsys, cut):
@@ -274,6 +276,7 @@ def test_every_rung_of_the_gpu_ladders_trains_a_few_steps(study, data):
         assert loop.run.student.eval()(x).shape == (1, 10), size
 
 
+@pytest.mark.slow  # the study's fit and distill fit's, on the same runs: ~18 s (AVX2)
 def test_the_studys_scaling_report_is_distill_fit_on_its_runs(tmp_path, monkeypatch):
     """write_scaling_report writes runs.jsonl and fits.json; `distill fit` on that runs.jsonl gives the
     same fits (one fitting code path), and the held-out rung is held out in both."""
