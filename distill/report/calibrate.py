@@ -143,8 +143,9 @@ def report_lines(folder: Path, run_dirs: List[Path]) -> List[str]:
              f"The dry run's calibrated estimate ({est['made_at']}): {est['total_hours']:.2f} h for "
              f"{len(est['runs'])} runs; {planned:.2f} h for the {len(done)} runs finished."]
     if span is not None:
-        own = ("not in these records (no metrics.jsonl)" if not loops else f"{sum(loops) / 3600:.2f} h"
-               + ("" if len(loops) == len(done) else f" in the {len(loops)} of {len(done)} runs that keep metrics.jsonl"))
+        own = f"{sum(loops) / 3600:.2f} h" if loops else "not in these records (no metrics.jsonl)"
+        if loops and len(loops) < len(done):
+            own += f" in the {len(loops)} of {len(done)} runs that keep metrics.jsonl"
         lines.append(f"Measured: {span:.2f} h from the first run's start to the last run's finish "
                      f"(estimate / measured = {planned / span:.2f}); the runs' own training loops "
                      f"(metrics' epoch_s, evaluations included, start-up not): {own}.")

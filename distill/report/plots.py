@@ -21,7 +21,7 @@ def _save(fig, path: Path) -> Path:
 def _final(summary: dict) -> list:
     """A run kept as its records alone (summary.json and config.yaml, as docs/ keeps a study's runs): its
     last evaluation, which summary.json holds, in metrics.jsonl's form."""
-    return [{"epoch": summary["epochs"] - 1, "top1": summary["final_top1"]}] if "final_top1" in summary else []
+    return [{"epoch": summary.get("epochs", 1) - 1, "top1": summary["final_top1"]}] if "final_top1" in summary else []
 
 
 def curves(variants: dict, out: Path) -> Path:
