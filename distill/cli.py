@@ -123,7 +123,9 @@ def cmd_study(args) -> int:
         if args.calibrate:  # a short timed run per size: start-up, data path and evaluation (report/calibrate.py)
             from distill.report.calibrate import calibrate
             rows = calibrate(jobs, rows, jobs[0].run_dir.parent)
-        print("\n" + table(rows))
+        from distill.runs.records import SUMMARY
+
+        print("\n" + table(rows, {j.run_dir.name for j in jobs if (j.run_dir / SUMMARY).exists()}))
         from distill.report.ladder import budget_lines, saved_line
 
         if study.scaling is not None and study.scaling.budgets:

@@ -243,8 +243,17 @@ def test_dry_run_prints_each_runs_flops_by_hand_and_the_total(tmp_path, capsys):
     per_image = 3 * (L * 24 * T * d * d + 2 * d * K) + 3.5 * L * 4 * T * T * d + 2 * 2 * 16 * 64 * d
     images = 2 * 300  # 2 epochs of 3 full batches of 100
     assert float(line.split()[3]) == pytest.approx(per_image * images, rel=1e-3)
-    assert f"{images:,}" in line and "total (2 runs)" in out
+    assert f"{images:,}" in line and "total (2 runs)" in out and "left (" not in out
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
+    # a study resumed: a run with its summary.json is marked complete, and what is left is totalled apart
+    (tmp_path / "dry/plain_a_e2_s0").mkdir(parents=True)
+    (tmp_path / "dry/plain_a_e2_s0/summary.json").write_text("{}")
+    assert main(["study", str(tmp_path / "s.yaml"), "--dry-run"]) == 0
+    lines = capsys.readouterr()[0].splitlines()
+    done, other = (next(ln for ln in lines if ln.startswith(f"plain_{s}_e2_s0 ")) for s in "ab")
+    assert done.endswith("  complete") and not other.endswith("complete")
+    left = next(ln for ln in lines if ln.startswith("left (1 runs)"))
+    assert left.split()[3:] == other.split()[3:6]  # student FLOPs, teacher FLOPs, hours: the one run left
 
 
 LADDERS = [("scaling_cifar10.yaml", ["data.img_size=32"]),

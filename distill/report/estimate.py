@@ -17,7 +17,7 @@ import math
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import List, NamedTuple, Optional
+from typing import Collection, List, NamedTuple, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -174,8 +174,10 @@ def _teacher_gflops(cfg, classes: int, chans: int) -> float:
     return _teacher_key(cfg.teacher.model, size, classes, chans, cfg.teacher.small_input_stem)
 
 
-def table(rows: List[dict]) -> str:
-    """The dry run's printout: one line per run, then the totals."""
+def table(rows: List[dict], complete: Collection[str] = ()) -> str:
+    """The dry run's printout: one line per run, then the totals; with runs already `complete` (a study
+    resumed: their summary.json exists, so the study skips them), those are marked and a last line
+    totals what is left."""
     gpu, cal = any("hours_gpu" in r for r in rows), any("hours_calibrated" in r for r in rows)
     head = f"{'run':32s} {'params':>9s} {'images':>12s} {'student FLOPs':>14s} {'teacher FLOPs':>14s} {'h here':>8s}"
     lines = [head + (f" {'h GPU':>8s}" if gpu else "") + (f" {'h calib.':>8s}" if cal else "")]
@@ -183,10 +185,18 @@ def table(rows: List[dict]) -> str:
         line = (f"{r['run']:32s} {r['params'] / 1e6:8.2f}M {r['images']:12,d} {r['flops']:14.3e} "
                 f"{r['teacher_flops']:14.3e} {r['hours_here']:8.3f}")
         lines.append(line + (f" {r['hours_gpu']:8.3f}" if gpu else "") +
-                     (f" {r.get('hours_calibrated', float('nan')):8.3f}" if cal else ""))
-    keys = ("flops", "teacher_flops", "hours_here", "hours_gpu", "hours_calibrated")
-    total = {k: sum(r.get(k, 0.0) for r in rows) for k in keys}
-    lines.append(f"{'total (' + str(len(rows)) + ' runs)':32s} {'':9s} {'':12s} {total['flops']:14.3e} "
-                 f"{total['teacher_flops']:14.3e} {total['hours_here']:8.3f}" +
-                 (f" {total['hours_gpu']:8.3f}" if gpu else "") + (f" {total['hours_calibrated']:8.3f}" if cal else ""))
+                     (f" {r.get('hours_calibrated', float('nan')):8.3f}" if cal else "") +
+                     ("  complete" if r["run"] in complete else ""))
+
+    def total_line(label: str, some: List[dict]) -> str:
+        total = {k: sum(r.get(k, 0.0) for r in some)
+                 for k in ("flops", "teacher_flops", "hours_here", "hours_gpu", "hours_calibrated")}
+        return (f"{label:32s} {'':9s} {'':12s} {total['flops']:14.3e} {total['teacher_flops']:14.3e} "
+                f"{total['hours_here']:8.3f}" + (f" {total['hours_gpu']:8.3f}" if gpu else "")
+                + (f" {total['hours_calibrated']:8.3f}" if cal else ""))
+
+    lines.append(total_line(f"total ({len(rows)} runs)", rows))
+    left = [r for r in rows if r["run"] not in complete]
+    if len(left) < len(rows):
+        lines.append(total_line(f"left ({len(left)} runs)", left))
     return "\n".join(lines)
