@@ -140,6 +140,9 @@ def cmd_study(args) -> int:
             prior = prior_rows(study.scaling)
             print(f"\nfitted with the study's own runs: {len(prior)} prior runs of "
                   f"{len({r['params'] for r in prior})} sizes from {study.scaling.prior_runs}")
+        from distill.report.study import check_before_any_run
+
+        check_before_any_run(study, jobs, Path(args.study))  # what the study would refuse here: exit 2 now
         return 0
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 

@@ -219,6 +219,9 @@ def test_runs_made_with_other_settings_are_refused_not_reported(tmp_path, capsys
                     "run of the study), but the study now asks train.epochs=2, and a study only reports runs made "
                     f"with its settings; give the study another name: in {path}, or delete the runs made with other "
                     "settings")
+    dry = main(["study", str(path), "train.epochs=2", "--dry-run"])  # the dry run says it too, after its table
+    out, err = capsys.readouterr()
+    assert dry == 2 and "total (" in out and err.strip().splitlines()[-1] == line
     with pytest.raises(ConfigError, match=r"plain_s0 was made with train.lr=0.0003 .*asks train.lr=0.002"):
         run_study(path, ["train.epochs=1", "train.lr=0.002"])
     assert not (tmp_path / "out" / "s" / "report" / "report.md").exists()

@@ -312,6 +312,16 @@ def _scaling_report(study: Study, jobs: List[Job], finished: List[Path], out: Pa
     print(f"== study: {line}")
 
 
+def check_before_any_run(study: Study, jobs: List[Job], path: Path) -> dict:
+    """What `run_study` refuses before any run starts (the dry run says it too): runs made with other
+    settings, runs left that `auto` would compute in another precision, a complete teacher or fork
+    source without its weights, a variant without its like-with-like baseline. Returns the baselines."""
+    check_existing(jobs, path)
+    check_precision(jobs, path, study.scaling)
+    check_weights(jobs, path)
+    return study_baselines(study, jobs, path)
+
+
 def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> int:
     """Run what is not complete yet, then write the report. Returns 0 if every run is complete.
 
@@ -320,10 +330,7 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     and the fitted runs), then runs the held-out rung; the report says in one line whether the
     prediction, unchanged, was locked before every held-out run started (`preregister.verdict`)."""
     study, jobs = load_study(path, overrides), plan(path, overrides)
-    check_existing(jobs, path)
-    check_precision(jobs, path, study.scaling)
-    check_weights(jobs, path)
-    baselines = study_baselines(study, jobs, path)  # like with like, refused before any run starts
+    baselines = check_before_any_run(study, jobs, path)
     declared = {v: r.declared_differences for v, r in study.runs.items()}
     folder = jobs[0].run_dir.parent
     status = {}
