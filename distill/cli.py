@@ -110,7 +110,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from distill.report.study import load_study, plan, run_study
+    from distill.report.study import check_before_any_run, load_study, plan, run_study
 
     if args.dry_run:
         jobs = plan(Path(args.study), args.overrides)
@@ -122,6 +122,8 @@ def cmd_study(args) -> int:
         rows = estimate(jobs, study)
         if args.calibrate:  # a short timed run per size: start-up, data path and evaluation (report/calibrate.py)
             from distill.report.calibrate import calibrate
+
+            check_before_any_run(study, jobs, Path(args.study))  # before its timed runs and estimate.json
             rows = calibrate(jobs, rows, jobs[0].run_dir.parent)
         from distill.runs.records import SUMMARY
 
@@ -140,9 +142,7 @@ def cmd_study(args) -> int:
             prior = prior_rows(study.scaling)
             print(f"\nfitted with the study's own runs: {len(prior)} prior runs of "
                   f"{len({r['params'] for r in prior})} sizes from {study.scaling.prior_runs}")
-        from distill.report.study import check_before_any_run
-
-        check_before_any_run(study, jobs, Path(args.study))  # what the study would refuse here: exit 2 now
+        check_before_any_run(study, jobs, Path(args.study))  # what the study would refuse here: exit 2, after the table
         return 0
     return run_study(Path(args.study), args.overrides, Path(args.out) if args.out else None)
 

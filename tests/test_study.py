@@ -204,7 +204,7 @@ def one_error_line(status: int, capsys) -> str:
     return lines[0]
 
 
-def test_runs_made_with_other_settings_are_refused_not_reported(tmp_path, capsys):
+def test_runs_made_with_other_settings_are_refused_not_reported(tmp_path, capsys, monkeypatch):
     """Issue 23: a re-run with train.epochs=2 counted every 1-epoch run as complete and reported them."""
     path = write_study(tmp_path, f"  plain:\n    recipe: {ROOT / PLAIN}\n")
     for job in plan(path, ["train.epochs=1"]):  # finished runs, as `distill train` leaves them
@@ -219,9 +219,18 @@ def test_runs_made_with_other_settings_are_refused_not_reported(tmp_path, capsys
                     "run of the study), but the study now asks train.epochs=2, and a study only reports runs made "
                     f"with its settings; give the study another name: in {path}, or delete the runs made with other "
                     "settings")
+    from distill.report import estimate  # the dry run's hours are not under test: no timed step
+
+    monkeypatch.setattr(estimate, "_seconds_per_image", lambda *a: 1e-3)
     dry = main(["study", str(path), "train.epochs=2", "--dry-run"])  # the dry run says it too, after its table
     out, err = capsys.readouterr()
     assert dry == 2 and "total (" in out and err.strip().splitlines()[-1] == line
+    from distill.report import calibrate  # --calibrate refuses before its timed runs and its estimate.json
+
+    monkeypatch.setattr(calibrate, "time_run", lambda *a: pytest.fail("timed a run of a study that will not start"))
+    assert main(["study", str(path), "train.epochs=2", "--dry-run", "--calibrate"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line
+    assert not (tmp_path / "out/s" / calibrate.ESTIMATE).exists()
     with pytest.raises(ConfigError, match=r"plain_s0 was made with train.lr=0.0003 .*asks train.lr=0.002"):
         run_study(path, ["train.epochs=1", "train.lr=0.002"])
     assert not (tmp_path / "out" / "s" / "report" / "report.md").exists()
