@@ -272,3 +272,25 @@ def test_each_bootstrap_refit_starts_from_enough_of_the_grid_that_rounding_does_
         x = scaled(refs, [held["params"]], [held["images"]], [held["flops"]])
         predicted.append(np.array([100 * (1 - form.error(theta, x)[0]) for theta in draws]))
     assert np.abs(predicted[1] - predicted[0]).max() < 0.01, predicted
+
+
+def test_v6_in_fp32_differs_from_v6_only_as_its_readme_declares():
+    """recipes/studies/scaling_cpu_v6_fp32.yaml measures v6's held-out rung against v6's locked prediction:
+    the same study file but for its name, fp32 declared, and v6's chosen rate in place of the sweep; its
+    prediction and lock are v6's bytes."""
+    import yaml
+
+    v6, fp32 = (yaml.safe_load((ROOT / f"recipes/studies/{n}.yaml").read_text())
+                for n in ("scaling_cpu_v6", "scaling_cpu_v6_fp32"))
+    chosen = json.loads((ROOT / "docs/scaling_cpu_v6/lrs.json").read_text())["w1440d18"]["chosen"]
+    assert (v6.pop("name"), fp32.pop("name")) == ("scaling_cpu_v6", "scaling_cpu_v6_fp32")
+    assert v6["overrides"].index("train.mixed_precision=auto") == fp32["overrides"].index("train.mixed_precision=no")
+    assert [o for o in v6["overrides"] if "mixed_precision" not in o] == [o for o in fp32["overrides"]
+                                                                         if "mixed_precision" not in o]
+    v6.pop("overrides"), fp32.pop("overrides")
+    assert (v6["scaling"].pop("lr_sweep"), v6["scaling"].pop("lr_sweep_widen")) and "lr_sweep" not in fp32["scaling"]
+    assert fp32["scaling"]["sizes"]["w1440d18"] == [*v6["scaling"]["sizes"]["w1440d18"], f"train.lr={chosen}"]
+    v6["scaling"].pop("sizes"), fp32["scaling"].pop("sizes")
+    assert v6 == fp32
+    for name in ("prediction.json", "prediction.lock.json"):
+        assert (ROOT / "docs/scaling_cpu_v6_fp32" / name).read_bytes() == (ROOT / "docs/scaling_cpu_v6" / name).read_bytes()
