@@ -11,6 +11,7 @@ from scipy.optimize import brentq, check_grad
 
 from conftest import ROOT
 from distill.cli import main
+from distill.commands.fit import MIN_BOOTSTRAP
 from distill.report.fit_claims import baselines, compare, gains, holdout_errors, students_of, teacher_share
 from distill.report.fit_report import markdown
 from distill.report.fit_runs import MethodFit, Solution, fit_form, parameters, references, solve
@@ -328,3 +329,10 @@ def test_a_table_whose_rows_computed_in_two_precisions_says_so():
     result, _ = fit_rows(rows, bootstrap=0, students=None, forms=declared)
     assert result["settings"]["precisions"] == {"bf16": 16, "no": 1}
     assert "**The rows computed in 2 precisions** (bf16 16, fp32 1 rows; the rest do not say)" in markdown(result, [])
+    # the fitted rows in one precision and the held-out rows in another: said as such
+    held = _grid_rows(law, sizes=(4e6,), images=(2e4,))
+    for r in rows + held:
+        r["mixed_precision"], r["holdout"] = ("no", True) if r in held else ("bf16", False)
+    result, _ = fit_rows(rows + held, bootstrap=MIN_BOOTSTRAP, students=None, forms=declared)  # intervals need refits
+    assert result["settings"]["held_out_precisions"] == {"no": 2}
+    assert "**The held-out rows computed in fp32 (2), the fitted rows in bf16 (18)**" in markdown(result, [])

@@ -66,10 +66,17 @@ def _cut(result: dict) -> List[str]:
 
 
 def _precisions(result: dict) -> List[str]:
-    """A line where the rows computed in more than one precision (runs.jsonl's `mixed_precision`)."""
+    """A line where the rows computed in more than one precision (runs.jsonl's `mixed_precision`): if
+    the fitted rows share one and the held-out rows another, that the prediction is judged across it."""
     found = result["settings"].get("precisions", {})
     if len(found) < 2:
         return []
+    held = result["settings"].get("held_out_precisions", {})
+    fitted = {p: n - held.get(p, 0) for p, n in found.items() if n - held.get(p, 0)}
+    if len(fitted) == 1 and len(held) == 1 and held.keys() != fitted.keys():
+        (f, nf), (h, nh) = *fitted.items(), *held.items()
+        return [f"**The held-out rows computed in {word(h)} ({nh}), the fitted rows in {word(f)} ({nf})**: the laws "
+                f"are fitted in {word(f)}, so the prediction's errors include what {word(h)} changes.", ""]
     counts = ", ".join(f"{word(p)} {n}" for p, n in found.items())
     return [f"**The rows computed in {len(found)} precisions** ({counts} rows; the rest do not say): the laws fit "
             "them as one, so what precision changes is in the fits and their predictions too.", ""]
@@ -261,6 +268,9 @@ def fit_rows(rows: List[dict], bootstrap: int, students: Optional[int], seed: in
     precisions = sorted({r["mixed_precision"] for r in rows if r.get("mixed_precision")})
     if precisions:  # tables written before runs.jsonl recorded it have none
         result["settings"]["precisions"] = {p: sum(r.get("mixed_precision") == p for r in rows) for p in precisions}
+        held = [r["mixed_precision"] for r in rows if r.get("holdout") and r.get("mixed_precision")]
+        if len(precisions) > 1 and held:  # kept out of single-precision tables, whose fits.json it would change
+            result["settings"]["held_out_precisions"] = {p: held.count(p) for p in sorted(set(held))}
     return result, fits
 
 
