@@ -288,3 +288,30 @@ def test_second_ctrl_c_stops_at_once(monkeypatch):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM to the study", "Ctrl-C"])
+def test_a_stopped_study_lets_its_run_checkpoint_and_starts_no_other(tmp_path, to_group):
+    """SIGTERM to `distill study` alone (a scheduler's stop), or SIGINT to its process group (Ctrl-C): the
+    run in progress writes a checkpoint and exits, the study waits for it, starts no other run and exits 0
+    in one line (the same command goes on: the run resumes from it, test_killed_run_resumes_to_identical_weights)."""
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\noutput_dir: {tmp_path}\nseeds: [0, 1]\nruns:\n  plain:\n    recipe: {ROOT / RECIPE}\n"
+                     f"    overrides: [{', '.join([*SHORT, 'train.checkpoint_every_steps=10'])}]\n")
+    cmd = [sys.executable, "-m", "distill", "study", str(study)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=_default_sigint)
+    run_dir = tmp_path / "s/plain_s0"
+    _wait_for_checkpoint(run_dir, 10, proc)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    name = "SIGINT" if to_group else "SIGTERM"
+    assert f"stopped by {name} at epoch" in err and "Traceback" not in err, err[-3000:]
+    assert err.splitlines()[-1].startswith(f"== study: stopped by {name} in {run_dir} (its checkpoint kept)")
+    step = int(latest_checkpoint(run_dir).name.split("_")[1])
+    assert step > 10 and not (run_dir / "summary.json").exists()  # stopped mid-run, at a later step than 10
+    assert not (tmp_path / "s/plain_s1").exists() and not _left_running(tmp_path)

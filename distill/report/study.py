@@ -10,6 +10,7 @@ to every run, last, so one file serves a laptop (shrunk) and a cluster.
 """
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -275,10 +276,44 @@ def _run(job: Job, status: dict) -> None:
         status[job.run_dir] = lr_sweep.waiting(job)
     else:
         print(f"== study: {label}: {' '.join(job.cmd[-4:])}", flush=True)
-        rc = subprocess.run(job.cmd, cwd=Path.cwd()).returncode
+        rc, stop = _train(job.cmd)
         done = (job.run_dir / records.SUMMARY).exists()
         status[job.run_dir] = "ran" if done else f"FAILED (exit {rc})"
+        if stop is not None and not done:
+            raise Stopped(stop, job.run_dir, rc)
     print(f"== study: {label}: {status[job.run_dir]}", flush=True)
+
+
+class Stopped(Exception):
+    """A stop request (Ctrl-C, SIGTERM) reached the study while `run_dir` trained: it stopped, its
+    checkpoint written, and the study starts nothing more."""
+
+    def __init__(self, signum: int, run_dir: Path, rc: int):
+        super().__init__(signal.Signals(signum).name, run_dir, rc)
+        self.name, self.run_dir, self.rc = signal.Signals(signum).name, run_dir, rc
+
+
+def _train(cmd: List[str]):
+    """Run one `distill train` to its end; returns its exit status and the stop signal that reached the
+    study meanwhile (None if none). SIGTERM and SIGINT are passed on to the run, which writes a checkpoint
+    at its next step and exits (runs/signals.py: a terminal's Ctrl-C reaches both processes, and the run
+    counts the two copies as one keypress), and the study waits for it. Written out because
+    `subprocess.run` kills the run 0.25 s after a Ctrl-C, before its checkpoint, and a SIGTERM to the
+    study alone would leave the run training on, orphaned."""
+    proc = subprocess.Popen(cmd, cwd=Path.cwd())
+    got = []
+
+    def pass_on(signum, frame):
+        got.append(signum)
+        proc.send_signal(signum)
+
+    before = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    return rc, (got[0] if got else None)
 
 
 def _run_phase(path: Path, overrides, study: Study, jobs: List[Job], holdout: bool, status: dict) -> List[Job]:
@@ -334,16 +369,23 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
     declared = {v: r.declared_differences for v, r in study.runs.items()}
     folder = jobs[0].run_dir.parent
     status = {}
-    jobs = _run_phase(path, overrides, study, jobs, False, status)
-    if any(j.holdout for j in jobs):
-        sc = study.scaling
-        prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], sc, [j for j in jobs if j.holdout])
-        ladder = {ladder_variant(m, size, e) for m in [*sc.methods, *sc.data_methods]
-                  for size in sc.sizes for e in sc.epochs}
-        locked = preregister.lock(folder, [j.run_dir for j in jobs if not j.holdout and j.variant in ladder],
-                                  sc.prior_runs)
-        print(f"== study: prediction for the held-out rung in {prediction}, locked in {locked}", flush=True)
-    jobs = _run_phase(path, overrides, study, jobs, True, status)
+    try:
+        jobs = _run_phase(path, overrides, study, jobs, False, status)
+        if any(j.holdout for j in jobs):
+            sc = study.scaling
+            prediction = scaling.predict_holdout(folder, [j for j in jobs if not j.holdout], sc,
+                                                 [j for j in jobs if j.holdout])
+            ladder = {ladder_variant(m, size, e) for m in [*sc.methods, *sc.data_methods]
+                      for size in sc.sizes for e in sc.epochs}
+            locked = preregister.lock(folder, [j.run_dir for j in jobs if not j.holdout and j.variant in ladder],
+                                      sc.prior_runs)
+            print(f"== study: prediction for the held-out rung in {prediction}, locked in {locked}", flush=True)
+        jobs = _run_phase(path, overrides, study, jobs, True, status)
+    except Stopped as e:  # as `distill train` stopped on request: exit 0, unless its steps were lost
+        kept = "its checkpoint kept" if e.rc == 0 else f"it exited {e.rc}"
+        print(f"== study: stopped by {e.name} in {e.run_dir} ({kept}); no further run started, and no report. "
+              f"Go on: the same command", file=sys.stderr, flush=True)
+        return e.rc
     finished = [j.run_dir for j in jobs if (j.run_dir / records.SUMMARY).exists()]
     if finished:
         out = report_dir or (folder / "report")
