@@ -58,16 +58,18 @@ def test_counting_training_flops_changes_nothing_in_the_run():
 def test_dry_run_prints_each_runs_flops_by_hand_and_the_total(tmp_path, capsys):
     """FLOPs of a run = training FLOPs per image (the hand count above) x its images; nothing runs.
     In-process (`main` returns the exit status): a subprocess would only add ~6 s of imports."""
+    recipe = str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")
     study = {"name": "dry", "output_dir": str(tmp_path), "seeds": [0],
-             "overrides": ["data.train_subset=300", "data.batch_size=100", "train.mixed_precision=no"],
-             "scaling": {"sizes": {"a": ["student.embed_dim=64", "student.depth=2", "student.num_heads=2"],
-                                   "b": ["student.embed_dim=96", "student.depth=2", "student.num_heads=3"]},
-                         "epochs": [2], "methods": {"plain": {"recipe": str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml")}}}}
+             "overrides": ["data.train_subset=300", "data.batch_size=100", "train.mixed_precision=no", "train.epochs=2"],
+             "runs": {"plain_a": {"recipe": recipe, "overrides": ["student.embed_dim=64", "student.depth=2",
+                                                                  "student.num_heads=2"]},
+                      "plain_b": {"recipe": recipe, "overrides": ["student.embed_dim=96", "student.depth=2",
+                                                                  "student.num_heads=3"]}}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     status = main(["study", str(tmp_path / "s.yaml"), "--dry-run"])
     out, err = capsys.readouterr()
     assert status == 0, err[-2000:]
-    line = next(ln for ln in out.splitlines() if ln.startswith("plain_a_e2_s0 "))
+    line = next(ln for ln in out.splitlines() if ln.startswith("plain_a_s0 "))
     L, d, T, K = 2, 64, 17, 10
     per_image = 3 * (L * 24 * T * d * d + 2 * d * K) + 3.5 * L * 4 * T * T * d + 2 * 2 * 16 * 64 * d
     images = 2 * 300  # 2 epochs of 3 full batches of 100
@@ -75,11 +77,11 @@ def test_dry_run_prints_each_runs_flops_by_hand_and_the_total(tmp_path, capsys):
     assert f"{images:,}" in line and "total (2 runs)" in out and "left (" not in out
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
     # a study resumed: a run with its summary.json is marked complete, and what is left is totalled apart
-    (tmp_path / "dry/plain_a_e2_s0").mkdir(parents=True)
-    (tmp_path / "dry/plain_a_e2_s0/summary.json").write_text("{}")
+    (tmp_path / "dry/plain_a_s0").mkdir(parents=True)
+    (tmp_path / "dry/plain_a_s0/summary.json").write_text("{}")
     assert main(["study", str(tmp_path / "s.yaml"), "--dry-run"]) == 0
     lines = capsys.readouterr()[0].splitlines()
-    done, other = (next(ln for ln in lines if ln.startswith(f"plain_{s}_e2_s0 ")) for s in "ab")
+    done, other = (next(ln for ln in lines if ln.startswith(f"plain_{s}_s0 ")) for s in "ab")
     assert done.endswith("  complete") and not other.endswith("complete")
     left = next(ln for ln in lines if ln.startswith("left (1 runs)"))
     assert left.split()[3:] == other.split()[3:6]  # student FLOPs, teacher FLOPs, hours: the one run left

@@ -52,17 +52,17 @@ def test_the_sweep_runs_first_at_the_smallest_budget_and_the_ladder_waits_for_it
 
 
 def _fake_train(order):
-    def run(cmd, cwd=None):
+    def run(cmd):
         name, folder, lr = _setting(cmd, "name"), _setting(cmd, "output_dir"), float(_setting(cmd, "train.lr"))
         size = name.split("_")[1]
         order.append((name, lr))
         if name == "lrsweep_a_lr0.002_s0" and getattr(run, "fail", False):
-            return type("Done", (), {"returncode": 1})()
+            return 1, None  # exit status, no stop request
         top1 = 80 - 10 * abs(math.log2(lr / BEST[size]))
         d = __import__("pathlib").Path(folder) / name
         d.mkdir(parents=True, exist_ok=True)
         (d / "summary.json").write_text(json.dumps({"name": name, "final_top1": top1, "seed": 0}))
-        return type("Done", (), {"returncode": 0})()
+        return 0, None
     return run
 
 
@@ -73,13 +73,14 @@ def _stub_reports(monkeypatch, predicted):
         return folder / "prediction.json"
 
     monkeypatch.setattr(study_mod.scaling, "predict_holdout", predict)
+    monkeypatch.setattr(study_mod.scaling, "check_predictable", lambda path, sc: None)  # its precondition: 3 sizes
     monkeypatch.setattr(study_mod.scaling, "write_scaling_report", lambda runs, sc, folder, out: out / "f.json")
     monkeypatch.setattr(study_mod, "write_report", lambda runs, out, *a: (out.mkdir(parents=True, exist_ok=True), out / "r.md")[1])
 
 
 def test_each_size_runs_at_its_best_rate_recorded_in_lrs_json_and_a_rerun_keeps_it(tmp_path, monkeypatch, capsys):
     order, predicted = [], []
-    monkeypatch.setattr(study_mod.subprocess, "run", _fake_train(order))
+    monkeypatch.setattr(study_mod, "run_passing_stops", _fake_train(order))
     _stub_reports(monkeypatch, predicted)
     path = _study(tmp_path)
     assert run_study(path) == 0
@@ -107,7 +108,7 @@ def test_a_size_whose_sweep_failed_runs_nothing_else(tmp_path, monkeypatch, caps
     order, predicted = [], []
     fake = _fake_train(order)
     fake.fail = True
-    monkeypatch.setattr(study_mod.subprocess, "run", fake)
+    monkeypatch.setattr(study_mod, "run_passing_stops", fake)
     _stub_reports(monkeypatch, predicted)
     assert run_study(_study(tmp_path)) == 1
     assert not any(n.startswith("plain_a") for n, _ in order)
@@ -120,7 +121,7 @@ def test_a_best_rate_on_the_grids_edge_is_widened_a_step_at_a_time_until_bracket
     beyond), finds 2e-3 still best, and chooses it, bracketed, before any of b's ladder runs; a size whose
     best is inside the grid (a) is never widened."""
     order, predicted = [], []
-    monkeypatch.setattr(study_mod.subprocess, "run", _fake_train(order))
+    monkeypatch.setattr(study_mod, "run_passing_stops", _fake_train(order))
     _stub_reports(monkeypatch, predicted)
     path = _study(tmp_path, lr_sweep_widen=2)
     assert run_study(path) == 0

@@ -89,6 +89,7 @@ def test_the_study_locks_its_prediction_before_the_held_out_rung_and_reports_it(
 
     monkeypatch.setattr(study_mod, "_run", train)
     monkeypatch.setattr(study_mod.scaling, "predict_holdout", predict)
+    monkeypatch.setattr(study_mod.scaling, "check_predictable", lambda path, sc: None)  # its precondition: 3 sizes
     monkeypatch.setattr(study_mod.scaling, "write_scaling_report", lambda runs, sc, folder, out: out / "scaling.json")
     monkeypatch.setattr(study_mod, "write_report", lambda runs, out, *a: (out.mkdir(parents=True), out / "report.md")[1])
     assert run_study(path) == 0

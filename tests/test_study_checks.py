@@ -144,3 +144,26 @@ def test_a_method_fitted_only_from_prior_runs_can_declare_its_law(tmp_path):
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(ConfigError, match=r"no method 'plain-u5000' is fitted here \(the methods: kd, plain, plain-u20000\)"):
         load_study(path)
+
+
+def test_a_held_out_rung_that_no_law_could_predict_is_refused_before_any_run(tmp_path, capsys):
+    """A scaling study always predicts its held-out size (the largest here): with 2 sizes below it, no law
+    (3 sizes at least) could, and the study would stop at its prediction with its fitted runs spent. It is
+    refused, its dry run too, before any folder is made; rows of an earlier study (prior_runs) count."""
+    import yaml
+
+    from distill.report import scaling
+    from distill.report.study import load_study
+
+    sizes = {name: [f"student.embed_dim={d}", "student.depth=2", "student.num_heads=2"]
+             for name, d in (("a", 32), ("b", 64), ("c", 128))}
+    study = {"name": "s", "output_dir": str(tmp_path / "runs"), "seeds": [0],
+             "scaling": {"sizes": sizes, "epochs": [1], "methods": {"plain": {"recipe": str(ROOT / PLAIN)}}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study))
+    says = "plain is fitted on 2 sizes below the held-out c, and a law needs 3 (docs/fit.md)"
+    assert says in one_error_line(main(["study", str(path)]), capsys)  # the dry run makes the same checks
+    assert not (tmp_path / "runs").exists()
+    study["scaling"]["prior_runs"] = str(ROOT / "docs/scaling_cpu_v5/report/runs.jsonl")  # plain at 8 sizes more
+    path.write_text(yaml.safe_dump(study))
+    scaling.check_predictable(path, load_study(path).scaling)

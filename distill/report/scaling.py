@@ -92,11 +92,26 @@ def check_forms(path: Path, sc) -> None:
     for method, run in sc.methods.items():
         sizes = {s for s in (run.sizes or sc.sizes) if s != sc.holdout}
         sizes |= {r.get("size") or r["params"] for r in prior if r["method"] == method}
-        # fewer than MIN_SIZES fit no law at all: such a study (the tests' stand-ins) fails at its prediction
+        # fewer than MIN_SIZES fit no law at all: check_predictable refuses that before any run
         if method not in sc.forms and MIN_SIZES <= len(sizes) < MIN_SIZES_TO_CHOOSE:
             raise ConfigError(f"study {path}: {method} is fitted on {len(sizes)} sizes, and choosing its law by "
                               f"leaving one size out needs {MIN_SIZES_TO_CHOOSE} (docs/fit.md); add a size, or "
                               f"declare its law (scaling.forms: {{{method}: chinchilla}})")
+
+
+def check_predictable(path: Path, sc) -> None:
+    """Before any run of a study with a held-out rung: each method it predicts there is fitted on at least
+    MIN_SIZES sizes (its own below the held-out one, and the prior rows'), or no law could predict it and
+    the study would stop at its prediction, its fitted runs spent."""
+    prior = prior_rows(sc)
+    for method, run in sc.methods.items():
+        sizes = {s for s in (run.sizes or sc.sizes) if s != sc.holdout}
+        sizes |= {r.get("size") or r["params"] for r in prior if r["method"] == method}
+        if len(sizes) < MIN_SIZES:
+            raise ConfigError(f"study {path}: {method} is fitted on {len(sizes)} size{'s' * (len(sizes) != 1)} "
+                              f"below the held-out {sc.holdout}, and a law needs {MIN_SIZES} (docs/fit.md), so "
+                              f"nothing could predict that rung; add sizes (a scaling study always holds one out: "
+                              f"scaling.holdout, else its largest)")
 
 
 def prior_rows(sc) -> List[dict]:

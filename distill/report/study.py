@@ -11,7 +11,6 @@ to every run, last, so one file serves a laptop (shrunk) and a cluster.
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from distill.report.compare import load_runs, write_report
 from distill.report.fit_report import check_max_epochs
 from distill.report.study_checks import check_existing, check_precision, check_weights
 from distill.runs import records
+from distill.runs.launcher import run_passing_stops
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -276,7 +276,7 @@ def _run(job: Job, status: dict) -> None:
         status[job.run_dir] = lr_sweep.waiting(job)
     else:
         print(f"== study: {label}: {' '.join(job.cmd[-4:])}", flush=True)
-        rc, stop = _train(job.cmd)
+        rc, stop = run_passing_stops(job.cmd)
         done = (job.run_dir / records.SUMMARY).exists()
         status[job.run_dir] = "ran" if done else f"FAILED (exit {rc})"
         if stop is not None and not done:
@@ -291,29 +291,6 @@ class Stopped(Exception):
     def __init__(self, signum: int, run_dir: Path, rc: int):
         super().__init__(signal.Signals(signum).name, run_dir, rc)
         self.name, self.run_dir, self.rc = signal.Signals(signum).name, run_dir, rc
-
-
-def _train(cmd: List[str]):
-    """Run one `distill train` to its end; returns its exit status and the stop signal that reached the
-    study meanwhile (None if none). SIGTERM and SIGINT are passed on to the run, which writes a checkpoint
-    at its next step and exits (runs/signals.py: a terminal's Ctrl-C reaches both processes, and the run
-    counts the two copies as one keypress), and the study waits for it. Written out because
-    `subprocess.run` kills the run 0.25 s after a Ctrl-C, before its checkpoint, and a SIGTERM to the
-    study alone would leave the run training on, orphaned."""
-    proc = subprocess.Popen(cmd, cwd=Path.cwd())
-    got = []
-
-    def pass_on(signum, frame):
-        got.append(signum)
-        proc.send_signal(signum)
-
-    before = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        rc = proc.wait()
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-    return rc, (got[0] if got else None)
 
 
 def _run_phase(path: Path, overrides, study: Study, jobs: List[Job], holdout: bool, status: dict) -> List[Job]:
@@ -350,10 +327,13 @@ def _scaling_report(study: Study, jobs: List[Job], finished: List[Path], out: Pa
 def check_before_any_run(study: Study, jobs: List[Job], path: Path) -> dict:
     """What `run_study` refuses before any run starts (the dry run says it too): runs made with other
     settings, runs left that `auto` would compute in another precision, a complete teacher or fork
-    source without its weights, a variant without its like-with-like baseline. Returns the baselines."""
+    source without its weights, a held-out rung no law could predict, a variant without its like-with-like
+    baseline. Returns the baselines."""
     check_existing(jobs, path)
     check_precision(jobs, path, study.scaling)
     check_weights(jobs, path)
+    if study.scaling is not None and study.scaling.holdout:
+        scaling.check_predictable(path, study.scaling)
     return study_baselines(study, jobs, path)
 
 

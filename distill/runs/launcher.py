@@ -1,4 +1,5 @@
-"""The job a launcher started, as each of its processes sees it; processes that end with their launcher.
+"""The job a launcher started, as each of its processes sees it; processes that end with their launcher;
+a run started by `distill study` that hears its stop requests (`run_passing_stops`).
 
 `torchrun`, `accelerate launch` and `launch.sh` (which runs one of the two) tell each process the
 size of the job in its environment (WORLD_SIZE, LOCAL_RANK, ...). Accelerate reads the same
@@ -12,9 +13,10 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 from datetime import timedelta
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from distill.errors import ConfigError
 
@@ -124,3 +126,26 @@ def peer_reported_error() -> bool:
         return store is not None and store.check([_reported()])
     except Exception:  # noqa: BLE001
         return False
+
+
+def run_passing_stops(cmd: List[str]) -> Tuple[int, Optional[int]]:
+    """Run one `distill train` (or launch.sh) to its end, as `distill study` does; returns its exit status
+    and the stop signal that reached this process meanwhile (None if none). SIGTERM and SIGINT are passed
+    on to the run, which writes a checkpoint at its next step and exits (runs/signals.py: a terminal's
+    Ctrl-C reaches both processes, and the run counts the two copies as one keypress), and this waits for
+    it. Written out because `subprocess.run` kills the run 0.25 s after a Ctrl-C, before its checkpoint,
+    and a SIGTERM to the caller alone would leave the run training on, orphaned."""
+    proc = subprocess.Popen(cmd)
+    got = []
+
+    def pass_on(signum, frame):
+        got.append(signum)
+        proc.send_signal(signum)
+
+    before = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    return rc, (got[0] if got else None)
