@@ -77,13 +77,14 @@ def test_each_lock_names_the_committed_table_it_was_fitted_on(study):
     assert lock["runs"] == len(table.read_text().splitlines())
 
 
-def test_an_unfinished_study_states_its_locked_prediction_and_only_the_runs_it_has():
-    """docs/scaling_cpu_v6, whose held-out runs span sessions: the prediction hashes to its lock, the README
-    states every cell's prediction and baselines, every rate the sweep tried and every finished held-out
-    run's top-1; each of those runs started after the prediction was made."""
+@pytest.mark.parametrize("study", ["scaling_cpu_v6", "scaling_cpu_v6_fp32"])
+def test_an_unfinished_study_states_its_locked_prediction_and_only_the_runs_it_has(study):
+    """docs/scaling_cpu_v6 and its fp32 twin, whose held-out runs span sessions: the prediction hashes to its
+    lock, the README states every cell's prediction and baselines, every rate the sweep tried, the teacher's
+    and every finished held-out run's top-1; each of those runs started after the prediction was made."""
     from distill.report.scaling import predictions_sha256
 
-    folder = ROOT / "docs/scaling_cpu_v6"
+    folder = ROOT / "docs" / study
     made = json.loads((folder / "prediction.json").read_text())
     lock = json.loads((folder / "prediction.lock.json").read_text())
     assert made["sha256"] == predictions_sha256(made["predictions"])
@@ -92,11 +93,13 @@ def test_an_unfinished_study_states_its_locked_prediction_and_only_the_runs_it_h
     for p in made["predictions"]:
         row = f"{p['predicted_top1']:.2f} [{p['low']:.2f}, {p['high']:.2f}] | {p['persistence_top1']:.2f} | {p['loglinear_top1']:.2f}"
         assert row in text, row
-    for t in json.loads((folder / "lrs.json").read_text())["w1440d18"]["tried"]:
+    for t in json.loads((folder / "lrs.json").read_text())["w1440d18"]["tried"] if study == "scaling_cpu_v6" else []:
         assert f"{t['lr']:g}: {t['top1']:.2f}" in text
     runs = [json.loads(f.read_text()) for f in sorted(folder.glob("runs/*_w1440d18_*/summary.json"))]
     made_at = datetime.fromisoformat(made["made_at"])
-    assert runs and all(datetime.fromisoformat(r["started_at"]) > made_at for r in runs)
+    assert all(datetime.fromisoformat(r["started_at"]) > made_at for r in runs) and (runs or study != "scaling_cpu_v6")
+    teacher = json.loads((folder / "runs/teacher_s0/summary.json").read_text())
+    assert f"{teacher['final_top1']:.2f}%" in text
     assert all(f"{r['final_top1']:.2f}" in text for r in runs if not r["name"].startswith("lrsweep_"))
 
 
