@@ -375,3 +375,24 @@ def test_a_run_written_before_a_methods_keys_existed_differs_in_none_of_them(tmp
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text(body)
     assert differences(saved_config(tmp_path / "new"), saved_config(tmp_path / "old")) == {}
+
+
+def test_a_stop_request_ends_the_study_even_when_its_run_finished_meanwhile(tmp_path, monkeypatch, capsys):
+    """SIGTERM arrived in a run's last step and the run completed: the study still starts no other run.
+    (Real runs stopped mid-way: test_faults.py::test_a_stopped_study_lets_its_run_checkpoint_and_starts_no_other.)"""
+    import signal
+
+    from distill.report import study as study_mod
+
+    started = []
+
+    def finished_anyway(cmd):
+        name = next(c.split("=", 1)[1] for c in cmd if c.startswith("name="))
+        started.append(name)
+        fake_run(tmp_path / "out" / "s", name, 70.0)
+        return 0, signal.SIGTERM
+
+    monkeypatch.setattr(study_mod, "run_passing_stops", finished_anyway)
+    assert run_study(write_study(tmp_path, f"  plain:\n    recipe: {ROOT / PLAIN}\n")) == 0
+    assert started == ["plain_s0"]
+    assert f"== study: stopped by SIGTERM in {tmp_path / 'out/s/plain_s0'} (complete)" in capsys.readouterr().err

@@ -279,14 +279,14 @@ def _run(job: Job, status: dict) -> None:
         rc, stop = run_passing_stops(job.cmd)
         done = (job.run_dir / records.SUMMARY).exists()
         status[job.run_dir] = "ran" if done else f"FAILED (exit {rc})"
-        if stop is not None and not done:
+        if stop is not None:  # the run may have finished meanwhile: the study stops all the same
             raise Stopped(stop, job.run_dir, rc)
     print(f"== study: {label}: {status[job.run_dir]}", flush=True)
 
 
 class Stopped(Exception):
     """A stop request (Ctrl-C, SIGTERM) reached the study while `run_dir` trained: it stopped, its
-    checkpoint written, and the study starts nothing more."""
+    checkpoint written (or it finished meanwhile), and the study starts nothing more."""
 
     def __init__(self, signum: int, run_dir: Path, rc: int):
         super().__init__(signal.Signals(signum).name, run_dir, rc)
@@ -362,7 +362,8 @@ def run_study(path: Path, overrides=(), report_dir: Optional[Path] = None) -> in
             print(f"== study: prediction for the held-out rung in {prediction}, locked in {locked}", flush=True)
         jobs = _run_phase(path, overrides, study, jobs, True, status)
     except Stopped as e:  # as `distill train` stopped on request: exit 0, unless its steps were lost
-        kept = "its checkpoint kept" if e.rc == 0 else f"it exited {e.rc}"
+        kept = "complete" if (e.run_dir / records.SUMMARY).exists() else \
+            "its checkpoint kept" if e.rc == 0 else f"it exited {e.rc}"
         print(f"== study: stopped by {e.name} in {e.run_dir} ({kept}); no further run started, and no report. "
               f"Go on: the same command", file=sys.stderr, flush=True)
         return e.rc
