@@ -297,3 +297,20 @@ def test_v6_in_fp32_differs_from_v6_only_as_its_readme_declares():
     assert v6 == fp32
     for name in ("prediction.json", "prediction.lock.json"):
         assert (ROOT / "docs/scaling_cpu_v6_fp32" / name).read_bytes() == (ROOT / "docs/scaling_cpu_v6" / name).read_bytes()
+
+
+def test_v6_in_fp32_states_each_plain_seed_beside_its_bf16_twin():
+    """Each fp32 plain run of docs/scaling_cpu_v6_fp32 has a bf16 twin in v6 whose config differs only in the
+    precision; the README's table states both runs' top-1 and test loss, from their summaries."""
+    from distill.report.baselines import differences, saved_config
+
+    text = (ROOT / "docs/scaling_cpu_v6_fp32/README.md").read_text()
+    fp32_runs = sorted((ROOT / "docs/scaling_cpu_v6_fp32/runs").glob("plain_w1440d18_e1_s*"))
+    for fp32 in fp32_runs:
+        bf16 = ROOT / "docs/scaling_cpu_v6/runs" / fp32.name
+        assert differences(saved_config(fp32), saved_config(bf16)) == {"train.mixed_precision": ("no", "auto")}
+        a, b = (json.loads((d / "summary.json").read_text()) for d in (bf16, fp32))
+        assert (a["mixed_precision"], b["mixed_precision"]) == ("bf16", "no")
+        seed = b["seed"]
+        assert f"| {seed} | {a['final_top1']:.2f} | {b['final_top1']:.2f} | {a['test_loss']:.4f} | {b['test_loss']:.4f} |" in text
+    assert fp32_runs
