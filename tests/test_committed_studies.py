@@ -143,6 +143,40 @@ def test_the_unfinished_study_goes_on_from_its_committed_records(tmp_path, monke
         check_precision(jobs, study, None)
 
 
+@pytest.mark.slow  # plans the study: w1440d18 counted without storage, ~10 s
+def test_v6_in_fp32_goes_on_from_its_committed_records_on_any_cpu(tmp_path, monkeypatch):
+    """docs/scaling_cpu_v6_fp32/README.md's commands: its committed plain runs count as complete and made with its
+    settings, the teacher and every other held-out run are left, the prediction is v6's, kept, and its declared
+    fp32 goes on where `auto` would compute in bf16 as well as where it would not."""
+    import shutil
+
+    import distill.precision
+    from distill.report import scaling
+    from distill.report.study import plan
+    from distill.report.study_checks import check_existing, check_precision, check_weights
+    from distill.runs import records
+
+    docs, folder = ROOT / "docs/scaling_cpu_v6_fp32", tmp_path / "scaling_cpu_v6_fp32"
+    folder.mkdir()
+    for name in ("prediction.json", "prediction.lock.json"):
+        shutil.copy(docs / name, folder / name)
+    done = sorted(run.name for run in docs.glob("runs/plain_*"))
+    for name in done:
+        shutil.copytree(docs / "runs" / name, folder / name)
+    study = ROOT / "recipes/studies/scaling_cpu_v6_fp32.yaml"
+    jobs = plan(study, [f"output_dir={tmp_path}"])
+    every = ["teacher_s0", *[f"{m}_w1440d18_e1_s{s}" for m in ("plain", "kd") for s in range(3)]]
+    assert [j.run_dir.name for j in jobs if not (j.run_dir / records.SUMMARY).exists()] == \
+        [n for n in every if n not in done] and done
+    check_existing(jobs, study)
+    check_weights(jobs, study)
+    assert scaling.predict_holdout(folder, [], None, []) == folder / "prediction.json"
+    assert (folder / "prediction.json").read_bytes() == (ROOT / "docs/scaling_cpu_v6/prediction.json").read_bytes()
+    for native in ("bf16", "no"):
+        monkeypatch.setattr(distill.precision, "native_precision", lambda cuda, native=native: native)
+        check_precision(jobs, study, None)
+
+
 @pytest.mark.slow  # a whole refit (leave-one-size-out over three methods): 5 s each
 @pytest.mark.parametrize("study", ["scaling_cpu_v4", "scaling_cpu_v5"])
 def test_a_study_fitted_within_4_epochs_refits_from_its_table_alone(study, tmp_path):
