@@ -89,9 +89,8 @@ def check_forms(path: Path, sc) -> None:
     prior = prior_rows(sc)  # fitted with the study's own: their methods (an earlier data axis) take a law too
     check_declared(sc.forms, list(dict.fromkeys([*sc.methods, *sc.data_methods, *(r["method"] for r in prior)])),
                    f"study {path}: scaling.forms.")
-    for method, run in sc.methods.items():
-        sizes = {s for s in (run.sizes or sc.sizes) if s != sc.holdout}
-        sizes |= {r.get("size") or r["params"] for r in prior if r["method"] == method}
+    for method in sc.methods:
+        sizes = fitted_sizes(sc, method, prior)
         # fewer than MIN_SIZES fit no law at all: check_predictable refuses that before any run
         if method not in sc.forms and MIN_SIZES <= len(sizes) < MIN_SIZES_TO_CHOOSE:
             raise ConfigError(f"study {path}: {method} is fitted on {len(sizes)} sizes, and choosing its law by "
@@ -104,14 +103,19 @@ def check_predictable(path: Path, sc) -> None:
     MIN_SIZES sizes (its own below the held-out one, and the prior rows'), or no law could predict it and
     the study would stop at its prediction, its fitted runs spent."""
     prior = prior_rows(sc)
-    for method, run in sc.methods.items():
-        sizes = {s for s in (run.sizes or sc.sizes) if s != sc.holdout}
-        sizes |= {r.get("size") or r["params"] for r in prior if r["method"] == method}
+    for method in sc.methods:
+        sizes = fitted_sizes(sc, method, prior)
         if len(sizes) < MIN_SIZES:
             raise ConfigError(f"study {path}: {method} is fitted on {len(sizes)} size{'s' * (len(sizes) != 1)} "
                               f"below the held-out {sc.holdout}, and a law needs {MIN_SIZES} (docs/fit.md), so "
                               f"nothing could predict that rung; add sizes (a scaling study always holds one out: "
                               f"scaling.holdout, else its largest)")
+
+
+def fitted_sizes(sc, method: str, prior: List[dict]) -> set:
+    """The sizes `method`'s law is fitted on: its own below the held-out one, and those of the prior rows."""
+    own = {s for s in (sc.methods[method].sizes or sc.sizes) if s != sc.holdout}
+    return own | {r.get("size") or r["params"] for r in prior if r["method"] == method}
 
 
 def prior_rows(sc) -> List[dict]:

@@ -289,8 +289,8 @@ class Stopped(Exception):
     checkpoint written (or it finished meanwhile), and the study starts nothing more."""
 
     def __init__(self, signum: int, run_dir: Path, rc: int):
-        super().__init__(signal.Signals(signum).name, run_dir, rc)
         self.name, self.run_dir, self.rc = signal.Signals(signum).name, run_dir, rc
+        super().__init__(self.name, run_dir, rc)
 
 
 def _run_phase(path: Path, overrides, study: Study, jobs: List[Job], holdout: bool, status: dict) -> List[Job]:
@@ -332,7 +332,7 @@ def check_before_any_run(study: Study, jobs: List[Job], path: Path) -> dict:
     check_existing(jobs, path)
     check_precision(jobs, path, study.scaling)
     check_weights(jobs, path)
-    if study.scaling is not None and study.scaling.holdout:
+    if study.scaling is not None:  # which always holds a size out
         scaling.check_predictable(path, study.scaling)
     return study_baselines(study, jobs, path)
 
