@@ -335,11 +335,14 @@ def test_v6_in_fp32_differs_from_v6_only_as_its_readme_declares():
 
 def test_v6_in_fp32_states_each_plain_seed_beside_its_bf16_twin():
     """Each fp32 plain run of docs/scaling_cpu_v6_fp32 has a bf16 twin in v6 whose config differs only in the
-    precision; the README's table states both runs' top-1 and test loss, from their summaries."""
+    precision; the README's table states both runs' top-1 and test loss, from their summaries, and from two
+    pairs on, their paired difference with its 95% t interval."""
     from distill.report.baselines import differences, saved_config
+    from distill.report.stats import paired_diff_ci
 
     text = (ROOT / "docs/scaling_cpu_v6_fp32/README.md").read_text()
     fp32_runs = sorted((ROOT / "docs/scaling_cpu_v6_fp32/runs").glob("plain_w1440d18_e1_s*"))
+    pairs = []
     for fp32 in fp32_runs:
         bf16 = ROOT / "docs/scaling_cpu_v6/runs" / fp32.name
         assert differences(saved_config(fp32), saved_config(bf16)) == {"train.mixed_precision": ("no", "auto")}
@@ -347,4 +350,8 @@ def test_v6_in_fp32_states_each_plain_seed_beside_its_bf16_twin():
         assert (a["mixed_precision"], b["mixed_precision"]) == ("bf16", "no")
         seed = b["seed"]
         assert f"| {seed} | {a['final_top1']:.2f} | {b['final_top1']:.2f} | {a['test_loss']:.4f} | {b['test_loss']:.4f} |" in text
-    assert fp32_runs
+        pairs.append((a["final_top1"], b["final_top1"]))
+    assert pairs
+    if len(pairs) > 1:  # the paired difference and its t interval, once there are two pairs
+        d, half = paired_diff_ci([b for _, b in pairs], [a for a, _ in pairs])
+        assert f"fp32 minus bf16, paired by seed ({len(pairs)} seeds): {d:+.2f} [{d - half:+.2f}, {d + half:+.2f}]" in text
