@@ -334,9 +334,10 @@ def test_v6_in_fp32_differs_from_v6_only_as_its_readme_declares():
 
 
 def test_v6_in_fp32_states_each_plain_seed_beside_its_bf16_twin():
-    """Each fp32 plain run of docs/scaling_cpu_v6_fp32 has a bf16 twin in v6 whose config differs only in the
-    precision; the README's table states both runs' top-1 and test loss, from their summaries, and from two
-    pairs on, their paired difference with its 95% t interval."""
+    """Each bf16 plain run of v6 has an fp32 twin in docs/scaling_cpu_v6_fp32 whose config differs only in the
+    precision, once that seed has run here; the README's table states both runs' top-1 and test loss, from their
+    summaries, and from two pairs on, their paired difference with its 95% t interval. Seeds v6 never ran in bf16
+    have no twin and no row."""
     from distill.report.baselines import differences, saved_config
     from distill.report.stats import paired_diff_ci
 
@@ -345,6 +346,9 @@ def test_v6_in_fp32_states_each_plain_seed_beside_its_bf16_twin():
     pairs = []
     for fp32 in fp32_runs:
         bf16 = ROOT / "docs/scaling_cpu_v6/runs" / fp32.name
+        if not bf16.exists():
+            assert f"| {json.loads((fp32 / 'summary.json').read_text())['seed']} |" not in text
+            continue
         assert differences(saved_config(fp32), saved_config(bf16)) == {"train.mixed_precision": ("no", "auto")}
         a, b = (json.loads((d / "summary.json").read_text()) for d in (bf16, fp32))
         assert (a["mixed_precision"], b["mixed_precision"]) == ("bf16", "no")
