@@ -159,6 +159,7 @@ class Trainer(Loop):
         self.new_folder = not (self.run_dir / records.CONFIG).exists()  # every rank looks before one creates it
         create_run_dir(acc, cfg, self.run_dir)
         self.stop = StopRequest(acc)
+        self.final_agreement = None  # the last epoch's evaluation scores it, where the run has a teacher
 
     def fit(self) -> dict:
         """Train to `train.epochs` (resuming where asked) and return the summary."""
@@ -185,7 +186,7 @@ class Trainer(Loop):
             terms, n_steps = self.train_epoch(p.epoch, p.step)
             train_s = time.perf_counter() - t0
             last = p.epoch + 1 == cfg.train.epochs
-            self._end_epoch(terms, n_steps, train_s, t0, last or (p.epoch + 1) % cfg.train.eval_every == 0)
+            self._end_epoch(terms, n_steps, train_s, t0, last or (p.epoch + 1) % cfg.train.eval_every == 0, last)
             p.wall_s = time.perf_counter() - start
             p.epoch, p.step = p.epoch + 1, 0
             if last or p.epoch % cfg.train.checkpoint_every == 0:
@@ -219,9 +220,13 @@ class Trainer(Loop):
         r.progress.precision = acc.mixed_precision
         acc.print(f"resumed from {self.resume_from} at epoch {r.progress.epoch} step {r.progress.step}")
 
-    def _end_epoch(self, terms: dict, n_steps: int, train_s: float, epoch_t0: float, run_eval: bool) -> None:
+    def _end_epoch(self, terms: dict, n_steps: int, train_s: float, epoch_t0: float, run_eval: bool,
+                   last: bool) -> None:
         acc, r, p = self.accelerator, self.run, self.run.progress
-        metrics = self._evaluate(r.student) if run_eval else {}
+        # the last epoch's pass also scores the final student's agreement with its teacher (for the summary):
+        # a second pass over the test set would cost as much again as the evaluation
+        metrics = self._evaluate(r.student, teacher=r.teacher if last else None) if run_eval else {}
+        self.final_agreement = metrics.pop("teacher_agreement", None)
         if r.ema is not None and run_eval:
             metrics["ema_top1"] = self._evaluate(r.ema.module)["top1"]
         if metrics:
@@ -247,7 +252,8 @@ class Trainer(Loop):
         if self.forked_from is not None:  # its FLOPs before the checkpoint are the source run's
             extra["forked_from"] = str(self.resume_from)
         if r.teacher is not None:  # how often the final student agrees with its teacher
-            extra["teacher_agreement"] = self._evaluate(r.student, teacher=r.teacher)["teacher_agreement"]
+            extra["teacher_agreement"] = self.final_agreement if self.final_agreement is not None else \
+                self._evaluate(r.student, teacher=r.teacher)["teacher_agreement"]  # resumed after its last epoch
         summary = {}
         if acc.is_main_process:
             ckpt.save_weights_atomic(r.student.state_dict(), self.run_dir / "student.safetensors")
