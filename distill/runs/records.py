@@ -6,6 +6,7 @@ a rename.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -82,7 +83,10 @@ def _quiet_tensorboard_thread() -> None:
     threading.excepthook = hook
 
 
-def _git_commit() -> str | None:
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the code this process runs, "+dirty" with uncommitted changes: read once, as the run
+    starts (`Trainer` asks first), since a commit made while it trains does not change the code it imported."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
@@ -105,7 +109,7 @@ def provenance(device: torch.device, world_size: int) -> dict:
     else:
         hardware = f"{world_size} x CPU process ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     return {
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "accelerate": accelerate.__version__,

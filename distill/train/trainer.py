@@ -160,6 +160,7 @@ class Trainer(Loop):
         create_run_dir(acc, cfg, self.run_dir)
         self.stop = StopRequest(acc)
         self.final_agreement = None  # the last epoch's evaluation scores it, where the run has a teacher
+        records.git_commit()  # the code this process imported, kept for the summary
 
     def fit(self) -> dict:
         """Train to `train.epochs` (resuming where asked) and return the summary."""
