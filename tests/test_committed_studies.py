@@ -145,7 +145,7 @@ def test_the_unfinished_study_goes_on_from_its_committed_records(tmp_path, monke
 
 @pytest.mark.slow  # plans the study: w1440d18 counted without storage, ~10 s
 def test_v6_in_fp32_goes_on_from_its_committed_records_on_any_cpu(tmp_path, monkeypatch):
-    """docs/scaling_cpu_v6_fp32/README.md's commands: its committed plain runs count as complete and made with its
+    """docs/scaling_cpu_v6_fp32/README.md's commands: its committed held-out runs count as complete and made with its
     settings, the teacher and every other held-out run are left, the prediction is v6's, kept, and its declared
     fp32 goes on where `auto` would compute in bf16 as well as where it would not."""
     import shutil
@@ -156,15 +156,17 @@ def test_v6_in_fp32_goes_on_from_its_committed_records_on_any_cpu(tmp_path, monk
     from distill.report.study_checks import check_existing, check_precision, check_weights
     from distill.runs import records
 
-    docs, folder = ROOT / "docs/scaling_cpu_v6_fp32", tmp_path / "scaling_cpu_v6_fp32"
-    folder.mkdir()
+    # in the folder the README's commands make: the KD runs name their teacher by that relative path
+    monkeypatch.chdir(tmp_path)
+    docs, folder = ROOT / "docs/scaling_cpu_v6_fp32", tmp_path / "runs/studies/scaling_cpu_v6_fp32"
+    folder.mkdir(parents=True)
     for name in ("prediction.json", "prediction.lock.json"):
         shutil.copy(docs / name, folder / name)
-    done = sorted(run.name for run in docs.glob("runs/plain_*"))
+    done = sorted(run.name for run in docs.glob("runs/*_w1440d18_*"))
     for name in done:
         shutil.copytree(docs / "runs" / name, folder / name)
     study = ROOT / "recipes/studies/scaling_cpu_v6_fp32.yaml"
-    jobs = plan(study, [f"output_dir={tmp_path}"])
+    jobs = plan(study)
     every = ["teacher_s0", *[f"{m}_w1440d18_e1_s{s}" for m in ("plain", "kd") for s in range(3)]]
     assert [j.run_dir.name for j in jobs if not (j.run_dir / records.SUMMARY).exists()] == \
         [n for n in every if n not in done] and done
