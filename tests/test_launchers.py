@@ -181,3 +181,20 @@ def test_several_processes_without_a_gpu_run_on_the_cpu(monkeypatch):
     assert not launcher.accelerate_cpu()
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     assert launcher.accelerate_cpu()
+
+
+@pytest.mark.parametrize("text", [
+    "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29591",
+    "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms for recv operation",
+    "Application timeout caused pair closure",  # gloo's timeout inside the DDP reducer's all-reduce (CI, stop 46)
+], ids=["reset", "timed out", "in backward"])
+def test_a_lost_peer_is_named_in_one_line_however_gloo_words_it(monkeypatch, text):
+    """The survivors' words for a collective whose peer died or stalled: each gives the one line."""
+    from distill.runs import peers
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    message = peers.lost_peer_message(RuntimeError(text))
+    assert message is not None and message.startswith("rank 0 lost contact"), message
+    assert "third_party" not in message
+    assert peers.lost_peer_message(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

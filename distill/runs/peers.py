@@ -23,7 +23,9 @@ from distill.runs.launcher import end_with_parent
 
 
 # Communication failures of a collective whose peer is gone: gloo's and NCCL's words for it.
-_LOST_PEER = re.compile(r"Connection (reset|closed|refused)|Broken pipe|timed out|"
+# gloo's timeout reads "Application timeout caused pair closure" when it fires inside the backward
+# pass (the DDP reducer's all-reduce), "Timed out waiting ..." elsewhere.
+_LOST_PEER = re.compile(r"Connection (reset|closed|refused)|Broken pipe|timed out|timeout caused pair closure|"
                         r"NCCL communicator was aborted|ProcessGroup.*(abort|timeout)", re.I)
 
 
