@@ -1,12 +1,16 @@
-"""What a run's summary says about it: the code it ran (the commit as it started, not as it ended) and a
-distilled run's agreement with its teacher, scored in its last evaluation. Tiny runs (8 steps) through the
+"""What a run's summary says about it: the code it ran (the commit as it started, not as it ended), a
+distilled run's agreement with its teacher, scored in its last evaluation, and its training time, a stop and
+resume included. Tiny runs (8 steps) through the
 CLI's `main` in this process."""
 import json
+import shutil
 import subprocess
 
 import pytest
+import torch
 
 from conftest import PLAIN, needs_fmnist, run_main
+from distill.runs.checkpoint import complete_checkpoints
 from test_resume_finished import TINY
 
 pytestmark = [needs_fmnist, pytest.mark.slow]  # real (8-step) training runs
@@ -63,3 +67,21 @@ def test_a_distilled_run_scores_its_teacher_agreement_in_its_last_evaluation(tmp
     assert res.returncode == 0 and "resumed from" in res.stdout, res.stderr[-2000:]
     assert len(calls) == 1 and calls[0] is not None
     assert json.loads((run / "summary.json").read_text())["teacher_agreement"] == first["teacher_agreement"]
+
+
+def test_a_run_stopped_mid_epoch_counts_its_time_before_the_stop(tmp_path):
+    """`wall_s` is the run's training time, resumed runs included: a mid-epoch checkpoint keeps the time so
+    far, so a run stopped there and resumed counts the steps before the stop (before, it kept the time at the
+    epoch's start, and v6_fp32's KD seed 2, stopped at step 30 of 39, recorded only its last 9 steps)."""
+    args = ("train", PLAIN, f"output_dir={tmp_path}", *TINY, "train.epochs=1", "train.checkpoint_every_steps=4")
+    assert run_main(*args).returncode == 0
+    run = tmp_path / "r"
+    mid, end = complete_checkpoints(run)  # steps 4 and 8 of the epoch's 8
+    before_stop = torch.load(mid / "custom_checkpoint_0.pkl", weights_only=False)["wall_s"]
+    whole = json.loads((run / "summary.json").read_text())["wall_s"]
+    assert 0 < before_stop < whole
+    shutil.rmtree(end)  # as if stopped at step 4: the later checkpoint and the summary not yet written
+    (run / "summary.json").unlink()
+    res = run_main(*args, "train.resume=auto")
+    assert res.returncode == 0 and "resumed from" in res.stdout, res.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["wall_s"] > before_stop

@@ -34,7 +34,7 @@ class Progress:
         self.step = 0  # micro-batches of that epoch already done
         self.best_top1 = 0.0
         self.skipped_steps = 0  # non-finite steps skipped (train.on_nonfinite=skip)
-        self.wall_s = 0.0  # training time before this process started (resumed runs)
+        self.wall_s = 0.0  # training time up to the checkpoint (a resumed run counts on from it)
         self.partial_sums = {}  # loss sums of the epoch in progress, so its metrics line is whole
         self.partial_steps = 0
         self.teacher_views = 0  # views the teacher ran on (live, or recording the cache; the replay's checks)

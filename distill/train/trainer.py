@@ -181,7 +181,7 @@ class Trainer(Loop):
                       f"JPEG quality {copy['quality']})")
         for warning in run_warnings(cfg, acc.mixed_precision, self.device.type):
             acc.print(warning)
-        start = time.perf_counter() - p.wall_s
+        start = self._clock = time.perf_counter() - p.wall_s  # the run's training time so far counts on
         while p.epoch < cfg.train.epochs:
             t0 = time.perf_counter()
             terms, n_steps = self.train_epoch(p.epoch, p.step)
@@ -244,6 +244,8 @@ class Trainer(Loop):
                   f"{accuracy}{img_s:.0f} img/s  {record['epoch_s']:.1f}s")
 
     def _save(self, global_step: int) -> None:
+        # the time so far, mid-epoch too: a run stopped there and resumed counts the steps before the stop
+        self.run.progress.wall_s = time.perf_counter() - self._clock
         ckpt.save_checkpoint(self.accelerator, self.run_dir, global_step, self.cfg.train.keep_checkpoints,
                              self.run.student)
 
