@@ -22,7 +22,9 @@ from distill.report.run_table import read_runs
     ("docs/scaling_cpu_v2/report/fits.json", ("docs/scaling_cpu_v2/README.md",)),
     ("docs/scaling_cpu_v3/report/fits.json", ("docs/scaling_cpu_v3/README.md",)),
     ("docs/scaling_cpu_v4/report/fits.json", ("docs/scaling_cpu_v4/README.md",)),
-    ("docs/scaling_cpu_v5/report/fits.json", ("docs/scaling_cpu_v5/README.md",))], ids=["v1", "v2", "v3", "v4", "v5"])
+    ("docs/scaling_cpu_v5/report/fits.json", ("docs/scaling_cpu_v5/README.md",)),
+    ("docs/scaling_cpu_v6_fp32/report/fits.json", ("docs/scaling_cpu_v6_fp32/README.md",))],
+    ids=["v1", "v2", "v3", "v4", "v5", "v6_fp32"])
 def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages):
     """Every crossing (with its interval) and the held-out errors beside their baselines, as the committed
     fits.json has them, appear in the pages that state them; a page left stale fails here."""
@@ -42,9 +44,10 @@ def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages
     assert all(x in (ROOT / pages[0]).read_text() for x in stated), f"{pages[0]} does not state {stated}"
 
 
-@pytest.mark.parametrize("study", ["scaling_cpu_v2", "scaling_cpu_v3", "scaling_cpu_v4", "scaling_cpu_v5"])
+@pytest.mark.parametrize("study", ["scaling_cpu_v2", "scaling_cpu_v3", "scaling_cpu_v4", "scaling_cpu_v5",
+                                   "scaling_cpu_v6_fp32"])
 def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_says(study):
-    """docs/scaling_cpu_v2 to _v5: the prediction's hash holds (as made and with the measurement filled in),
+    """docs/scaling_cpu_v2 to _v5 and v6_fp32: the prediction's hash holds (as made and with the measurement filled in),
     every held-out run started after it was made, runs.jsonl has the fields a refit and a date check need,
     and the README's count of cells inside their 95% interval is the committed one."""
     from distill.report.scaling import predictions_sha256
@@ -78,8 +81,8 @@ def test_each_lock_names_the_committed_table_it_was_fitted_on(study):
 
 
 @pytest.mark.parametrize("study", ["scaling_cpu_v6", "scaling_cpu_v6_fp32"])
-def test_an_unfinished_study_states_its_locked_prediction_and_only_the_runs_it_has(study):
-    """docs/scaling_cpu_v6 and its fp32 twin, whose held-out runs span sessions: the prediction hashes to its
+def test_a_study_over_sessions_states_its_locked_prediction_and_only_the_runs_it_has(study):
+    """docs/scaling_cpu_v6 and its fp32 twin, whose held-out runs spanned sessions: the prediction hashes to its
     lock, the README states every cell's prediction and baselines, every rate the sweep tried, the teacher's
     and every finished held-out run's top-1; each of those runs started after the prediction was made."""
     from distill.report.scaling import predictions_sha256
@@ -144,10 +147,10 @@ def test_the_unfinished_study_goes_on_from_its_committed_records(tmp_path, monke
 
 
 @pytest.mark.slow  # plans the study: w1440d18 counted without storage, ~10 s
-def test_v6_in_fp32_goes_on_from_its_committed_records_on_any_cpu(tmp_path, monkeypatch):
-    """docs/scaling_cpu_v6_fp32/README.md's commands: its committed held-out runs count as complete and made with its
-    settings, the teacher and every other held-out run are left, the prediction is v6's, kept, and its declared
-    fp32 goes on where `auto` would compute in bf16 as well as where it would not."""
+def test_v6_in_fp32_rebuilds_its_report_from_its_committed_records_on_any_cpu(tmp_path, monkeypatch):
+    """docs/scaling_cpu_v6_fp32/README.md's commands: its committed runs (the teacher and the 6 held-out runs)
+    count as complete and made with its settings, so nothing trains; the prediction is v6's, kept; and its
+    declared fp32 passes the precision check where `auto` would compute in bf16 as well as where it would not."""
     import shutil
 
     import distill.precision
@@ -159,17 +162,14 @@ def test_v6_in_fp32_goes_on_from_its_committed_records_on_any_cpu(tmp_path, monk
     # in the folder the README's commands make: the KD runs name their teacher by that relative path
     monkeypatch.chdir(tmp_path)
     docs, folder = ROOT / "docs/scaling_cpu_v6_fp32", tmp_path / "runs/studies/scaling_cpu_v6_fp32"
-    folder.mkdir(parents=True)
+    shutil.copytree(docs / "runs", folder)
     for name in ("prediction.json", "prediction.lock.json"):
         shutil.copy(docs / name, folder / name)
-    done = sorted(run.name for run in docs.glob("runs/*_w1440d18_*"))
-    for name in done:
-        shutil.copytree(docs / "runs" / name, folder / name)
     study = ROOT / "recipes/studies/scaling_cpu_v6_fp32.yaml"
     jobs = plan(study)
     every = ["teacher_s0", *[f"{m}_w1440d18_e1_s{s}" for m in ("plain", "kd") for s in range(3)]]
-    assert [j.run_dir.name for j in jobs if not (j.run_dir / records.SUMMARY).exists()] == \
-        [n for n in every if n not in done] and done
+    assert sorted(j.run_dir.name for j in jobs) == sorted(every)
+    assert all((j.run_dir / records.SUMMARY).exists() for j in jobs)
     check_existing(jobs, study)
     check_weights(jobs, study)
     assert scaling.predict_holdout(folder, [], None, []) == folder / "prediction.json"
