@@ -1,7 +1,7 @@
 """The committed scaling studies (docs/scaling_cpu*): every page states its fits, crossings and errors
 as the committed fits.json has them; each prediction was made and locked before its held-out runs;
-a study fitted within 4 epochs refits from its table alone; v6, unfinished, states only what it has
-and goes on from its committed records; and why a law is chosen only from four sizes."""
+a study fitted within 4 epochs refits from its table alone; v6 and its fp32 twin, run over sessions,
+rebuild their reports from their committed records; and why a law is chosen only from four sizes."""
 import hashlib
 import json
 from datetime import datetime
@@ -23,8 +23,9 @@ from distill.report.run_table import read_runs
     ("docs/scaling_cpu_v3/report/fits.json", ("docs/scaling_cpu_v3/README.md",)),
     ("docs/scaling_cpu_v4/report/fits.json", ("docs/scaling_cpu_v4/README.md",)),
     ("docs/scaling_cpu_v5/report/fits.json", ("docs/scaling_cpu_v5/README.md",)),
+    ("docs/scaling_cpu_v6/report/fits.json", ("docs/scaling_cpu_v6/README.md",)),
     ("docs/scaling_cpu_v6_fp32/report/fits.json", ("docs/scaling_cpu_v6_fp32/README.md",))],
-    ids=["v1", "v2", "v3", "v4", "v5", "v6_fp32"])
+    ids=["v1", "v2", "v3", "v4", "v5", "v6", "v6_fp32"])
 def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages):
     """Every crossing (with its interval) and the held-out errors beside their baselines, as the committed
     fits.json has them, appear in the pages that state them; a page left stale fails here."""
@@ -45,9 +46,9 @@ def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages
 
 
 @pytest.mark.parametrize("study", ["scaling_cpu_v2", "scaling_cpu_v3", "scaling_cpu_v4", "scaling_cpu_v5",
-                                   "scaling_cpu_v6_fp32"])
+                                   "scaling_cpu_v6", "scaling_cpu_v6_fp32"])
 def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_says(study):
-    """docs/scaling_cpu_v2 to _v5 and v6_fp32: the prediction's hash holds (as made and with the measurement filled in),
+    """docs/scaling_cpu_v2 to _v6 and v6_fp32: the prediction's hash holds (as made and with the measurement filled in),
     every held-out run started after it was made, runs.jsonl has the fields a refit and a date check need,
     and the README's count of cells inside their 95% interval is the committed one."""
     from distill.report.scaling import predictions_sha256
@@ -107,50 +108,15 @@ def test_a_study_over_sessions_states_its_locked_prediction_and_only_the_runs_it
 
 
 @pytest.mark.slow  # plans the study: w1440d18 counted without storage, ~10 s
-def test_the_unfinished_study_goes_on_from_its_committed_records(tmp_path, monkeypatch):
-    """docs/scaling_cpu_v6/README.md's commands, the machine that ran it gone: the records copied into a study
-    folder count as complete and made with the study's settings; what is left is the teacher (its weights are
-    not kept) and the 4 held-out runs; the prediction is not made again; and where `auto` would compute in
-    another precision than the runs did, the study refuses before any of them."""
-    import shutil
-
-    import distill.precision
-    from distill.report import scaling
-    from distill.report.study import plan
-    from distill.report.study_checks import check_existing, check_precision, check_weights
-    from distill.runs import records
-
-    docs, folder = ROOT / "docs/scaling_cpu_v6", tmp_path / "scaling_cpu_v6"
-    folder.mkdir()
-    for name in ("prediction.json", "prediction.lock.json", "lrs.json"):
-        shutil.copy(docs / name, folder / name)
-    for run in (*docs.glob("runs/lrsweep_*"), *docs.glob("runs/plain_*")):
-        shutil.copytree(run, folder / run.name)
-    study = ROOT / "recipes/studies/scaling_cpu_v6.yaml"
-    jobs = plan(study, [f"output_dir={tmp_path}"])
-    left = [j.run_dir.name for j in jobs if not (j.run_dir / records.SUMMARY).exists()]
-    assert left == ["teacher_s0", "plain_w1440d18_e1_s2", *[f"kd_w1440d18_e1_s{s}" for s in range(3)]]
-    check_existing(jobs, study)
-    check_weights(jobs, study)  # the teacher runs first: nothing it needs is missing
-    made = (folder / "prediction.json").read_bytes()
-    assert scaling.predict_holdout(folder, [], None, []) == folder / "prediction.json"  # kept, not made again
-    assert (folder / "prediction.json").read_bytes() == made
-    monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "bf16")
-    check_precision(jobs, study, None)
-    ran = {json.loads(f.read_text()).get("mixed_precision")
-           for v in ("_v2", "_v3", "_v4", "_v5", "_v6") for f in (ROOT / f"docs/scaling_cpu{v}").glob("runs/*/summary.json")}
-    assert ran == {"bf16"}  # the README: the fitted runs and v6's so far, all bf16
-    monkeypatch.setattr(distill.precision, "native_precision", lambda cuda: "no")
-    with pytest.raises(ConfigError, match=r"6 of the runs it compares with .* computed train.mixed_precision=auto "
-                                          r"in bf16, but on this CPU .* would compute in fp32"):
-        check_precision(jobs, study, None)
-
-
-@pytest.mark.slow  # plans the study: w1440d18 counted without storage, ~10 s
-def test_v6_in_fp32_rebuilds_its_report_from_its_committed_records_on_any_cpu(tmp_path, monkeypatch):
-    """docs/scaling_cpu_v6_fp32/README.md's commands: its committed runs (the teacher and the 6 held-out runs)
-    count as complete and made with its settings, so nothing trains; the prediction is v6's, kept; and its
-    declared fp32 passes the precision check where `auto` would compute in bf16 as well as where it would not."""
+@pytest.mark.parametrize("study, copied", [("scaling_cpu_v6", ("prediction.json", "prediction.lock.json", "lrs.json")),
+                                           ("scaling_cpu_v6_fp32", ("prediction.json", "prediction.lock.json"))])
+def test_a_finished_study_rebuilds_its_report_from_its_committed_records_on_any_cpu(study, copied, tmp_path,
+                                                                                     monkeypatch):
+    """docs/scaling_cpu_v6/ and _v6_fp32/README.md's commands, the machines that ran them gone: the committed
+    runs (the teacher, the sweep and the 6 held-out runs) count as complete and made with the study's
+    settings, so nothing trains; the prediction is v6's, kept; and the precision check passes where `auto`
+    would compute in bf16 and where it would not, with nothing left to run. Every run v6 fitted on or ran
+    computed in bf16, v6_fp32's in fp32, as the READMEs say."""
     import shutil
 
     import distill.precision
@@ -161,22 +127,26 @@ def test_v6_in_fp32_rebuilds_its_report_from_its_committed_records_on_any_cpu(tm
 
     # in the folder the README's commands make: the KD runs name their teacher by that relative path
     monkeypatch.chdir(tmp_path)
-    docs, folder = ROOT / "docs/scaling_cpu_v6_fp32", tmp_path / "runs/studies/scaling_cpu_v6_fp32"
+    docs, folder = ROOT / "docs" / study, tmp_path / "runs/studies" / study
     shutil.copytree(docs / "runs", folder)
-    for name in ("prediction.json", "prediction.lock.json"):
+    for name in copied:
         shutil.copy(docs / name, folder / name)
-    study = ROOT / "recipes/studies/scaling_cpu_v6_fp32.yaml"
-    jobs = plan(study)
+    recipe = ROOT / f"recipes/studies/{study}.yaml"
+    jobs = plan(recipe)
     every = ["teacher_s0", *[f"{m}_w1440d18_e1_s{s}" for m in ("plain", "kd") for s in range(3)]]
-    assert sorted(j.run_dir.name for j in jobs) == sorted(every)
+    assert sorted(j.run_dir.name for j in jobs if not j.run_dir.name.startswith("lrsweep_")) == sorted(every)
     assert all((j.run_dir / records.SUMMARY).exists() for j in jobs)
-    check_existing(jobs, study)
-    check_weights(jobs, study)
+    check_existing(jobs, recipe)
+    check_weights(jobs, recipe)
     assert scaling.predict_holdout(folder, [], None, []) == folder / "prediction.json"
     assert (folder / "prediction.json").read_bytes() == (ROOT / "docs/scaling_cpu_v6/prediction.json").read_bytes()
     for native in ("bf16", "no"):
         monkeypatch.setattr(distill.precision, "native_precision", lambda cuda, native=native: native)
-        check_precision(jobs, study, None)
+        check_precision(jobs, recipe, None)
+    ran = {json.loads(f.read_text()).get("mixed_precision") for f in docs.glob("runs/*/summary.json")}
+    fitted = {json.loads(f.read_text()).get("mixed_precision")
+              for v in ("_v2", "_v3", "_v4", "_v5") for f in (ROOT / f"docs/scaling_cpu{v}").glob("runs/*/summary.json")}
+    assert (fitted, ran) == ({"bf16"}, {"bf16"} if study == "scaling_cpu_v6" else {"no"})
 
 
 @pytest.mark.slow  # a whole refit (leave-one-size-out over three methods): 5 s each
@@ -335,29 +305,24 @@ def test_v6_in_fp32_differs_from_v6_only_as_its_readme_declares():
         assert (ROOT / "docs/scaling_cpu_v6_fp32" / name).read_bytes() == (ROOT / "docs/scaling_cpu_v6" / name).read_bytes()
 
 
-def test_v6_in_fp32_states_each_plain_seed_beside_its_bf16_twin():
-    """Each bf16 plain run of v6 has an fp32 twin in docs/scaling_cpu_v6_fp32 whose config differs only in the
-    precision, once that seed has run here; the README's table states both runs' top-1 and test loss, from their
-    summaries, and from two pairs on, their paired difference with its 95% t interval. Seeds v6 never ran in bf16
-    have no twin and no row."""
+@pytest.mark.parametrize("method", ["plain", "kd"])
+def test_v6_in_fp32_states_each_run_beside_its_bf16_twin(method):
+    """Each held-out run of docs/scaling_cpu_v6_fp32 has a bf16 twin in docs/scaling_cpu_v6 (both studies are
+    finished) whose config differs only in the precision; the fp32 README's table for the method states both
+    runs' top-1 and test loss, from their summaries, and their paired difference with its 95% t interval."""
     from distill.report.baselines import differences, saved_config
     from distill.report.stats import paired_diff_ci
 
     text = (ROOT / "docs/scaling_cpu_v6_fp32/README.md").read_text()
-    fp32_runs = sorted((ROOT / "docs/scaling_cpu_v6_fp32/runs").glob("plain_w1440d18_e1_s*"))
     pairs = []
-    for fp32 in fp32_runs:
+    for fp32 in sorted((ROOT / "docs/scaling_cpu_v6_fp32/runs").glob(f"{method}_w1440d18_e1_s*")):
         bf16 = ROOT / "docs/scaling_cpu_v6/runs" / fp32.name
-        if not bf16.exists():
-            assert f"| {json.loads((fp32 / 'summary.json').read_text())['seed']} |" not in text
-            continue
         assert differences(saved_config(fp32), saved_config(bf16)) == {"train.mixed_precision": ("no", "auto")}
         a, b = (json.loads((d / "summary.json").read_text()) for d in (bf16, fp32))
         assert (a["mixed_precision"], b["mixed_precision"]) == ("bf16", "no")
-        seed = b["seed"]
-        assert f"| {seed} | {a['final_top1']:.2f} | {b['final_top1']:.2f} | {a['test_loss']:.4f} | {b['test_loss']:.4f} |" in text
+        row = f"| {method} | {b['seed']} | {a['final_top1']:.2f} | {b['final_top1']:.2f} | {a['test_loss']:.4f} | {b['test_loss']:.4f} |"
+        assert row in text, row
         pairs.append((a["final_top1"], b["final_top1"]))
-    assert pairs
-    if len(pairs) > 1:  # the paired difference and its t interval, once there are two pairs
-        d, half = paired_diff_ci([b for _, b in pairs], [a for a, _ in pairs])
-        assert f"fp32 minus bf16, paired by seed ({len(pairs)} seeds): {d:+.2f} [{d - half:+.2f}, {d + half:+.2f}]" in text
+    assert len(pairs) == 3
+    d, half = paired_diff_ci([b for _, b in pairs], [a for a, _ in pairs])
+    assert f"{method}, fp32 minus bf16, paired by seed (3 seeds): {d:+.2f} [{d - half:+.2f}, {d + half:+.2f}]" in text
