@@ -314,3 +314,15 @@ def test_bench_reference_on_a_streamed_dataset_is_one_line(tmp_path, capsys):
                          "--warmup", "1", "--reference"])) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--reference" in err, err[-2000:]
+
+
+def test_every_test_the_docs_name_exists():
+    """A page that points at `tests/<file>.py::<test>` points at a test that is there (a renamed test leaves none)."""
+    import re
+
+    named = {(m[0], m[1]) for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+             for m in re.findall(r"(tests/\w+\.py)::(\w+)", page.read_text())}
+    assert len(named) > 5
+    missing = [f"{f}::{t}" for f, t in sorted(named)
+               if not re.search(rf"^(async )?def {t}\(", (ROOT / f).read_text() if (ROOT / f).exists() else "", re.M)]
+    assert missing == []
