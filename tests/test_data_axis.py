@@ -63,3 +63,19 @@ def test_the_fit_sees_unique_images_as_their_own_method_paired_with_repetition(t
     assert by["plain-u20000", 0]["baseline"] == "plain" and by["plain-u20000", 0]["images"] == by["plain", 0]["images"]
     (gain,) = gains(table, {"plain-u20000": "plain"})
     assert gain["gain"] == pytest.approx(2.25) and gain["seeds"] == [0, 1]  # (2.0 + 2.5) / 2 at equal compute
+
+
+def test_with_kd_swept_on_itself_a_kd_cell_on_more_images_takes_kds_rate(tmp_path):
+    """scaling.lr_sweep_methods [plain, kd]: the data axis's KD cells wait for `<size>/kd`, its plain
+    cells for the size's (plain's) rate; both runs of a cell under budgets (long run and fork) alike."""
+    path = _study(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["runs"] = {"t": {"recipe": str(ROOT / "recipes/fashion_mnist/teacher_resnet18.yaml"), "seeds": [0]}}
+    spec["scaling"]["methods"]["kd"] = {"recipe": str(ROOT / "recipes/fashion_mnist/kd_tiny.yaml"), "teacher": "t",
+                                        "overrides": ["teacher.model=resnet18", "data.label_smoothing=0.1"]}
+    spec["scaling"].update(lr_sweep=[1e-3, 2e-3], lr_sweep_methods=["plain", "kd"])
+    path.write_text(yaml.safe_dump(spec))
+    waits = {j.variant: j.waits_for_lr for j in plan(path)}
+    assert {waits[v] for v in waits if v.startswith("kd-u20000_a_")} == {"a/kd"}
+    assert {waits[v] for v in waits if v.startswith("plain-u20000_a_")} == {"a"}
+    assert waits["kd_a_e4"] == "a/kd" and "lrsweep_a_kd_lr0.002" in waits

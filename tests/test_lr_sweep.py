@@ -164,3 +164,45 @@ def test_the_dry_run_says_the_most_that_widening_could_add(tmp_path):
     line = dry_run_lines(load_study(path).scaling, folder, rows)[-1]
     assert "up to 1 more sweep run, 0.250 h at most" in line
     assert not any("widening" in x for x in dry_run_lines(load_study(_study(tmp_path)).scaling, folder, rows))
+
+
+def test_a_method_swept_on_itself_runs_at_its_own_best_rate_and_declares_it(tmp_path, monkeypatch):
+    """With lr_sweep_methods [plain, kd], each size is swept twice, plain's rate into lrs.json's `<size>`
+    and KD's into `<size>/kd`; every KD run takes KD's choice and declares train.lr against its plain
+    baseline, every plain run plain's. The held-out size's KD sweep runs after the prediction too."""
+    best = {("plain", "a"): 1e-3, ("kd", "a"): 2e-3, ("plain", "b"): 1e-3, ("kd", "b"): 5e-4}
+    order, predicted = [], []
+
+    def train(cmd):
+        name, folder, lr = _setting(cmd, "name"), _setting(cmd, "output_dir"), float(_setting(cmd, "train.lr"))
+        method = "kd" if "kd" in name else "plain"
+        order.append((name, lr))
+        top1 = 90.0 if name.startswith("teacher") else 80 - 10 * abs(math.log2(lr / best[method, name.split("_")[1]]))
+        d = __import__("pathlib").Path(folder) / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "summary.json").write_text(json.dumps({"name": name, "final_top1": top1, "seed": 0}))
+        return 0, None
+
+    monkeypatch.setattr(study_mod, "run_passing_stops", train)
+    _stub_reports(monkeypatch, predicted)
+    path = _study(tmp_path, lr_sweep_methods=["plain", "kd"])
+    spec = yaml.safe_load(path.read_text())
+    spec["runs"] = {"teacher": {"recipe": str(ROOT / "recipes/fashion_mnist/plain_tiny.yaml"), "seeds": [0]}}
+    spec["scaling"]["methods"]["kd"] = {"recipe": str(ROOT / "recipes/fashion_mnist/kd_tiny.yaml"), "teacher": "teacher",
+                                        "overrides": ["teacher.model=distill_vit_tiny", "distill.cache=false",
+                                                     "data.label_smoothing=0.1"]}
+    path.write_text(yaml.safe_dump(spec))
+    study = study_mod.load_study(path)
+    assert all(study.runs[v].declared_differences == (["train.lr"] if v.startswith("kd_") else [])
+               for v in study.runs if not v.startswith(("lrsweep", "teacher")))
+    held = [j.run_dir.name for j in plan(path) if j.holdout]
+    assert "lrsweep_b_kd_lr0.0005_s0" in held and "lrsweep_a_kd_lr0.0005_s0" not in held
+    assert run_study(path) == 0
+    lrs = json.loads((tmp_path / "out" / "s" / "lrs.json").read_text())
+    assert {k: v["chosen"] for k, v in lrs.items()} == {"a": 1e-3, "a/kd": 2e-3, "b": 1e-3, "b/kd": 5e-4}
+    ladder = [(n, lr) for n, lr in order if n.startswith(("plain_", "kd_"))]
+    assert len(ladder) == 16 and all(lr == best[n.split("_")[0], n.split("_")[1]] for n, lr in ladder), ladder
+    with pytest.raises(ConfigError, match="lr_sweep_methods=\\['kd', 'dkd'\\] must name distinct methods"):
+        spec["scaling"]["lr_sweep_methods"] = ["kd", "dkd"]
+        path.write_text(yaml.safe_dump(spec))
+        plan(path)

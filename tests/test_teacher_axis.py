@@ -92,3 +92,17 @@ def test_a_method_runs_only_at_its_sizes_which_hold_the_held_out_one(tmp_path):
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(ConfigError, match="hold the held-out c"):
         load_study(path)
+
+
+def test_with_kd_swept_on_itself_the_axis_runs_wait_for_kds_rate_not_plains(tmp_path):
+    """scaling.lr_sweep_methods [plain, kd]: a teacher-axis run is a KD run of its size, so it takes
+    `<size>/kd` from lrs.json, and declares train.lr against its plain baseline as KD's ladder runs do."""
+    path = _study(tmp_path, ("a", "b"))
+    spec = yaml.safe_load(path.read_text())
+    spec["scaling"].update(lr_sweep=[1e-3, 2e-3], lr_sweep_methods=["plain", "kd"])
+    path.write_text(yaml.safe_dump(spec))
+    study = load_study(path)
+    waits = {j.variant: j.waits_for_lr for j in plan(path) if not j.variant.startswith(("lrsweep", "t_"))}
+    assert waits["kd_a_e2_by_t_small"] == waits["kd_a_e1"] == "a/kd" and waits["plain_a_e1"] == "a"
+    assert study.runs["kd_b_e2_by_t_mid"].declared_differences == ["train.lr"]
+    assert "train.lr" not in study.runs["plain_b_e2"].declared_differences

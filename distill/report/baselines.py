@@ -98,7 +98,7 @@ def study_baselines(study, jobs, path: Path) -> Dict[str, str]:
     plains = [v for v in first if cfg(v)["distill.type"] == "none" and not lr_sweep.is_sweep(v)]  # a sweep run is no baseline
     chosen = {}
     for variant, run in study.runs.items():
-        if variant not in first:
+        if variant not in first or lr_sweep.is_sweep(variant):  # a sweep run measures a rate, not a gain
             continue
         mine, seed = cfg(variant), next(iter(first[variant]))
         for key in run.declared_differences:

@@ -7,6 +7,11 @@ best final top-1 picks the size's `train.lr`; `<study folder>/lrs.json` records 
 its top-1 and the choice, once made (a re-run of the study reads it and skips the complete runs).
 Every later run of that size uses the chosen rate. The held-out size's sweep runs after the
 prediction for it is written: its top-1 at the smallest budget is a measurement of the held-out rung.
+
+A method named in `scaling.lr_sweep_methods` (besides the baseline) is swept on itself as well, at each
+size it runs at, and its runs there take its own choice: lrs.json's `<size>/<method>`, its sweep runs
+`lrsweep_<size>_<method>_lr<rate>`. The rate then differs from the baseline's by design: it is added to
+the method's declared differences, so its gain is reported as each method at its own best rate.
 """
 from __future__ import annotations
 
@@ -23,8 +28,33 @@ LRS = "lrs.json"
 PREFIX = "lrsweep_"  # a sweep run's variant: lrsweep_<size>_lr<rate>; never a ladder cell or a baseline
 
 
-def sweep_variant(size: str, lr: float) -> str:
-    return f"{PREFIX}{size}_lr{lr:g}"
+def sweep_variant(key: str, lr: float) -> str:
+    return f"{PREFIX}{key.replace('/', '_')}_lr{lr:g}"
+
+
+def size_of_key(key: str) -> str:
+    """The size a sweep (`key`: a size, or `<size>/<method>`) runs at."""
+    return key.split("/")[0]
+
+
+def sweeps(sc, base: str, cells: Dict[str, tuple], path: Path) -> tuple:
+    """({variant: the sweep whose rate it takes}, {sweep: the variant of its method at its size's smallest
+    budget}) for the study's `cells` ({variant: (method, size)}): the size's sweep (the baseline's), or
+    `<size>/<method>` where the method is in `scaling.lr_sweep_methods` and that is one of its cells."""
+    names = list(sc.lr_sweep_methods)
+    if any(m not in sc.methods for m in names) or len(set(names)) < len(names):
+        raise ConfigError(f"study {path}: scaling.lr_sweep_methods={names} must name distinct "
+                          f"methods of scaling.methods ({', '.join(sc.methods)})")
+    own = [m for m in names if m != base]
+    epochs = {v: int(e) for v, (m, s) in cells.items() if v.startswith(f"{m}_{s}_e")
+              and (e := v[len(f"{m}_{s}_e"):]).isdigit()}  # the ladder's cells, not the axes'
+    swept = {cells[v] for v in epochs if cells[v][0] in own}
+    key_of = {v: f"{s}/{m}" if (m, s) in swept else s for v, (m, s) in cells.items()}
+    smallest = {}
+    for key in dict.fromkeys(key_of.values()):
+        size, _, method = key.partition("/")
+        smallest[key] = min((v for v in epochs if cells[v] == (method or base, size)), key=epochs.get)
+    return key_of, smallest
 
 
 def is_sweep(variant: str) -> bool:
@@ -32,10 +62,11 @@ def is_sweep(variant: str) -> bool:
 
 
 def expand(study, path: Path, size_of: Dict[str, str], smallest: Dict[str, str]) -> None:
-    """Put each size's sweep variants before its first ladder variant in `study.runs`: the grid's rates,
-    then those added beyond its edge (lrs.json's `widened`, written by `choose`). `size_of`: ladder
-    variant -> size; `smallest`: size -> the baseline method's variant at the smallest budget, whose
-    settings (fork aside: the sweep trains from scratch) each sweep run takes, with its rate."""
+    """Put each sweep's variants before the first ladder variant that takes its rate in `study.runs`: the
+    grid's rates, then those added beyond its edge (lrs.json's `widened`, written by `choose`). `size_of`:
+    ladder variant -> its sweep (`sweeps`); `smallest`: sweep -> the variant at the smallest budget whose
+    settings (fork aside: the sweep trains from scratch) each sweep run takes, with its rate. A variant
+    on a sweep of its own method declares train.lr (it differs from the baseline's by design)."""
     sc = study.scaling
     rates = list(sc.lr_sweep)
     if len(set(rates)) != len(rates) or min(rates) <= 0:
@@ -47,13 +78,15 @@ def expand(study, path: Path, size_of: Dict[str, str], smallest: Dict[str, str])
     sc.size_of, sc.sweep_size = dict(size_of), {}
     runs, seed = {}, study.seeds[0]
     for variant, run in study.runs.items():
-        size = size_of.get(variant)
-        if size is not None and sweep_variant(size, rates[0]) not in runs:
-            base = study.runs[smallest[size]]
-            for lr in [*rates, *lrs.get(size, {}).get("widened", [])]:
-                runs[sweep_variant(size, lr)] = replace(base, seeds=[seed], fork=None,
-                                                        overrides=[*base.overrides, f"train.lr={lr:g}"])
-                sc.sweep_size[sweep_variant(size, lr)] = size
+        key = size_of.get(variant)
+        if key is not None and sweep_variant(key, rates[0]) not in runs:
+            base = study.runs[smallest[key]]
+            for lr in [*rates, *lrs.get(key, {}).get("widened", [])]:
+                runs[sweep_variant(key, lr)] = replace(base, seeds=[seed], fork=None,
+                                                       overrides=[*base.overrides, f"train.lr={lr:g}"])
+                sc.sweep_size[sweep_variant(key, lr)] = key
+        if "/" in (key or "") and "train.lr" not in run.declared_differences:
+            run = replace(run, declared_differences=[*run.declared_differences, "train.lr"])
         runs[variant] = run
     study.runs = runs
 
@@ -131,7 +164,8 @@ def dry_run_lines(sc, folder: Path, rows=()) -> List[str]:
     sizes = list(dict.fromkeys(sc.sweep_size.values()))
     lines = ["", f"learning rate per size: {len(sc.sweep_size)} sweep runs (lrsweep_<size>_lr<rate>), rates "
              f"{', '.join(f'{r:g}' for r in sc.lr_sweep)} at each size's smallest budget, the study's first seed; the "
-             "best final top-1 sets the size's train.lr"]
+             "best final top-1 sets the size's train.lr" + (f"; {', '.join(sc.lr_sweep_methods)} each on itself "
+             "(<size>/<method>)" if sc.lr_sweep_methods else "")]
     for size in sizes:
         if "chosen" in lrs.get(size, {}):
             edge = lrs[size].get("edge")
@@ -140,7 +174,7 @@ def dry_run_lines(sc, folder: Path, rows=()) -> List[str]:
         else:
             lines.append(f"  {size}: decided after its sweep runs; its runs above show the recipe's train.lr, "
                          "which the chosen rate replaces" + (" (held out: swept after the prediction)"
-                                                            if size == sc.holdout else ""))
+                                                            if size_of_key(size) == sc.holdout else ""))
     hours = {r["run"]: r.get("hours_calibrated", r["hours_here"]) for r in rows}
     more = {size: sc.lr_sweep_widen - len(lrs.get(size, {}).get("widened", [])) for size in sizes
             if "chosen" not in lrs.get(size, {})}

@@ -62,6 +62,7 @@ class Scaling:
     processes: int = 1  # processes a run uses (GPUs), for the dry run's images per epoch
     lr_sweep: List[float] = field(default_factory=list)  # rates tried per size before its runs (lr_sweep.py)
     lr_sweep_widen: int = 0  # rates added, a grid step each, beyond a best rate on the grid's edge
+    lr_sweep_methods: List[str] = field(default_factory=list)  # methods swept on themselves too (default: the baseline)
     teacher_axis: Optional[TeacherAxis] = None  # a method run from several teachers (teacher_axis.py)
     data_axis: Optional[DataAxis] = None  # cells run again on another number of unique images (data_axis.py)
     prior_runs: Optional[str] = None  # a committed runs.jsonl (relative to the study file) fitted with its own runs
@@ -71,8 +72,8 @@ class Scaling:
     def __post_init__(self):
         """What expanding the study derives (attributes, not keys of its file): `load_study` fills them."""
         self.rungs: Dict[str, list] = {}  # size (or `<size>-u<images>`) -> its ladder.Rungs, under budgets
-        self.size_of: Dict[str, str] = {}  # ladder variant -> size, with scaling.lr_sweep
-        self.sweep_size: Dict[str, str] = {}  # lr sweep variant -> the size it sweeps
+        self.size_of: Dict[str, str] = {}  # ladder variant -> the sweep it takes its rate from, with scaling.lr_sweep
+        self.sweep_size: Dict[str, str] = {}  # lr sweep variant -> its sweep (lr_sweep.key: a size, or <size>/<method>)
         self.axis_sizes: Dict[str, str] = {}  # teacher-axis variant -> size
         self.axis_cells: Dict[str, str] = {}  # size -> the ladder cell its teacher axis repeats
         self.data_methods: Dict[str, tuple] = {}  # data-axis label -> (method, unique images)
@@ -142,15 +143,16 @@ def _expand_axes(study: Study, path: Path, overrides=()) -> None:
     axis.update(teacher_axis.expand(study, path) if sc.teacher_axis is not None else {})
     if not sc.lr_sweep:
         return
-    size_of = {ladder_variant(m, size, e): size for m in sc.methods for size in sc.sizes for e in sc.epochs
-               if ladder_variant(m, size, e) in study.runs}
-    size_of.update(axis)
+    cells = {ladder_variant(m, size, e): (m, size) for m in sc.methods for size in sc.sizes for e in sc.epochs
+             if ladder_variant(m, size, e) in study.runs}
+    cells.update({v: (next(m for lab, (m, _) in sc.data_methods.items() if v.startswith(f"{lab}_")), size)
+                  for v, size in axis.items() if v not in sc.axis_sizes})
+    cells.update({v: (sc.teacher_axis.method, size) for v, size in sc.axis_sizes.items()})
     base = scaling.baseline(sc)
     if sc.methods[base].sizes is not None:
         raise ConfigError(f"study {path}: scaling.lr_sweep sweeps each size with {base}, which must run at every size "
                           f"(remove scaling.methods.{base}.sizes)")
-    smallest = {size: min((v for v, s in size_of.items() if s == size and v.startswith(f"{base}_{size}_e")),
-                          key=lambda v: int(v.rsplit("_e", 1)[1])) for size in sc.sizes}
+    size_of, smallest = lr_sweep.sweeps(sc, base, cells, path)
     lr_sweep.expand(study, path, size_of, smallest)
 
 
@@ -240,8 +242,8 @@ def plan(path: Path, overrides=()) -> List[Job]:
     sc, held = study.scaling, set()
     if sc is not None:
         held = {ladder_variant(m, sc.holdout, e) for m in sc.methods for e in sc.epochs}
-        held |= {v for v, size in {**sc.sweep_size, **sc.axis_sizes}.items()
-                 if size == sc.holdout}  # the held-out size's sweep and teacher axis: after the prediction
+        held |= {v for v, key in {**sc.sweep_size, **sc.axis_sizes}.items()  # the held-out size's sweeps and
+                 if lr_sweep.size_of_key(key) == sc.holdout}  # teacher axis: after the prediction
         lr_sweep.check_overrides(sc, overrides, path)
     jobs = []
     for variant, run in study.runs.items():
@@ -300,13 +302,14 @@ def _run_phase(path: Path, overrides, study: Study, jobs: List[Job], holdout: bo
     so that its runs carry it. Returns the jobs."""
     sweeps = [j for j in jobs if j.holdout == holdout and j.sweep_of]
     while sweeps:  # again while choosing widens a sweep (scaling.lr_sweep_widen) with rates not yet tried
-        for job in sweeps:
+        teachers = {j.needs for j in sweeps}  # a method swept on itself (lr_sweep_methods) may need a teacher
+        for job in [j for j in jobs if j.run_dir in teachers and j.run_dir not in status] + sweeps:
             _run(job, status)
         lr_sweep.choose(jobs[0].run_dir.parent, study.scaling, jobs)
         jobs = plan(path, overrides)
         check_existing(jobs, path)
         sweeps = [j for j in jobs if j.holdout == holdout and j.sweep_of and j.run_dir not in status]
-    for job in (j for j in jobs if j.holdout == holdout and not j.sweep_of):
+    for job in (j for j in jobs if j.holdout == holdout and not j.sweep_of and j.run_dir not in status):
         _run(job, status)
     return jobs
 
