@@ -336,3 +336,18 @@ def test_a_table_whose_rows_computed_in_two_precisions_says_so():
     result, _ = fit_rows(rows + held, bootstrap=MIN_BOOTSTRAP, students=None, forms=declared)  # intervals need refits
     assert result["settings"]["held_out_precisions"] == {"no": 2}
     assert "**The held-out rows computed in fp32 (2), the fitted rows in bf16 (18)**" in markdown(result, [])
+
+
+def test_a_prediction_outside_its_own_interval_is_flagged_and_plotted_as_it_is(tmp_path):
+    """A percentile interval over the refits need not hold the fit's point (refits that settle in another
+    minimum): the report marks the cell and says what it means, and the plot draws the interval as it is
+    (before, matplotlib refused the negative error bar and `distill fit` died on it)."""
+    from distill.report.fit_report import predicted_vs_measured
+
+    result = json.loads((ROOT / "docs/scaling_cpu_v6/report/fits.json").read_text())
+    assert "(outside*)" not in markdown(result, [])
+    p = result["predictions"][0]
+    p["low"], p["high"] = p["predicted_top1"] + 0.5, p["predicted_top1"] + 2.0
+    text = markdown(result, [])
+    assert text.count("(outside*)") == 1 and "*The fit's prediction lies outside its own interval" in text
+    assert predicted_vs_measured(result["predictions"], tmp_path).stat().st_size > 0

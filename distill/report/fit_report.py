@@ -87,10 +87,15 @@ def _predictions(result: dict) -> List[str]:
     if not preds:
         return ["No held-out rows: nothing was predicted.", ""]
     body = [[p["method"], _g(p["params"]), _g(p["images"]),
-             f"{p['predicted_top1']:.2f} [{p['low']:.2f}, {p['high']:.2f}]", _g(p["persistence_top1"], ".2f"),
+             f"{p['predicted_top1']:.2f} [{p['low']:.2f}, {p['high']:.2f}]" + ("" if p["low"] <= p["predicted_top1"] <=
+                                                                               p["high"] else " (outside*)"),
+             _g(p["persistence_top1"], ".2f"),
              _g(p["loglinear_top1"], ".2f"), _g(p["measured_top1"], ".2f"), p["seeds"]] for p in preds]
     lines = _table(["method", "params", "images", "law: top-1 % [95% prediction interval]", "persistence",
                     "log-linear", "measured (mean)", "seeds"], body) + [""]
+    if any("(outside*)" in row[3] for row in body):
+        lines += ["*The fit's prediction lies outside its own interval: the bootstrap refits settle elsewhere than the "
+                  "fit, so the fit's optimum is fragile there (more refits, `--bootstrap`, show how much).", ""]
     for key, e in result["holdout_errors"].items():
         against = [f"{label} {d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" for label, d in
                    (("persistence's", e.get("law_minus_persistence")), ("log-linear's", e.get("law_minus_loglinear")))
@@ -189,12 +194,14 @@ def predicted_vs_measured(preds: List[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.8, 5.5))
     pts = [p for p in preds if p["measured_top1"] is not None]
     m = [p["measured_top1"] for p in pts]
-    ax.errorbar(m, [p["predicted_top1"] for p in pts], fmt="o", capsize=4, label="law (95% PI)",
-                yerr=[[p["predicted_top1"] - p["low"] for p in pts], [p["high"] - p["predicted_top1"] for p in pts]])
-    for key, marker in (("persistence_top1", "x"), ("loglinear_top1", "+")):
+    # the interval as it is, about its middle: it need not hold the fit's point (see _predictions)
+    ax.errorbar(m, [(p["low"] + p["high"]) / 2 for p in pts], yerr=[(p["high"] - p["low"]) / 2 for p in pts],
+                fmt="none", capsize=4, color="C0")
+    ax.plot(m, [p["predicted_top1"] for p in pts], "o", color="C0", label="law (95% PI)")
+    for key, marker, colour in (("persistence_top1", "x", "C1"), ("loglinear_top1", "+", "C2")):
         ok = [(p["measured_top1"], p[key]) for p in pts if p[key] is not None]
         if ok:
-            ax.plot(*zip(*ok), marker, ms=8, label=key.replace("_top1", ""))
+            ax.plot(*zip(*ok), marker, ms=8, color=colour, label=key.replace("_top1", ""))
     vals = m + [p["low"] for p in pts] + [p["high"] for p in pts]
     ax.plot([min(vals), max(vals)], [min(vals), max(vals)], "--", color="0.4", lw=1, label="y = x")
     ax.set(xlabel="measured top-1 (%)", ylabel="predicted top-1 (%)", title="Held-out cells")
