@@ -151,8 +151,8 @@ def cmd_fit(args) -> int:
     from distill.commands.fit import run_fit  # numpy and scipy only: a refusal stays instant
 
     out = run_fit(args.runs, args.out, args.holdout_params, args.bootstrap, args.students,
-                  max_epochs=args.max_epochs, forms=args.form)
-    print(f"fits.json, report.md and plots in {out}")
+                  max_epochs=args.max_epochs, forms=args.form, backtest=args.backtest)
+    print(f"{'backtest.json and backtest.md' if args.backtest else 'fits.json, report.md and plots'} in {out}")
     return 0
 
 
@@ -230,6 +230,9 @@ def _fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--form", action="append", default=[], metavar="[METHOD=]LAW",
                    help="declare a method's law (zhai, chinchilla or kaplan; without METHOD=, every method's) "
                         "instead of choosing it by leaving one size out, which needs 4 sizes (docs/fit.md)")
+    p.add_argument("--backtest", type=float, metavar="RATIO",
+                   help="predict every size from the sizes at least RATIO times smaller, one fit each, and score "
+                        "each beside persistence and log-linear (backtest.json, backtest.md)")
     p.set_defaults(func=cmd_fit)
 
 
