@@ -52,6 +52,10 @@ def test_the_command_writes_the_backtest_and_refuses_what_it_cannot_do(tmp_path,
     text = (out / "backtest.md").read_text()
     assert text.count("| plain |") == 4 and "| 6.4e+06 | 1.6e+06 | 4.00 | plain | chinchilla (5) | 3 |" in text
     assert json.loads((out / "backtest.json").read_text())["settings"]["forms"] == {"plain": "chinchilla"}
+    assert main(["fit", str(table), "--out", str(tmp_path / "chosen"), "--backtest", "4", "--bootstrap", "10"]) == 0
+    chosen = json.loads((tmp_path / "chosen" / "backtest.json").read_text())  # 3 sizes below 1.6e6: no choice
+    assert chosen["gaps"][0]["errors"] == {} and chosen["summary"]["plain"]["gaps"] == 2
+    assert "| 1.6e+06 | 4e+05 | 4.00 | plain | not fitted: " in (tmp_path / "chosen" / "backtest.md").read_text()
     for args, says in ((["--backtest", "64"], "no size of the table has 3 sizes"),
                        (["--backtest", "4", "--holdout-params", "6.4e6"], "leave out --holdout-params"),
                        (["--backtest", "0.5"], "a ratio >= 1")):

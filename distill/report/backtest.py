@@ -54,7 +54,7 @@ def backtest(rows: List[dict], ratio: float, bootstrap: int, seed: int = 0, max_
                      "laws": {m: {"form": law["form"], "sizes": len(law.get("sizes", [])),
                                   **({"not_fitted": law["not_fitted"]} if "not_fitted" in law else {})}
                               for m, law in result["laws"].items()},
-                     "predictions": preds, "errors": result["holdout_errors"],
+                     "predictions": preds, "errors": {k: e for k, e in result["holdout_errors"].items() if e["cells"]},
                      "inside": sum(p["low"] <= p["measured_top1"] <= p["high"] for p in preds)})
     return {"ratio": ratio, "gaps": gaps, "summary": summary(gaps)}
 
