@@ -31,6 +31,10 @@ def test_each_size_is_predicted_from_the_sizes_a_ratio_below_it():
     assert targets(rows, 4) == [1.6e6, 3.2e6, 6.4e6]  # 3 sizes at or below 4e5, 8e5, 1.6e6
     assert targets(rows, 8) == [3.2e6, 6.4e6]
     assert targets([r for r in rows if r["params"] != 2e5], 4) == [3.2e6, 6.4e6]
+    cut = [dict(r, unique_images=2e3 if r["params"] == 1e5 else 2e4) for r in rows]  # 1e5: 10 to 40 epochs
+    assert targets(cut, 4) == [1.6e6, 3.2e6, 6.4e6] and targets(cut, 4, max_epochs=4) == [3.2e6, 6.4e6]
+    with pytest.raises(ConfigError, match="has no unique_images"):
+        backtest(rows, 4, 10, max_epochs=4)
     result = backtest(rows, 4, bootstrap=10, forms={"plain": "chinchilla"})
     assert [(g["target"], g["fitted_up_to"], g["ratio"]) for g in result["gaps"]] == [
         (1.6e6, 4e5, 4.0), (3.2e6, 8e5, 4.0), (6.4e6, 1.6e6, 4.0)]

@@ -13,22 +13,29 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from distill.errors import ConfigError
-from distill.report.fit_claims import analyse
+from distill.report.fit_claims import analyse, epochs_of
+from distill.report.fit_report import check_cut
 
 MIN_SIZES = 3  # a law is fitted on at least 3 sizes (4 to choose its form: docs/fit.md)
 
 
-def targets(rows: List[dict], ratio: float) -> List[float]:
+def targets(rows: List[dict], ratio: float, max_epochs: Optional[float] = None) -> List[float]:
     """The sizes with measured rows that some method can be predicted at: at least MIN_SIZES of its
-    sizes lie at or below T / ratio."""
+    sizes lie at or below T / ratio (counting only the runs a fit keeps under `max_epochs`)."""
     measured = [r for r in rows if r.get("top1") is not None]
+    fitted = [r for r in measured if _kept(r, max_epochs)]
     out = []
     for t in sorted({r["params"] for r in measured}):
         at = {r["method"] for r in measured if r["params"] == t}
-        if any(len({r["params"] for r in measured if r["method"] == m and r["params"] <= t / ratio}) >= MIN_SIZES
+        if any(len({r["params"] for r in fitted if r["method"] == m and r["params"] <= t / ratio}) >= MIN_SIZES
                for m in at):
             out.append(t)
     return out
+
+
+def _kept(row: dict, max_epochs: Optional[float]) -> bool:
+    """Whether a fit keeps the run under `--max-epochs` (as `fit_claims.analyse` cuts)."""
+    return max_epochs is None or epochs_of(row) <= max_epochs * (1 + 1e-9)
 
 
 def backtest(rows: List[dict], ratio: float, bootstrap: int, seed: int = 0, max_epochs: Optional[float] = None,
@@ -38,7 +45,8 @@ def backtest(rows: List[dict], ratio: float, bootstrap: int, seed: int = 0, max_
     if ratio < 1:
         raise ConfigError(f"--backtest {ratio:g}: the held-out size must be at least as large as the fitted ones "
                           "(a ratio >= 1; the issue's test uses 4)")
-    found = targets(rows, ratio)
+    check_cut([dict(r, holdout=False) for r in rows if r.get("top1") is not None], max_epochs)  # all are data
+    found = targets(rows, ratio, max_epochs)
     if not found:
         raise ConfigError(f"--backtest {ratio:g}: no size of the table has {MIN_SIZES} sizes of its method at or below "
                           f"1/{ratio:g} of it; give a smaller ratio or a table with more sizes")
@@ -47,7 +55,7 @@ def backtest(rows: List[dict], ratio: float, bootstrap: int, seed: int = 0, max_
         table = [dict(r, holdout=r["params"] == t) for r in rows
                  if r.get("top1") is not None and (r["params"] == t or r["params"] <= t / ratio)]
         result, _ = analyse(table, bootstrap, None, seed, max_epochs, forms)
-        fitted = max(r["params"] for r in table if not r["holdout"])
+        fitted = max(r["params"] for r in table if not r["holdout"] and _kept(r, max_epochs))
         preds = result["predictions"]
         gaps.append({"target": t, "fitted_up_to": fitted, "ratio": t / fitted,
                      "held": sorted({r["method"] for r in table if r["holdout"]}),

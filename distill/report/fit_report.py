@@ -251,18 +251,25 @@ def check_declared(forms: Dict[str, str], methods: List[str], what: str) -> None
                               f"(the methods: {', '.join(methods)})")
 
 
+def check_cut(rows: List[dict], max_epochs: Optional[float]) -> None:
+    """`max_epochs` must be >= 1, and every fitted row must carry `unique_images` for it (a held-out
+    row is not fitted: a planned one may lack it)."""
+    if max_epochs is None:
+        return
+    check_max_epochs(max_epochs, "max epochs")
+    bare = next((r for r in rows if not r.get("holdout") and not r.get("unique_images")), None)
+    if bare is not None:
+        raise ConfigError(f"run {bare.get('run', bare['method'])} has no unique_images: a cut at "
+                          f"{max_epochs:g} epochs needs it on every fitted row (or fit without the cut)")
+
+
 def fit_rows(rows: List[dict], bootstrap: int, students: Optional[int], seed: int = 0,
              max_epochs: Optional[float] = None, forms: Optional[Dict[str, str]] = None) -> tuple:
     """`analyse` plus the settings a reader needs; (result, fits). Refuses a table with no law, and
     `max_epochs` on a table whose fitted rows do not all carry `unique_images` (a held-out row is not
     fitted: a planned one may lack it). `forms`: laws declared per method (`check_declared`), not chosen."""
     forms = dict(forms or {})
-    if max_epochs is not None:
-        check_max_epochs(max_epochs, "max epochs")
-        bare = next((r for r in rows if not r.get("holdout") and not r.get("unique_images")), None)
-        if bare is not None:
-            raise ConfigError(f"run {bare.get('run', bare['method'])} has no unique_images: a cut at "
-                              f"{max_epochs:g} epochs needs it on every fitted row (or fit without the cut)")
+    check_cut(rows, max_epochs)
     result, fits = analyse(rows, bootstrap, students, seed, max_epochs, forms)
     if not fits:
         reasons = "; ".join(f"{m}: {law['not_fitted']}" for m, law in result["laws"].items())
