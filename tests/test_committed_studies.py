@@ -326,3 +326,27 @@ def test_v6_in_fp32_states_each_run_beside_its_bf16_twin(method):
     assert len(pairs) == 3
     d, half = paired_diff_ci([b for _, b in pairs], [a for a, _ in pairs])
     assert f"{method}, fp32 minus bf16, paired by seed (3 seeds): {d:+.2f} [{d - half:+.2f}, {d + half:+.2f}]" in text
+
+
+def test_the_rate_diagnostic_changes_only_the_rate_and_is_read_by_the_rule_written_before_it():
+    """docs/scaling_cpu_v6_fp32/diag/: KD seed 0 again at other rates (and at its own, the control), each
+    config KD seed 0's but for train.lr; the README's table states each run, and its reading is the one
+    the rule fixed before the runs gives: 71.0 or more at either higher rate, largely the protocol; both
+    below the control plus the cell's seed spread (0.46), not the rate; else not settled by one seed.
+    Without the control, 69.36 (KD seed 0 at that rate, AVX2) stands in, as the rule allows."""
+    from distill.report.baselines import differences, saved_config
+
+    folder = ROOT / "docs/scaling_cpu_v6_fp32"
+    text, base = (folder / "README.md").read_text(), saved_config(folder / "runs/kd_w1440d18_e1_s0")
+    top1 = {}
+    for run in sorted((folder / "diag").glob("kd_w1440d18_e1_lr*_s0")):
+        s = json.loads((run / "summary.json").read_text())
+        assert differences(saved_config(run), base) in ({}, {"train.lr": (s["lr"], base["train.lr"])})
+        assert (s["mixed_precision"], s["seed"]) == ("no", 0)
+        assert f"| {s['lr']:g} | {s['final_top1']:.2f} | {s['test_loss']:.4f} |" in text
+        top1[s["lr"]] = s["final_top1"]
+    higher = [top1[lr] for lr in (1.5625e-5, 3.125e-5) if lr in top1]
+    control = top1.get(base["train.lr"], 69.36)
+    reading = ("largely the protocol" if max(higher) >= 71.0 else
+               "not the rate" if len(higher) == 2 and max(higher) < control + 0.46 else "not settled by one seed")
+    assert f"**Reading: {reading}.**" in text
