@@ -24,8 +24,9 @@ from distill.report.run_table import read_runs
     ("docs/scaling_cpu_v4/report/fits.json", ("docs/scaling_cpu_v4/README.md",)),
     ("docs/scaling_cpu_v5/report/fits.json", ("docs/scaling_cpu_v5/README.md",)),
     ("docs/scaling_cpu_v6/report/fits.json", ("docs/scaling_cpu_v6/README.md",)),
-    ("docs/scaling_cpu_v6_fp32/report/fits.json", ("docs/scaling_cpu_v6_fp32/README.md",))],
-    ids=["v1", "v2", "v3", "v4", "v5", "v6", "v6_fp32"])
+    ("docs/scaling_cpu_v6_fp32/report/fits.json", ("docs/scaling_cpu_v6_fp32/README.md",)),
+    ("docs/scaling_cpu_v7a/report/fits.json", ("docs/scaling_cpu_v7a/README.md",))],
+    ids=["v1", "v2", "v3", "v4", "v5", "v6", "v6_fp32", "v7a"])
 def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages):
     """Every crossing (with its interval) and the held-out errors beside their baselines, as the committed
     fits.json has them, appear in the pages that state them; a page left stale fails here."""
@@ -46,7 +47,7 @@ def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages
 
 
 @pytest.mark.parametrize("study", ["scaling_cpu_v2", "scaling_cpu_v3", "scaling_cpu_v4", "scaling_cpu_v5",
-                                   "scaling_cpu_v6", "scaling_cpu_v6_fp32"])
+                                   "scaling_cpu_v6", "scaling_cpu_v6_fp32", "scaling_cpu_v7a"])
 def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_says(study):
     """docs/scaling_cpu_v2 to _v6 and v6_fp32: the prediction's hash holds (as made and with the measurement filled in),
     every held-out run started after it was made, runs.jsonl has the fields a refit and a date check need,
@@ -66,7 +67,8 @@ def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_sa
     assert f"inside the 95% prediction interval in {inside} of {len(cells)} cells" in (folder / "README.md").read_text()
 
 
-@pytest.mark.parametrize("study", ["scaling_cpu_v3", "scaling_cpu_v4", "scaling_cpu_v5", "scaling_cpu_v6"])
+@pytest.mark.parametrize("study", ["scaling_cpu_v3", "scaling_cpu_v4", "scaling_cpu_v5", "scaling_cpu_v6",
+                                   "scaling_cpu_v7a"])
 def test_each_lock_names_the_committed_table_it_was_fitted_on(study):
     """v3 to v6 extend the study before (scaling.prior_runs): each lock names that study's committed
     report/runs.jsonl by its sha256 and row count, so the table stays as written when its report is
