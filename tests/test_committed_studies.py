@@ -25,8 +25,9 @@ from distill.report.run_table import read_runs
     ("docs/scaling_cpu_v5/report/fits.json", ("docs/scaling_cpu_v5/README.md",)),
     ("docs/scaling_cpu_v6/report/fits.json", ("docs/scaling_cpu_v6/README.md",)),
     ("docs/scaling_cpu_v6_fp32/report/fits.json", ("docs/scaling_cpu_v6_fp32/README.md",)),
-    ("docs/scaling_cpu_v7a/report/fits.json", ("docs/scaling_cpu_v7a/README.md",))],
-    ids=["v1", "v2", "v3", "v4", "v5", "v6", "v6_fp32", "v7a"])
+    ("docs/scaling_cpu_v7a/report/fits.json", ("docs/scaling_cpu_v7a/README.md",)),
+    ("docs/scaling_cpu_v7/report/fits.json", ("docs/scaling_cpu_v7/README.md",))],
+    ids=["v1", "v2", "v3", "v4", "v5", "v6", "v6_fp32", "v7a", "v7"])
 def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages):
     """Every crossing (with its interval) and the held-out errors beside their baselines, as the committed
     fits.json has them, appear in the pages that state them; a page left stale fails here."""
@@ -47,7 +48,8 @@ def test_the_docs_state_the_committed_fits_crossings_and_errors(fits_json, pages
 
 
 @pytest.mark.parametrize("study", ["scaling_cpu_v2", "scaling_cpu_v3", "scaling_cpu_v4", "scaling_cpu_v5",
-                                   "scaling_cpu_v6", "scaling_cpu_v6_fp32", "scaling_cpu_v7a"])
+                                   "scaling_cpu_v6", "scaling_cpu_v6_fp32", "scaling_cpu_v7a",
+                                   "scaling_cpu_v7"])
 def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_says(study):
     """docs/scaling_cpu_v2 to _v6 and v6_fp32: the prediction's hash holds (as made and with the measurement filled in),
     every held-out run started after it was made, runs.jsonl has the fields a refit and a date check need,
@@ -68,7 +70,7 @@ def test_the_study_predicted_before_its_held_out_runs_and_lands_as_its_readme_sa
 
 
 @pytest.mark.parametrize("study", ["scaling_cpu_v3", "scaling_cpu_v4", "scaling_cpu_v5", "scaling_cpu_v6",
-                                   "scaling_cpu_v7a"])
+                                   "scaling_cpu_v7a", "scaling_cpu_v7"])
 def test_each_lock_names_the_committed_table_it_was_fitted_on(study):
     """v3 to v6 extend the study before (scaling.prior_runs): each lock names that study's committed
     report/runs.jsonl by its sha256 and row count, so the table stays as written when its report is
@@ -152,7 +154,7 @@ def test_a_finished_study_rebuilds_its_report_from_its_committed_records_on_any_
 
 
 @pytest.mark.slow  # a whole refit (leave-one-size-out over three methods): 5 s each
-@pytest.mark.parametrize("study", ["scaling_cpu_v4", "scaling_cpu_v5"])
+@pytest.mark.parametrize("study", ["scaling_cpu_v4", "scaling_cpu_v5", "scaling_cpu_v7"])
 def test_a_study_fitted_within_4_epochs_refits_from_its_table_alone(study, tmp_path):
     """`distill fit docs/<study>/report/runs.jsonl --max-epochs 4 --form plain-u20000=kaplan`, as its README
     says: the same law per method, fitted on the same runs, and the same predicted top-1 (the bootstrap, here
