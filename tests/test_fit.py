@@ -12,7 +12,7 @@ from scipy.optimize import brentq, check_grad
 from conftest import ROOT
 from distill.cli import main
 from distill.commands.fit import MIN_BOOTSTRAP
-from distill.report.fit_claims import baselines, compare, gains, holdout_errors, students_of, teacher_share
+from distill.report.fit_claims import baselines, compare, gains, holdout_errors, power, students_of, teacher_share
 from distill.report.fit_report import markdown
 from distill.report.fit_runs import MethodFit, Solution, fit_form, parameters, references, solve
 from distill.report.laws import FORMS
@@ -351,3 +351,26 @@ def test_a_prediction_outside_its_own_interval_is_flagged_and_plotted_as_it_is(t
     text = markdown(result, [])
     assert text.count("(outside*)") == 1 and "*The fit's prediction lies outside its own interval" in text
     assert predicted_vs_measured(result["predictions"], tmp_path).stat().st_size > 0
+
+
+def test_power_is_the_chance_a_right_laws_error_is_within_the_goal_its_cells_moving_together():
+    """fit_claims.power against closed forms: a right law's error at a cell drawn N(0, s) is within 1 point
+    with chance 2 Phi(1 / s) - 1; two cells of one law that move together (the same refit) keep that
+    chance, two independent ones have P(|a| + |b| <= 2), integrated here with scipy."""
+    from scipy import integrate
+    from scipy.stats import norm
+
+    s, rng = 1.5, np.random.default_rng(0)
+    z = rng.standard_normal((2, 200_000))
+    cell = [{"method": m, "predicted_top1": 70.0} for m in ("kd", "plain")]
+    one = power(cell[:1], [70.0 + s * z[0]])["all"]
+    assert one["p_within_goal"] == pytest.approx(2 * norm.cdf(1 / s) - 1, abs=0.005)
+    assert one["expected_mae"] == pytest.approx(s * math.sqrt(2 / math.pi), rel=0.01)
+    together = power([cell[0], cell[0]], [70.0 + s * z[0], 70.0 - s * z[0]])["all"]
+    assert together["p_within_goal"] == pytest.approx(one["p_within_goal"], abs=1e-12)
+    apart = power(cell, [70.0 + s * z[0], 70.0 + s * z[1]])
+    by_quad = 2 * integrate.quad(lambda a: norm.pdf(a, scale=s) * (2 * norm.cdf((2 - a) / s) - 1), 0, 2)[0]
+    assert apart["all"]["p_within_goal"] == pytest.approx(by_quad, abs=0.005)
+    assert apart["kd"]["cells"] == apart["plain"]["cells"] == 1 and apart["all"]["cells"] == 2
+    assert power(cell, [70.0 + s * z[0], 70.0 + s * z[1]], goal=0.5)["all"]["p_within_goal"] < by_quad
+    assert power([], []) == {}

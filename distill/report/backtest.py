@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from distill.errors import ConfigError
-from distill.report.fit_claims import analyse, epochs_of
+from distill.report.fit_claims import GOAL_POINTS, analyse, epochs_of
 from distill.report.fit_report import check_cut
 
 MIN_SIZES = 3  # a law is fitted on at least 3 sizes (4 to choose its form: docs/fit.md)
@@ -76,7 +76,7 @@ def summary(gaps: List[dict]) -> Dict[str, dict]:
         mean = {name: sum(e[name] for e in mine if e[name] is not None) / max(1, sum(e[name] is not None for e in mine))
                 for name in ("predicted", "persistence", "loglinear")}
         out[key] = {"gaps": len(mine), **mean,
-                    "within_1": sum(e["predicted"] <= 1.0 for e in mine),
+                    "within_1": sum(e["predicted"] <= GOAL_POINTS for e in mine),
                     "below_persistence": sum(e["persistence"] is not None and e["predicted"] < e["persistence"]
                                              for e in mine),
                     "below_loglinear": sum(e["loglinear"] is not None and e["predicted"] < e["loglinear"]
@@ -102,7 +102,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| {g['target']:.4g} | {g['fitted_up_to']:.4g} | {g['ratio']:.2f} | {method} | not fitted: "
                          f"{g['laws'][method].get('not_fitted', 'no law')} | | | | |")
         lines.append(f"| | | | inside their 95% PI | | {g['inside']} of {len(g['predictions'])} | | | |")
-    lines += ["", "| method | gaps | mean law | mean persistence | mean log-linear | law <= 1.0 | law below "
+    lines += ["", f"| method | gaps | mean law | mean persistence | mean log-linear | law <= {GOAL_POINTS:.1f} | law below "
               "persistence | law below log-linear |", "|---|---|---|---|---|---|---|---|"]
     for key, s in result["summary"].items():
         lines.append(f"| {key} | {s['gaps']} | {s['predicted']:.2f} | {s['persistence']:.2f} | {s['loglinear']:.2f} | "

@@ -23,6 +23,7 @@ from distill.report.stats import paired_diff_ci
 _N_GRID = 96  # model sizes the frontier minimises over
 _C_GRID = 400  # computes searched for a change of sign before brentq
 TEACHER_COSTS = ("free", "amortised", "full")
+GOAL_POINTS = 1.0  # the ladder's test (issue 32): the law's mean absolute error over the held-out cells at most this
 
 
 def _percentiles(values) -> tuple:
@@ -101,16 +102,17 @@ def compare(a: MethodFit, b: MethodFit, cost: str, students: Dict[str, int]) -> 
     return out
 
 
-def predictions(fits: Dict[str, MethodFit], held: List[dict], seed: int) -> List[dict]:
+def predictions(fits: Dict[str, MethodFit], held: List[dict], seed: int) -> tuple:
     """Each held-out cell (method, params, images): the law's top-1 with a 95% prediction interval
     for the mean of its seeds (refits plus resampled seed noise), beside persistence (the largest
     fitted size at that budget: the same images, or the same `budget` where the rows carry one) and a
-    line in log N at that budget."""
+    line in log N at that budget. Also, per cell, the drawn means the interval is read from (refit i
+    of a method is draw i of each of its cells, so a law's cells move together), for `power`."""
     rng = np.random.default_rng(seed)
     groups: Dict[tuple, list] = {}
     for r in held:
         groups.setdefault((r["method"], r["params"], r["images"]), []).append(r)
-    out = []
+    out, drawn_means = [], []
     for (method, params, images), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         fit = fits.get(method)
         if fit is None:
@@ -122,12 +124,34 @@ def predictions(fits: Dict[str, MethodFit], held: List[dict], seed: int) -> List
         point = float(fit.error(fit.solution.theta, [params], [images], [flops])[0])
         drawn = np.array([fit.error(t, [params], [images], [flops])[0] for t in fit.draws])
         noise = rng.choice(fit.residuals, size=(len(drawn), m)).mean(axis=1)  # seed noise of a mean of m runs
-        low, high = _percentiles(100 * (1 - drawn * np.exp(noise)))
+        drawn_means.append(100 * (1 - drawn * np.exp(noise)))
+        low, high = _percentiles(drawn_means[-1])
         out.append({"method": method, "params": params, "images": images, "flops": flops,
                     "predicted_top1": 100 * (1 - point), "low": low, "high": high,
                     "persistence_top1": _persistence(fit, images, budget),
                     "loglinear_top1": _loglinear(fit, params, images, budget),
                     "measured_top1": float(np.mean(measured)) if measured else None, "seeds": len(measured)})
+    return out, drawn_means
+
+
+def power(preds: List[dict], drawn_means: List[np.ndarray], goal: float = GOAL_POINTS) -> Dict[str, dict]:
+    """How likely the held-out test could pass were each law right in form: over the same draws as the
+    prediction intervals (a refit's prediction plus the seed noise of a mean of the planned seeds, less
+    the fit's own prediction: the error a correct law makes through its fitted table's noise and the
+    held-out cells' own), the law's mean absolute error over the cells, per method and over all; its
+    mean (`expected_mae`) and the share of draws at most `goal` (`p_within_goal`). Decided before the
+    held-out runs, this says whether a test can tell a good law from a bad one at all. The intervals
+    run narrow (docs/fit.md), so read the chance as an upper end. Empty without held-out cells."""
+    out: Dict[str, dict] = {}
+    if not preds:
+        return out
+    draws = min(len(d) for d in drawn_means)
+    errors = np.stack([np.abs(d[:draws] - p["predicted_top1"]) for p, d in zip(preds, drawn_means)], axis=1)
+    for key in sorted({p["method"] for p in preds}) + ["all"]:
+        cols = [i for i, p in enumerate(preds) if key in ("all", p["method"])]
+        mae = errors[:, cols].mean(axis=1)
+        out[key] = {"cells": len(cols), "goal": goal, "expected_mae": float(mae.mean()),
+                    "p_within_goal": float(np.mean(mae <= goal))}
     return out
 
 
@@ -278,7 +302,8 @@ def analyse(rows: List[dict], bootstrap: int = 400, students: Optional[int] = No
         comparisons = [compare(fits[base[m]], fits[m], cost, counts) for m in methods
                        if m in fits and base.get(m) in fits for cost in TEACHER_COSTS]
         held = [r for r in rows if r.get("holdout")]
-        preds = predictions(fits, held, seed)
+        preds, drawn_means = predictions(fits, held, seed)
     return {"laws": laws, "predictions": preds, "holdout_errors": holdout_errors(preds, held, seed),
+            "holdout_power": power(preds, drawn_means),
             "crossings": [c for comp in comparisons for c in comp["crossings"]], "comparisons": comparisons,
             "students": counts, "gains": gains(rows, base)}, fits

@@ -104,6 +104,12 @@ def _predictions(result: dict) -> List[str]:
                      f"persistence {_g(e['persistence'], '.2f')}, log-linear {_g(e['loglinear'], '.2f')} points" +
                      (f"; the law's minus {', '.join(against)} (95%, each cell's seeds resampled; below zero: the "
                       "law is closer)" if against else ""))
+    chance = result.get("holdout_power", {}).get("all")
+    if chance:
+        lines += ["", f"Power: were each law right in form, its mean absolute error over these {chance['cells']} cells "
+                  f"would be at most {chance['goal']:g} point with probability {chance['p_within_goal']:.2f} (expected "
+                  f"{chance['expected_mae']:.2f}), from the draws the intervals are read from; the intervals run narrow "
+                  "(docs/fit.md), so read it as an upper end."]
     return lines + [""]
 
 

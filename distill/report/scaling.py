@@ -166,7 +166,8 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
     """Fit each method's law on the finished rungs, as `distill fit` does (the form each method's
     leave-one-size-out error picks), and write the held-out rung's predicted top-1 per budget (95%
     interval for the mean of its planned seeds) into `folder/prediction.json`: `made_at`, `sha256`
-    (`predictions_sha256`) and `predictions` with fits.json's prediction fields (the measurement null);
+    (`predictions_sha256`), `predictions` with fits.json's prediction fields (the measurement null) and
+    `power` (fit_claims.power: the chance the test could pass were the law right, said before it runs);
     an existing one is kept (a prediction is made once, before the held-out runs start)."""
     path = Path(folder) / PREDICTION
     if path.exists():
@@ -195,7 +196,7 @@ def predict_holdout(folder: Path, done_jobs, sc, holdout_jobs) -> Path:
            "sha256": predictions_sha256(predictions), "holdout": sc.holdout, "holdout_params": params,
            "law": {m: law["form"] for m, law in result["laws"].items()}, "fitted_on": len(table),
            **({"fit_max_epochs": sc.fit_max_epochs} if sc.fit_max_epochs is not None else {}),
-           "fits": result["laws"], "predictions": predictions}
+           "fits": result["laws"], "predictions": predictions, "power": result["holdout_power"]}
     path.parent.mkdir(parents=True, exist_ok=True)  # a study of prior runs and a held-out rung alone has run nothing yet
     durable.write_text(path, json.dumps(out, indent=2) + "\n", f"prediction {path}")
     return path
