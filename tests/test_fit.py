@@ -362,7 +362,7 @@ def test_power_is_the_chance_a_right_laws_error_is_within_the_goal_its_cells_mov
 
     s, rng = 1.5, np.random.default_rng(0)
     z = rng.standard_normal((2, 200_000))
-    cell = [{"method": m, "predicted_top1": 70.0} for m in ("kd", "plain")]
+    cell = [{"method": m, "predicted_top1": 70.0, "measured_top1": None} for m in ("kd", "plain")]
     one = power(cell[:1], [70.0 + s * z[0]])["all"]
     assert one["p_within_goal"] == pytest.approx(2 * norm.cdf(1 / s) - 1, abs=0.005)
     assert one["expected_mae"] == pytest.approx(s * math.sqrt(2 / math.pi), rel=0.01)
@@ -373,4 +373,6 @@ def test_power_is_the_chance_a_right_laws_error_is_within_the_goal_its_cells_mov
     assert apart["all"]["p_within_goal"] == pytest.approx(by_quad, abs=0.005)
     assert apart["kd"]["cells"] == apart["plain"]["cells"] == 1 and apart["all"]["cells"] == 2
     assert power(cell, [70.0 + s * z[0], 70.0 + s * z[1]], goal=0.5)["all"]["p_within_goal"] < by_quad
-    assert power([], []) == {}
+    assert power([], []) == {} and "p_as_large" not in one
+    missed = [dict(cell[0], measured_top1=70.0 + 2 * s)]  # two standard deviations out: 2 (1 - Phi(2)) as large
+    assert power(missed, [70.0 + s * z[0]])["all"]["p_as_large"] == pytest.approx(2 * norm.sf(2), abs=0.003)

@@ -140,8 +140,10 @@ def power(preds: List[dict], drawn_means: List[np.ndarray], goal: float = GOAL_P
     the fit's own prediction: the error a correct law makes through its fitted table's noise and the
     held-out cells' own), the law's mean absolute error over the cells, per method and over all; its
     mean (`expected_mae`) and the share of draws at most `goal` (`p_within_goal`). Decided before the
-    held-out runs, this says whether a test can tell a good law from a bad one at all. The intervals
-    run narrow (docs/fit.md), so read the chance as an upper end. Empty without held-out cells."""
+    held-out runs, this says whether a test can tell a good law from a bad one at all. Once every cell is
+    measured, `p_as_large`: the share of draws whose error is at least the law's measured one (small: a
+    miss larger than a right law makes). The intervals run narrow (docs/fit.md), so read the chances as
+    upper ends. Empty without held-out cells."""
     out: Dict[str, dict] = {}
     if not preds:
         return out
@@ -152,6 +154,10 @@ def power(preds: List[dict], drawn_means: List[np.ndarray], goal: float = GOAL_P
         mae = errors[:, cols].mean(axis=1)
         out[key] = {"cells": len(cols), "goal": goal, "expected_mae": float(mae.mean()),
                     "p_within_goal": float(np.mean(mae <= goal))}
+        measured = [preds[i]["measured_top1"] for i in cols]
+        if None not in measured:
+            missed = np.mean([abs(preds[i]["predicted_top1"] - m) for i, m in zip(cols, measured)])
+            out[key]["p_as_large"] = float(np.mean(mae >= missed))
     return out
 
 

@@ -108,8 +108,9 @@ def _predictions(result: dict) -> List[str]:
     if chance:
         lines += ["", f"Power: were each law right in form, its mean absolute error over these {chance['cells']} cells "
                   f"would be at most {chance['goal']:g} point with probability {chance['p_within_goal']:.2f} (expected "
-                  f"{chance['expected_mae']:.2f}), from the draws the intervals are read from; the intervals run narrow "
-                  "(docs/fit.md), so read it as an upper end."]
+                  f"{chance['expected_mae']:.2f})" + (f"; an error as large as the law's in a share "
+                  f"{chance['p_as_large']:.2f} of its draws" if "p_as_large" in chance else "") +
+                  ". From the draws the intervals are read from; they run narrow (docs/fit.md): read these as upper ends."]
     return lines + [""]
 
 
