@@ -6,7 +6,7 @@ of the report's day and the CPU's rounding, is kept as `moved_from_committed`), 
 would have met the 1.0-point bar on those cells. Then one test of how the power moves with the fitted
 table's seeds: v7's table refitted on two of its three seeds per cell (the held-out cells keep three).
 
-    python scripts/scaling_power.py            # refits in 2 processes, ~20 min here; writes docs/scaling_power/power.json
+    python scripts/scaling_power.py   # refits in 2 processes, ~23 min here; writes docs/scaling_power/power.json
 """
 from __future__ import annotations
 

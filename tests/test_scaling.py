@@ -90,6 +90,9 @@ def test_the_prediction_is_made_once_from_the_other_rungs_then_checked(tmp_path,
         assert p["form"] == pred["law"][p["method"]] == "chinchilla" and pred["fits"][p["method"]]["declared"]
         assert {"persistence_top1", "loglinear_top1", "flops"} <= set(p) and p["measured_top1"] is None
     assert pred["sha256"] == predictions_sha256(pred["predictions"])
+    # its power, stated before any held-out run: runs that follow the law exactly leave a right law no error
+    assert pred["power"]["all"] == {"cells": len(pred["predictions"]), "goal": 1.0,
+                                    "expected_mae": pytest.approx(0, abs=0.05), "p_within_goal": 1.0}
     time.sleep(1.1)
     assert predict_holdout(folder, [], sc, []).read_text() == path.read_text()  # kept, not made again
     for j in (j for j in jobs if j.holdout):
